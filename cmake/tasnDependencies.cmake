@@ -1,0 +1,40 @@
+# Dependencies: Debian packages by default (libeigen3-dev, libgtest-dev/googletest, libbenchmark-dev).
+# With TASN_DEPS_DIR (machines without those packages, e.g. the lent GPU machine) the same
+# libraries come from a prepared folder: eigen3/ (headers), googletest/ and benchmark/ (sources).
+# See scripts/prepare-deps.sh.
+
+find_package(OpenMP REQUIRED COMPONENTS CXX)
+
+if(TASN_DEPS_DIR AND EXISTS "${TASN_DEPS_DIR}/eigen3/Eigen/Core")
+  add_library(Eigen3::Eigen INTERFACE IMPORTED)
+  set_target_properties(Eigen3::Eigen PROPERTIES
+    INTERFACE_INCLUDE_DIRECTORIES "${TASN_DEPS_DIR}/eigen3")
+  message(STATUS "tasn: Eigen from ${TASN_DEPS_DIR}/eigen3")
+else()
+  find_package(Eigen3 3.3 REQUIRED CONFIG)
+  message(STATUS "tasn: Eigen ${Eigen3_VERSION} from ${Eigen3_DIR}")
+endif()
+
+if(TASN_BUILD_TESTS)
+  if(TASN_DEPS_DIR AND EXISTS "${TASN_DEPS_DIR}/googletest/CMakeLists.txt")
+    set(INSTALL_GTEST OFF CACHE BOOL "" FORCE)
+    set(BUILD_GMOCK OFF CACHE BOOL "" FORCE)
+    add_subdirectory("${TASN_DEPS_DIR}/googletest" "${CMAKE_BINARY_DIR}/_deps/googletest" EXCLUDE_FROM_ALL)
+    add_library(GTest::gtest ALIAS gtest)
+    add_library(GTest::gtest_main ALIAS gtest_main)
+  else()
+    find_package(GTest REQUIRED)
+  endif()
+endif()
+
+if(TASN_BUILD_BENCHMARKS)
+  if(TASN_DEPS_DIR AND EXISTS "${TASN_DEPS_DIR}/benchmark/CMakeLists.txt")
+    set(BENCHMARK_ENABLE_TESTING OFF CACHE BOOL "" FORCE)
+    set(BENCHMARK_ENABLE_GTEST_TESTS OFF CACHE BOOL "" FORCE)
+    set(BENCHMARK_ENABLE_WERROR OFF CACHE BOOL "" FORCE)
+    set(BENCHMARK_ENABLE_INSTALL OFF CACHE BOOL "" FORCE)
+    add_subdirectory("${TASN_DEPS_DIR}/benchmark" "${CMAKE_BINARY_DIR}/_deps/benchmark" EXCLUDE_FROM_ALL)
+  else()
+    find_package(benchmark REQUIRED)
+  endif()
+endif()

@@ -1,0 +1,48 @@
+// tasn/core/parallel.h - CPU threading for the operators' CPU paths (OpenMP).
+//
+// The CPU path uses OpenMP threads. The thread count follows OMP_NUM_THREADS, or
+// tasn::cpu::set_num_threads(). Nested calls run serially inside an outer parallel region, so an
+// operator called from a caller's own parallel loop does not oversubscribe the machine.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace tasn::cpu {
+
+// Number of threads a parallel_for started here would use.
+inline int num_threads() {
+#if defined(_OPENMP)
+  return omp_in_parallel() ? 1 : omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+inline void set_num_threads(int n) {
+#if defined(_OPENMP)
+  omp_set_num_threads(std::max(1, n));
+#else
+  (void)n;
+#endif
+}
+
+// Calls f(i) for i in [begin, end), statically split over the available threads.
+template <class F>
+void parallel_for(std::int64_t begin, std::int64_t end, F&& f) {
+  if (end <= begin) return;
+#if defined(_OPENMP)
+  if (num_threads() > 1 && end - begin > 1) {
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = begin; i < end; ++i) f(i);
+    return;
+  }
+#endif
+  for (std::int64_t i = begin; i < end; ++i) f(i);
+}
+
+}  // namespace tasn::cpu

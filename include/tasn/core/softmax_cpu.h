@@ -1,0 +1,79 @@
+// tasn/core/softmax_cpu.h - row-wise softmax forward/backward on the CPU (Eigen, OpenMP).
+//
+// Rows are contiguous, `len` elements each. The exponentials use Eigen's vectorised exp; the
+// backward's per-element step is tasn::softmax_backward_term, the function the CUDA kernels call.
+#pragma once
+
+#include <Eigen/Core>
+#include <cstdint>
+
+#include "tasn/core/common.h"
+#include "tasn/core/parallel.h"
+#include "tasn/core/softmax_math.h"
+
+namespace tasn::cpu {
+
+template <class T>
+using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using RowArray = Eigen::Array<T, 1, Eigen::Dynamic>;
+
+// out[r, :] = softmax(scale * in[r, :]) for r in [0, rows). in and out may alias.
+template <class T>
+void softmax_row(const T* in, T* out, std::int64_t len, T scale) {
+  Eigen::Map<const RowArray<T>> x(in, len);
+  Eigen::Map<RowArray<T>> y(out, len);
+  const T m = x.maxCoeff();
+  y = ((x - m) * scale).exp();
+  y *= T(1) / y.sum();
+}
+
+template <class T>
+void softmax_rows(const T* in, T* out, std::int64_t rows, std::int64_t len, T scale, bool parallel) {
+  auto row = [&](std::int64_t r) { softmax_row(in + r * len, out + r * len, len, scale); };
+  if (parallel) {
+    parallel_for(0, rows, row);
+  } else {
+    for (std::int64_t r = 0; r < rows; ++r) row(r);
+  }
+}
+
+// dx[r, k] (+)= scale * y[r, k] * (dy[r, k] - sum_j y[r, j] dy[r, j]): the softmax backward for
+// y = softmax(scale * x). With accumulate the result is added to dx instead of stored.
+template <class T>
+void softmax_backward_row(const T* y, const T* dy, T* dx, std::int64_t len, T scale, bool accumulate) {
+  const T dot = Eigen::Map<const RowArray<T>>(y, len).matrix().dot(
+      Eigen::Map<const RowArray<T>>(dy, len).matrix());
+  if (accumulate) {
+    for (std::int64_t k = 0; k < len; ++k) dx[k] += softmax_backward_term(y[k], dy[k], dot, scale);
+  } else {
+    for (std::int64_t k = 0; k < len; ++k) dx[k] = softmax_backward_term(y[k], dy[k], dot, scale);
+  }
+}
+
+template <class T>
+void softmax_backward_rows(const T* y, const T* dy, T* dx, std::int64_t rows, std::int64_t len,
+                           T scale, bool accumulate, bool parallel) {
+  auto row = [&](std::int64_t r) {
+    softmax_backward_row(y + r * len, dy + r * len, dx + r * len, len, scale, accumulate);
+  };
+  if (parallel) {
+    parallel_for(0, rows, row);
+  } else {
+    for (std::int64_t r = 0; r < rows; ++r) row(r);
+  }
+}
+
+// Throws tasn::InvalidArgument naming `name` and the first offending index when data holds a NaN
+// or an infinity.
+template <class T>
+void check_all_finite(const T* data, std::int64_t numel, const char* name, const char* op) {
+  if (numel == 0 || Eigen::Map<const RowArray<T>>(data, numel).allFinite()) return;
+  for (std::int64_t i = 0; i < numel; ++i) {
+    if (!std::isfinite(data[i]))
+      throw InvalidArgument(detail::concat(op, ": ", name, " holds a non-finite value (", data[i],
+                                           ") at flat index ", i, " of ", numel));
+  }
+}
+
+}  // namespace tasn::cpu

@@ -1,0 +1,79 @@
+// tasn/core/softmax_math.h - per-element and per-row softmax math shared by CPU and CUDA.
+//
+// Every function here is TASN_HD: the CUDA kernels call them per element / per partial row, and
+// the CPU path and CPU tests call the very same functions, so the math the GPU runs is proven on
+// the CPU. No Eigen, no CUDA headers.
+//
+// Conventions (scale > 0, the softmax of scale * x over one row):
+//   y_k  = exp(scale * (x_k - m)) / s,   m = max_k x_k,   s = sum_k exp(scale * (x_k - m))
+//   dx_k = scale * y_k * (dy_k - sum_j y_j dy_j)                       (softmax Jacobian^T dy)
+#pragma once
+
+#include <cmath>
+
+#include "tasn/core/common.h"
+
+namespace tasn {
+
+TASN_HD float hd_exp(float x) { return ::expf(x); }
+TASN_HD double hd_exp(double x) { return ::exp(x); }
+TASN_HD float hd_max(float a, float b) { return a > b ? a : b; }
+TASN_HD double hd_max(double a, double b) { return a > b ? a : b; }
+
+// -infinity, usable in device code without --expt-relaxed-constexpr.
+template <class Acc>
+TASN_HD Acc neg_inf() {
+  return -static_cast<Acc>(INFINITY);
+}
+
+// exp(scale * (x - m)): the unnormalised softmax term of x for a row whose maximum is m.
+template <class Acc>
+TASN_HD Acc softmax_term(Acc x, Acc m, Acc scale) {
+  return hd_exp(scale * (x - m));
+}
+
+// Partial softmax statistics of a set of row elements: their maximum m and
+// s = sum exp(scale * (x - m)). Two partials merge exactly (up to rounding) with combine(), which
+// is what lets a warp or a block compute a row's statistics in one read ("online softmax").
+template <class Acc>
+struct SoftmaxStats {
+  Acc m;
+  Acc s;
+
+  TASN_HD static SoftmaxStats empty() { return {neg_inf<Acc>(), Acc(0)}; }
+
+  // Adds one element.
+  TASN_HD void push(Acc x, Acc scale) {
+    if (x > m) {
+      s = s * softmax_term(m, x, scale) + Acc(1);
+      m = x;
+    } else {
+      s += softmax_term(x, m, scale);
+    }
+  }
+
+  TASN_HD static SoftmaxStats combine(const SoftmaxStats& a, const SoftmaxStats& b, Acc scale) {
+    if (a.m == neg_inf<Acc>()) return b;
+    if (b.m == neg_inf<Acc>()) return a;
+    const Acc m = hd_max(a.m, b.m);
+    return {m, a.s * softmax_term(a.m, m, scale) + b.s * softmax_term(b.m, m, scale)};
+  }
+};
+
+// Reduction functor over SoftmaxStats for CUB / std algorithms (scale is a member).
+template <class Acc>
+struct SoftmaxStatsCombine {
+  Acc scale;
+  TASN_HD SoftmaxStats<Acc> operator()(const SoftmaxStats<Acc>& a,
+                                       const SoftmaxStats<Acc>& b) const {
+    return SoftmaxStats<Acc>::combine(a, b, scale);
+  }
+};
+
+// One element of the softmax backward: scale * y * (dy - dot), dot = sum_j y_j dy_j of the row.
+template <class Acc>
+TASN_HD Acc softmax_backward_term(Acc y, Acc dy, Acc dot, Acc scale) {
+  return scale * y * (dy - dot);
+}
+
+}  // namespace tasn

@@ -1,0 +1,63 @@
+// tasn/trilinear_attention_common.h - shapes, options and argument checks of the trilinear
+// attention operator, shared by the CPU path (tasn/trilinear_attention.h) and the CUDA path
+// (tasn/trilinear_attention.cuh). No Eigen, no CUDA.
+//
+// Math (SPEC section 1), per sample, X viewed as a C x P matrix (P = H*W):
+//   S = softmax_p(beta X)   B = S X^T   A = softmax_j(B)   M = A X
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "tasn/core/common.h"
+
+namespace tasn {
+
+// Sizes of X (N, C, H, W). N may be 0 (the operator does nothing); C, H, W must be positive.
+struct TrilinearShape {
+  std::int64_t n = 0, c = 0, h = 0, w = 0;
+
+  std::int64_t p() const { return h * w; }
+  std::int64_t numel() const { return n * c * h * w; }  // valid after validate()
+
+  // Throws tasn::InvalidArgument naming `op` and the sizes when they are unusable or when any
+  // element count the operator forms (X, saved S and A) would overflow 64-bit indexing.
+  void validate(const char* op) const {
+    TASN_CHECK_ARG(n >= 0 && c >= 1 && h >= 1 && w >= 1, op, ": x must have shape (N, C, H, W) with N >= 0 and C, H, W >= 1, got (", n, ", ", c,
+                   ", ", h, ", ", w, ")");
+    const std::int64_t pp = detail::checked_mul(h, w, op);
+    const std::int64_t cp = detail::checked_mul(c, pp, op);
+    detail::checked_mul(n, cp, op);
+    const std::int64_t cc = detail::checked_mul(c, c, op);
+    detail::checked_mul(n, detail::checked_add(cp, cc, op), op);
+  }
+};
+
+struct TrilinearAttentionOptions {
+  // Scale inside the spatial softmax, S = softmax(beta * X). Official MXNet code: 7; paper: 1.
+  double beta = 7.0;
+  // CPU path only: scan x (and dm) for NaN/Inf and throw instead of returning NaN maps.
+  // The CUDA path never inspects values on the host (no synchronisation); see the docs.
+  bool check_finite = true;
+
+  void validate(const char* op) const {
+    TASN_CHECK_ARG(std::isfinite(beta) && beta > 0.0, op, ": beta must be finite and > 0, got ", beta);
+  }
+};
+
+// Elements of the tensors the forward pass can save for the backward pass: S (N*C*P elements)
+// followed by A (N*C*C elements).
+inline std::int64_t trilinear_saved_elems(const TrilinearShape& s) {
+  s.validate("trilinear_saved_elems");
+  return s.n * s.c * (s.p() + s.c);
+}
+
+namespace detail {
+
+inline void check_pointer(const void* ptr, const char* name, std::int64_t numel, const char* op) {
+  TASN_CHECK_ARG(ptr != nullptr || numel == 0, op, ": ", name, " is null but must hold ", numel,
+                 " elements");
+}
+
+}  // namespace detail
+}  // namespace tasn

@@ -1,0 +1,117 @@
+#!/usr/bin/python3
+"""Writes the PyTorch golden data the C++ tests compare against (tests/golden/*.bin).
+
+Run with Debian's PyTorch (python3-torch installs into the system Python, /usr/bin/python3):
+
+    /usr/bin/python3 tests/golden/gen_golden.py            # writes tests/golden/*.bin
+
+Inputs are not stored: they come from the splitmix64 generator below, which
+tests/support/test_support.h reproduces bit for bit. Everything is computed in float64 with
+torch's own softmax / bmm and autograd, independently of the C++ code. Large tensors are stored
+as samples (values at generator-chosen flat indices) plus per-row sums, so every file stays far
+below 1 MiB.
+
+File format (little-endian): b"TASNGLD1", uint32 count, then per tensor: uint32 name length, name
+(utf-8), uint32 ndim, int64 dims[ndim], float64 data.
+"""
+import os
+import struct
+import sys
+
+import numpy as np
+import torch
+
+MASK = (1 << 64) - 1
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def splitmix64(x):
+    """Vectorised splitmix64 over a numpy uint64 array (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        z = x
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def uniform(seed, n, lo, hi):
+    """Matches tasn::test::random_tensor: uniform [lo, hi), rounded to float32, as float64."""
+    with np.errstate(over="ignore"):
+        key = np.uint64((seed * 0x100000001B3) & MASK)
+    idx = np.arange(n, dtype=np.uint64)
+    h = splitmix64(key ^ idx)
+    u = (h >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    v = lo + (hi - lo) * u
+    return torch.from_numpy(v.astype(np.float32).astype(np.float64))
+
+
+def sample_indices(seed, count, numel):
+    """Flat indices chosen by the generator (tasn::test::sample_indices)."""
+    idx = np.arange(count, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        key = np.uint64((seed * 0x100000001B3) & MASK)
+    h = splitmix64(key ^ idx)
+    return (h % np.uint64(numel)).astype(np.int64)
+
+
+def write(path, tensors):
+    with open(path, "wb") as f:
+        f.write(b"TASNGLD1")
+        f.write(struct.pack("<I", len(tensors)))
+        for name, t in tensors.items():
+            t = torch.as_tensor(t, dtype=torch.float64).contiguous()
+            nb = name.encode()
+            f.write(struct.pack("<I", len(nb)))
+            f.write(nb)
+            f.write(struct.pack("<I", t.dim()))
+            f.write(struct.pack("<%dq" % t.dim(), *t.shape))
+            f.write(t.numpy().astype("<f8").tobytes())
+    print("wrote %s (%d bytes)" % (os.path.relpath(path), os.path.getsize(path)))
+
+
+def trilinear(x, beta):
+    """SPEC section 1, written with torch ops; x (N, C, H, W) float64."""
+    n, c, h, w = x.shape
+    xf = x.reshape(n, c, h * w)
+    s = torch.softmax(beta * xf, dim=2)
+    b = torch.bmm(s, xf.transpose(1, 2))
+    a = torch.softmax(b, dim=2)
+    return torch.bmm(a, xf).reshape(n, c, h, w), a
+
+
+def trilinear_case(name, shape, beta, lo, hi, seed, full):
+    n, c, h, w = shape
+    numel = n * c * h * w
+    x = uniform(seed, numel, lo, hi).reshape(shape).requires_grad_(True)
+    dm = uniform(seed + 1, numel, -1.0, 1.0).reshape(shape)
+    m, a = trilinear(x, beta)
+    (dx,) = torch.autograd.grad(m, x, dm)
+    out = {
+        "shape": torch.tensor(shape, dtype=torch.float64),
+        "params": torch.tensor([beta, lo, hi, seed], dtype=torch.float64),
+        "m_rowsum": m.detach().reshape(n * c, h * w).sum(1),
+        "dx_rowsum": dx.reshape(n * c, h * w).sum(1),
+        "a_rowsum": a.detach().sum(2).reshape(-1),
+    }
+    if full:
+        out["m"] = m.detach()
+        out["dx"] = dx
+    else:
+        idx = sample_indices(seed + 2, 4096, numel)
+        out["sample_idx"] = torch.from_numpy(idx.astype(np.float64))
+        out["m_sample"] = m.detach().reshape(-1)[idx]
+        out["dx_sample"] = dx.reshape(-1)[idx]
+    write(os.path.join(HERE, "trilinear_%s.bin" % name), out)
+
+
+def main():
+    torch.set_default_dtype(torch.float64)
+    print("torch", torch.__version__, file=sys.stderr)
+    trilinear_case("small", (2, 4, 3, 5), 7.0, -1.0, 1.0, 11, full=True)
+    trilinear_case("beta1", (3, 16, 7, 6), 1.0, -2.0, 2.0, 12, full=True)
+    trilinear_case("tasn", (2, 512, 28, 28), 7.0, 0.0, 3.0, 13, full=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+// tests/gpu/gpu_runners.cu - see gpu_runners.h.
+#include "gpu/gpu_runners.h"
+
+#include <cuda_runtime.h>
+
+#include <type_traits>
+
+#include "tasn/core/cuda_check.cuh"
+#include "tasn/core/device_buffer.cuh"
+#include "tasn/core/dtype.cuh"
+#include "tasn/core/gemm.cuh"
+#include "tasn/core/row_softmax.cuh"
+#include "tasn/trilinear_attention.cuh"
+
+namespace tasn::test::gpu {
+namespace {
+
+using tasn::cuda::DeviceBuffer;
+
+template <class T>
+std::vector<T> to_storage(const std::vector<float>& v) {
+  std::vector<T> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = tasn::cuda::from_float<T>(v[i]);
+  return out;
+}
+
+template <class T>
+std::vector<float> to_float_vec(const std::vector<T>& v) {
+  std::vector<float> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = tasn::cuda::to_float(v[i]);
+  return out;
+}
+
+template <class T>
+DeviceBuffer<T> upload(const std::vector<T>& host) {
+  return DeviceBuffer<T>::from_host(host);
+}
+
+template <class T>
+std::vector<T> download(const DeviceBuffer<T>& d, std::size_t n) {
+  auto h = d.to_host();
+  h.resize(n);
+  return h;
+}
+
+tasn::cuda::RowKernel row_kernel(Kernel k) { return static_cast<tasn::cuda::RowKernel>(static_cast<int>(k)); }
+
+template <class F>
+auto with_dtype(Dtype d, F&& f) {
+  switch (d) {
+    case Dtype::F16: return f(__half{});
+    case Dtype::BF16: return f(__nv_bfloat16{});
+    default: return f(float{});
+  }
+}
+
+}  // namespace
+
+const char* dtype_name(Dtype d) {
+  return with_dtype(d, [](auto t) { return tasn::cuda::type_name<decltype(t)>(); });
+}
+
+bool device_available(std::string* reason) {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    *reason = std::string("no usable CUDA device: cudaGetDeviceCount returned ") +
+              cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")";
+    cudaGetLastError();
+    return false;
+  }
+  if (count == 0) {
+    *reason = "no usable CUDA device: cudaGetDeviceCount reports 0 devices";
+    return false;
+  }
+  return true;
+}
+
+std::vector<float> round_to(Dtype d, const std::vector<float>& v) {
+  return with_dtype(d, [&](auto t) { return to_float_vec(to_storage<decltype(t)>(v)); });
+}
+
+TrilinearResult trilinear(Dtype d, const std::vector<float>& x, const std::vector<float>& dm,
+                          const TrilinearShape& s, double beta, Kernel k) {
+  return with_dtype(d, [&](auto tag) {
+    using T = decltype(tag);
+    TrilinearAttentionOptions opt;
+    opt.beta = beta;
+    tasn::cuda::CublasHandle cublas;
+    cudaStream_t stream;
+    TASN_CUDA_CHECK(cudaStreamCreate(&stream));
+    const tasn::cuda::Context ctx{stream, cublas.get(), row_kernel(k)};
+    const std::size_t n = x.size(), ns = static_cast<std::size_t>(trilinear_saved_elems(s));
+    auto dx_ = upload(to_storage<T>(x));
+    auto ddm = upload(to_storage<T>(dm));
+    DeviceBuffer<T> dmo(n), dsaved(ns), ddx1(n), ddx2(n);
+    const std::size_t wf = tasn::cuda::trilinear_attention_forward_workspace_bytes<T>(s, true);
+    const std::size_t wb1 = tasn::cuda::trilinear_attention_backward_workspace_bytes<T>(s, true);
+    const std::size_t wb2 = tasn::cuda::trilinear_attention_backward_workspace_bytes<T>(s, false);
+    DeviceBuffer<unsigned char> ws(std::max(wf, std::max(wb1, wb2)));
+    tasn::cuda::trilinear_attention_forward<T>(dx_.get(), dmo.get(), dsaved.get(), s, opt, ws.get(), wf, ctx);
+    tasn::cuda::trilinear_attention_backward<T>(dx_.get(), ddm.get(), dsaved.get(), ddx1.get(), s, opt,
+                                                ws.get(), wb1, ctx);
+    tasn::cuda::trilinear_attention_backward<T>(dx_.get(), ddm.get(), nullptr, ddx2.get(), s, opt,
+                                                ws.get(), wb2, ctx);
+    TASN_CUDA_CHECK(cudaStreamSynchronize(stream));
+    TASN_CUDA_CHECK(cudaStreamDestroy(stream));
+    return TrilinearResult{to_float_vec(download(dmo, n)), to_float_vec(download(dsaved, ns)),
+                           to_float_vec(download(ddx1, n)), to_float_vec(download(ddx2, n))};
+  });
+}
+
+std::vector<float> softmax_rows(Dtype d, const std::vector<float>& in, long rows, long len,
+                                float scale, Kernel k) {
+  return with_dtype(d, [&](auto tag) {
+    using T = decltype(tag);
+    auto din = upload(to_storage<T>(in));
+    DeviceBuffer<T> dout(in.size());
+    tasn::cuda::softmax_rows(din.get(), dout.get(), rows, len, scale, nullptr, row_kernel(k));
+    TASN_CUDA_CHECK(cudaDeviceSynchronize());
+    return to_float_vec(download(dout, in.size()));
+  });
+}
+
+std::vector<float> softmax_backward_rows(Dtype d, const std::vector<float>& y,
+                                         const std::vector<float>& dy,
+                                         const std::vector<float>& add, long rows, long len,
+                                         float scale, Kernel k) {
+  return with_dtype(d, [&](auto tag) {
+    using T = decltype(tag);
+    auto dyv = upload(to_storage<T>(y));
+    auto ddy = upload(dy);
+    auto dadd = upload(add);
+    DeviceBuffer<T> dout(y.size());
+    tasn::cuda::softmax_backward_rows(dyv.get(), ddy.get(),
+                                      add.empty() ? static_cast<const float*>(nullptr) : dadd.get(),
+                                      dout.get(), rows, len, scale, nullptr, row_kernel(k));
+    TASN_CUDA_CHECK(cudaDeviceSynchronize());
+    return to_float_vec(download(dout, y.size()));
+  });
+}
+
+void trilinear_forward_validation_only(const TrilinearShape& s, double beta,
+                                       std::size_t workspace_bytes, bool null_workspace,
+                                       bool null_cublas, bool null_x) {
+  // Fake, never dereferenced device addresses (256-byte aligned).
+  float* fake = reinterpret_cast<float*>(std::uintptr_t(1) << 20);
+  TrilinearAttentionOptions opt;
+  opt.beta = beta;
+  const tasn::cuda::Context ctx{nullptr, null_cublas ? nullptr : reinterpret_cast<cublasHandle_t>(fake),
+                                tasn::cuda::RowKernel::Auto};
+  tasn::cuda::trilinear_attention_forward<float>(null_x ? nullptr : fake, fake, nullptr, s, opt,
+                                                 null_workspace ? nullptr : fake, workspace_bytes, ctx);
+}
+
+std::size_t trilinear_workspace_bytes(Dtype d, const TrilinearShape& s, bool backward,
+                                      bool saved_given) {
+  return with_dtype(d, [&](auto tag) {
+    using T = decltype(tag);
+    return backward ? tasn::cuda::trilinear_attention_backward_workspace_bytes<T>(s, saved_given)
+                    : tasn::cuda::trilinear_attention_forward_workspace_bytes<T>(s, saved_given);
+  });
+}
+
+void raise_cuda_error() {
+  try {
+    TASN_CUDA_CHECK(cudaMemcpy(nullptr, nullptr, 1, cudaMemcpyHostToDevice));
+  } catch (...) {
+    cudaGetLastError();  // clear the (non-sticky) error so later launch checks do not see it
+    throw;
+  }
+}
+
+}  // namespace tasn::test::gpu

@@ -1,0 +1,51 @@
+// tests/gpu/gpu_runners.h - host-side entry points into the CUDA operators for the GPU tests.
+//
+// The .cu file compiles with nvcc and holds all CUDA code; the tests themselves are host C++ that
+// compare these results with the CPU path (which uses Eigen, kept out of nvcc-compiled files).
+// Data crosses as float vectors; the runner converts to and from the storage type.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "tasn/trilinear_attention_common.h"
+
+namespace tasn::test::gpu {
+
+enum class Dtype { F32, F16, BF16 };
+enum class Kernel { Auto = 0, Warp = 1, Block = 2 };  // tasn::cuda::RowKernel
+
+const char* dtype_name(Dtype d);
+
+// True when a CUDA device can be used; otherwise `reason` says why (for GTEST_SKIP).
+bool device_available(std::string* reason);
+
+// Rounds values to the storage type and back (host conversion, round to nearest even).
+std::vector<float> round_to(Dtype d, const std::vector<float>& v);
+
+struct TrilinearResult {
+  std::vector<float> m, saved, dx_saved, dx_recompute;
+};
+TrilinearResult trilinear(Dtype d, const std::vector<float>& x, const std::vector<float>& dm,
+                          const TrilinearShape& s, double beta, Kernel k);
+
+std::vector<float> softmax_rows(Dtype d, const std::vector<float>& in, long rows, long len,
+                                float scale, Kernel k);
+// dx = scale * y * (dy - <y, dy>) + add; y and dx in the storage type, dy and add in float.
+std::vector<float> softmax_backward_rows(Dtype d, const std::vector<float>& y,
+                                         const std::vector<float>& dy,
+                                         const std::vector<float>& add, long rows, long len,
+                                         float scale, Kernel k);
+
+// Calls the CUDA forward with fake device pointers (validation must reject the call before any
+// device work). Used to test the error paths on machines without a GPU.
+void trilinear_forward_validation_only(const TrilinearShape& s, double beta,
+                                       std::size_t workspace_bytes, bool null_workspace,
+                                       bool null_cublas, bool null_x);
+std::size_t trilinear_workspace_bytes(Dtype d, const TrilinearShape& s, bool backward,
+                                      bool saved_given);
+// Runs TASN_CUDA_CHECK on a failing status so the test sees the exception it produces.
+void raise_cuda_error();
+
+}  // namespace tasn::test::gpu

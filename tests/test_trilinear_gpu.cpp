@@ -1,0 +1,188 @@
+// CUDA trilinear attention and row-softmax kernels against the CPU path, for every storage type
+// and kernel variant. Tests that need a device skip with the reason when there is none; the
+// argument-validation and workspace tests run everywhere (validation happens before any CUDA call).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <ostream>
+#include <tuple>
+#include <vector>
+
+#include "gpu/gpu_runners.h"
+#include "support/reference_trilinear.h"
+#include "support/test_support.h"
+#include "tasn/core/softmax_cpu.h"
+#include "tasn/trilinear_attention.h"
+
+namespace tasn::test::gpu {
+// Readable parameter values in test listings.
+inline void PrintTo(Dtype d, std::ostream* os) { *os << dtype_name(d); }
+inline void PrintTo(Kernel k, std::ostream* os) {
+  const char* names[] = {"auto", "warp", "block"};
+  *os << names[static_cast<int>(k)];
+}
+}  // namespace tasn::test::gpu
+
+namespace {
+namespace tt = tasn::test;
+namespace g = tasn::test::gpu;
+using g::Dtype;
+using g::Kernel;
+using tasn::TrilinearShape;
+
+// Documented tolerances (docs/trilinear_attention.md): error relative to max|reference| of the
+// tensor, against the CPU double path run on the same storage-rounded inputs.
+struct DtypeTol {
+  double softmax_rtol;  // per element, relative (outputs are rounded to the storage type)
+  double m;             // trilinear M, relative to max|M|
+  double dx;            // trilinear dX, relative to max|dX|
+};
+DtypeTol tol(Dtype d) {
+  switch (d) {
+    case Dtype::F16: return {2e-3, 5e-3, 3e-2};
+    case Dtype::BF16: return {1.6e-2, 3e-2, 1e-1};
+    default: return {2e-6, 2e-5, 2e-4};
+  }
+}
+
+class Gpu : public ::testing::TestWithParam<std::tuple<Dtype, Kernel>> {
+ protected:
+  void SetUp() override {
+    std::string reason;
+    if (!g::device_available(&reason)) GTEST_SKIP() << reason;
+  }
+};
+
+std::string param_name(const ::testing::TestParamInfo<std::tuple<Dtype, Kernel>>& info) {
+  const char* k[] = {"auto", "warp", "block"};
+  return std::string(g::dtype_name(std::get<0>(info.param))) + "_" + k[static_cast<int>(std::get<1>(info.param))];
+}
+
+TEST_P(Gpu, SoftmaxRowsMatchCpu) {
+  const auto [dt, kernel] = GetParam();
+  for (long len : {1L, 7L, 32L, 33L, 100L, 784L, 1024L, 1025L, 5089L}) {
+    if (kernel == Kernel::Warp && len > 1024) continue;
+    SCOPED_TRACE(::testing::Message() << "len=" << len);
+    const long rows = 37;
+    const auto in = g::round_to(dt, tt::cast_vector<float>(tt::random_tensor(rows * len, len, -8.0, 8.0)));
+    const auto got = g::softmax_rows(dt, in, rows, len, 7.f, kernel);
+    std::vector<double> ref(in.size());
+    const auto ind = tt::cast_vector<double>(in);
+    tasn::cpu::softmax_rows(ind.data(), ref.data(), rows, len, 7.0, false);
+    const auto r = tt::compare(got, ref, 1e-7, tol(dt).softmax_rtol);
+    EXPECT_TRUE(r.ok) << r.message();
+  }
+}
+
+TEST_P(Gpu, SoftmaxBackwardRowsMatchCpu) {
+  const auto [dt, kernel] = GetParam();
+  for (long len : {1L, 31L, 512L, 784L, 1024L, 3000L}) {
+    if (kernel == Kernel::Warp && len > 1024) continue;
+    SCOPED_TRACE(::testing::Message() << "len=" << len);
+    const long rows = 19;
+    const auto x = tt::random_tensor(rows * len, 3 * len, -2.0, 2.0);
+    std::vector<double> y(x.size());
+    tasn::cpu::softmax_rows(x.data(), y.data(), rows, len, 1.0, false);
+    const auto yr = g::round_to(dt, tt::cast_vector<float>(y));
+    const auto dy = tt::cast_vector<float>(tt::random_tensor(rows * len, 5 * len));
+    const auto add = tt::cast_vector<float>(tt::random_tensor(rows * len, 7 * len, -1e-3, 1e-3));
+    const auto got = g::softmax_backward_rows(dt, yr, dy, add, rows, len, 3.f, kernel);
+    std::vector<double> ref(tt::cast_vector<double>(add));
+    const auto yd = tt::cast_vector<double>(yr), dyd = tt::cast_vector<double>(dy);
+    tasn::cpu::softmax_backward_rows(yd.data(), dyd.data(), ref.data(), rows, len, 3.0, true, false);
+    const auto r = tt::compare(got, ref, 1e-6 * tt::max_abs(ref), tol(dt).softmax_rtol);
+    EXPECT_TRUE(r.ok) << r.message();
+  }
+}
+
+TEST_P(Gpu, TrilinearMatchesCpu) {
+  const auto [dt, kernel] = GetParam();
+  if (kernel == Kernel::Warp) GTEST_SKIP() << "covered by auto (every row here is <= 1024)";
+  for (const auto& s : {TrilinearShape{2, 5, 3, 3}, TrilinearShape{3, 64, 14, 14},
+                        TrilinearShape{2, 512, 28, 28}, TrilinearShape{1, 40, 40, 40}}) {
+    SCOPED_TRACE(::testing::Message() << "N=" << s.n << " C=" << s.c << " H=" << s.h << " W=" << s.w);
+    const auto x = g::round_to(dt, tt::cast_vector<float>(tt::random_tensor(s.numel(), 61, 0.0, 3.0)));
+    const auto dm = g::round_to(dt, tt::cast_vector<float>(tt::random_tensor(s.numel(), 62)));
+    const auto got = g::trilinear(dt, x, dm, s, 7.0, kernel);
+    const auto xd = tt::cast_vector<double>(x), dmd = tt::cast_vector<double>(dm);
+    std::vector<double> m(xd.size()), saved(tasn::trilinear_saved_elems(s)), dx(xd.size());
+    tasn::cpu::trilinear_attention_forward<double>(xd.data(), m.data(), saved.data(), s);
+    tasn::cpu::trilinear_attention_backward<double>(xd.data(), dmd.data(), saved.data(), dx.data(), s);
+    const DtypeTol t = tol(dt);
+    auto r = tt::compare(got.m, m, t.m * tt::max_abs(m), 0.0);
+    EXPECT_TRUE(r.ok) << "m: " << r.message();
+    r = tt::compare(got.dx_saved, dx, t.dx * tt::max_abs(dx), 0.0);
+    EXPECT_TRUE(r.ok) << "dx (saved): " << r.message();
+    r = tt::compare(got.dx_recompute, dx, t.dx * tt::max_abs(dx), 0.0);
+    EXPECT_TRUE(r.ok) << "dx (recomputed): " << r.message();
+    r = tt::compare(got.saved, saved, t.m, t.softmax_rtol * 4);
+    EXPECT_TRUE(r.ok) << "saved S|A: " << r.message();
+    // Norm-wise error as well, tighter than the per-element bound.
+    EXPECT_LT(tt::relative_error(tt::cast_vector<double>(got.dx_saved), dx), t.dx / 3);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTypes, Gpu,
+                         ::testing::Combine(::testing::Values(Dtype::F32, Dtype::F16, Dtype::BF16),
+                                            ::testing::Values(Kernel::Auto, Kernel::Warp, Kernel::Block)),
+                         param_name);
+
+// ---- validation and error conversion: no device needed ---------------------------------------
+
+template <class F>
+std::string invalid_argument_of(F&& f) {
+  try {
+    f();
+  } catch (const tasn::InvalidArgument& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("WRONG TYPE: ") + e.what();
+  }
+  return "NO EXCEPTION";
+}
+
+TEST(CudaValidation, WorkspaceSizes) {
+  const TrilinearShape s{2, 3, 4, 5};  // NCP = 120, NCC = 18
+  auto al = [](std::size_t b) { return (b + 255) / 256 * 256; };
+  // forward with saved: B (float, NCC); without: S, A (T) too
+  EXPECT_EQ(g::trilinear_workspace_bytes(Dtype::F32, s, false, true), al(18 * 4));
+  EXPECT_EQ(g::trilinear_workspace_bytes(Dtype::F16, s, false, false), al(120 * 2) + al(18 * 2) + al(18 * 4));
+  // backward with saved, float: dA (f32 NCC), dB (T NCC), dS (f32 NCP); dx doubles as accumulator
+  EXPECT_EQ(g::trilinear_workspace_bytes(Dtype::F32, s, true, true), al(18 * 4) + al(18 * 4) + al(120 * 4));
+  // half adds the float accumulator
+  EXPECT_EQ(g::trilinear_workspace_bytes(Dtype::F16, s, true, true),
+            al(18 * 4) + al(18 * 2) + al(120 * 4) + al(120 * 4));
+  // without saved: S, A, B(=dA) recomputed into the workspace
+  EXPECT_EQ(g::trilinear_workspace_bytes(Dtype::BF16, s, true, false),
+            al(120 * 2) + al(18 * 2) + al(18 * 4) + al(18 * 2) + al(120 * 4) + al(120 * 4));
+}
+
+TEST(CudaValidation, RejectsBadArgumentsBeforeAnyDeviceWork) {
+  const TrilinearShape s{2, 3, 4, 5};
+  const std::size_t need = g::trilinear_workspace_bytes(Dtype::F32, s, false, false);
+  std::string msg = invalid_argument_of([&] { g::trilinear_forward_validation_only(s, 7.0, need - 1, false, false, false); });
+  EXPECT_NE(msg.find("workspace holds " + std::to_string(need - 1) + " bytes but " + std::to_string(need)), std::string::npos) << msg;
+  msg = invalid_argument_of([&] { g::trilinear_forward_validation_only(s, 7.0, need, true, false, false); });
+  EXPECT_NE(msg.find("workspace is null"), std::string::npos) << msg;
+  msg = invalid_argument_of([&] { g::trilinear_forward_validation_only(s, 7.0, need, false, true, false); });
+  EXPECT_NE(msg.find("ctx.cublas is null"), std::string::npos) << msg;
+  msg = invalid_argument_of([&] { g::trilinear_forward_validation_only(s, 7.0, need, false, false, true); });
+  EXPECT_NE(msg.find("x is null but must hold 120 elements"), std::string::npos) << msg;
+  msg = invalid_argument_of([&] { g::trilinear_forward_validation_only(s, -2.0, need, false, false, false); });
+  EXPECT_NE(msg.find("beta must be finite and > 0, got -2"), std::string::npos) << msg;
+  msg = invalid_argument_of([&] { g::trilinear_forward_validation_only(TrilinearShape{2, 0, 4, 5}, 7.0, need, false, false, false); });
+  EXPECT_NE(msg.find("cuda::trilinear_attention_forward: x must have shape"), std::string::npos) << msg;
+}
+
+TEST(CudaValidation, CudaErrorsBecomeCudaError) {
+  try {
+    g::raise_cuda_error();
+    FAIL() << "no exception";
+  } catch (const tasn::CudaError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("cudaMemcpy"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("gpu_runners.cu"), std::string::npos) << msg;
+  }
+}
+
+}  // namespace
