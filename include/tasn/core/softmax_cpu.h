@@ -5,7 +5,12 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
 
 #include "tasn/core/common.h"
 #include "tasn/core/parallel.h"
@@ -64,15 +69,38 @@ void softmax_backward_rows(const T* y, const T* dy, T* dx, std::int64_t rows, st
   }
 }
 
+// True when no element of data[0, n) is NaN or +-Inf: an exponent-bits test that vectorises.
+template <class T>
+bool all_finite_serial(const T* data, std::int64_t n) {
+  using Bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+  constexpr Bits exp_mask = sizeof(T) == 4 ? Bits(0x7f800000u) : Bits(0x7ff0000000000000ull);
+  Bits bad = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    Bits b;
+    std::memcpy(&b, data + i, sizeof(T));
+    bad |= static_cast<Bits>((b & exp_mask) == exp_mask);
+  }
+  return bad == 0;
+}
+
 // Throws tasn::InvalidArgument naming `name` and the first offending index when data holds a NaN
-// or an infinity.
+// or an infinity. Multi-threaded over chunks.
 template <class T>
 void check_all_finite(const T* data, std::int64_t numel, const char* name, const char* op) {
-  if (numel == 0 || Eigen::Map<const RowArray<T>>(data, numel).allFinite()) return;
-  for (std::int64_t i = 0; i < numel; ++i) {
-    if (!std::isfinite(data[i]))
-      throw InvalidArgument(detail::concat(op, ": ", name, " holds a non-finite value (", data[i],
-                                           ") at flat index ", i, " of ", numel));
+  constexpr std::int64_t kChunk = std::int64_t(1) << 16;
+  const std::int64_t chunks = (numel + kChunk - 1) / kChunk;
+  std::vector<unsigned char> chunk_ok(static_cast<std::size_t>(chunks), 1);
+  parallel_for(0, chunks, [&](std::int64_t c) {
+    const std::int64_t b = c * kChunk;
+    chunk_ok[c] = all_finite_serial(data + b, std::min(kChunk, numel - b));
+  });
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    if (chunk_ok[c]) continue;
+    for (std::int64_t i = c * kChunk; i < numel; ++i) {
+      if (!std::isfinite(data[i]))
+        throw InvalidArgument(detail::concat(op, ": ", name, " holds a non-finite value (", data[i],
+                                             ") at flat index ", i, " of ", numel));
+    }
   }
 }
 

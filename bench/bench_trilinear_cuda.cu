@@ -1,0 +1,223 @@
+// CUDA trilinear attention and row-softmax kernels, timed with CUDA events (manual time).
+//
+// Counters:
+//   FLOP/s   GEMM flops of the pass (forward 2 products, backward 4, 2*C*C*P each)
+//   gemm_ms  the pass's cuBLAS GEMMs alone, same buffers, timed in the same run just before
+//   x_gemm   operator time / GEMM-only time (>= 1; what the softmax kernels add)
+//   GB/s     (row kernels) compulsory bytes / time; x_memcpy = that / device-to-device cudaMemcpy
+//            bandwidth of the same byte count measured in the same run (the traffic bound)
+// Without a usable device every benchmark reports an error row with the reason and the program
+// exits 0.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tasn/core/device_buffer.cuh"
+#include "tasn/trilinear_attention.cuh"
+
+namespace {
+
+using tasn::TrilinearShape;
+using tasn::cuda::Context;
+using tasn::cuda::DeviceBuffer;
+using tasn::cuda::RowKernel;
+
+constexpr std::int64_t kC = 512, kH = 28, kW = 28;
+
+bool device_ok(std::string* reason) {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n == 0) {
+    *reason = std::string("no usable CUDA device: ") + (e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+    cudaGetLastError();
+    return false;
+  }
+  return true;
+}
+
+template <class T>
+DeviceBuffer<T> random_device(std::int64_t n, float lo, float hi, std::uint64_t seed) {
+  std::vector<T> h(static_cast<std::size_t>(n));
+  for (auto& v : h) {
+    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+    v = tasn::cuda::from_float<T>(lo + (hi - lo) * static_cast<float>((seed >> 40) * 0x1.0p-24));
+  }
+  return DeviceBuffer<T>::from_host(h);
+}
+
+class EventTimer {
+ public:
+  explicit EventTimer(cudaStream_t s) : s_(s) {
+    TASN_CUDA_CHECK(cudaEventCreate(&a_));
+    TASN_CUDA_CHECK(cudaEventCreate(&b_));
+  }
+  ~EventTimer() {
+    cudaEventDestroy(a_);
+    cudaEventDestroy(b_);
+  }
+  template <class F>
+  double seconds(F&& f) {
+    TASN_CUDA_CHECK(cudaEventRecord(a_, s_));
+    f();
+    TASN_CUDA_CHECK(cudaEventRecord(b_, s_));
+    TASN_CUDA_CHECK(cudaEventSynchronize(b_));
+    float ms = 0.f;
+    TASN_CUDA_CHECK(cudaEventElapsedTime(&ms, a_, b_));
+    return ms * 1e-3;
+  }
+  template <class F>
+  double best_of(int reps, F&& f) {
+    double best = 1e30;
+    for (int r = 0; r < reps; ++r) best = std::min(best, seconds(f));
+    return best;
+  }
+
+ private:
+  cudaStream_t s_;
+  cudaEvent_t a_, b_;
+};
+
+struct Stream {
+  cudaStream_t s;
+  Stream() { TASN_CUDA_CHECK(cudaStreamCreate(&s)); }
+  ~Stream() { cudaStreamDestroy(s); }
+};
+
+template <class T>
+void BM_TrilinearCuda(benchmark::State& state, bool backward) {
+  std::string why;
+  if (!device_ok(&why)) {
+    state.SkipWithError(why.c_str());
+    return;
+  }
+  const TrilinearShape s{state.range(0), kC, kH, kW};
+  const std::int64_t N = s.n, C = s.c, P = s.p(), ncp = s.numel();
+  Stream stream;
+  tasn::cuda::CublasHandle cublas;
+  const Context ctx{stream.s, cublas.get(), RowKernel::Auto};
+  auto x = random_device<T>(ncp, 0.f, 3.f, 1);
+  auto dm = random_device<T>(ncp, -1.f, 1.f, 2);
+  DeviceBuffer<T> m(ncp), dx(ncp), saved(tasn::trilinear_saved_elems(s));
+  const std::size_t wf = tasn::cuda::trilinear_attention_forward_workspace_bytes<T>(s, true);
+  const std::size_t wb = tasn::cuda::trilinear_attention_backward_workspace_bytes<T>(s, true);
+  DeviceBuffer<unsigned char> ws(std::max(wf, wb));
+  DeviceBuffer<float> f1(N * C * std::max(C, P)), f2(ncp);
+  const tasn::TrilinearAttentionOptions opt;
+
+  auto op = [&] {
+    if (backward)
+      tasn::cuda::trilinear_attention_backward<T>(x.get(), dm.get(), saved.get(), dx.get(), s, opt, ws.get(), wb, ctx);
+    else
+      tasn::cuda::trilinear_attention_forward<T>(x.get(), m.get(), saved.get(), s, opt, ws.get(), wf, ctx);
+  };
+  const cudaDataType_t t = tasn::cuda::data_type<T>();
+  const T* sp = saved.get();
+  const T* ap = saved.get() + ncp;
+  auto gemms = [&] {
+    using tasn::cuda::gemm_rm_batched;
+    if (!backward) {
+      gemm_rm_batched(cublas, stream.s, C, C, P, 1.f, {sp, t, false, P, C * P}, {x.get(), t, true, P, C * P},
+                      0.f, f1.get(), CUDA_R_32F, C, C * C, N);
+      gemm_rm_batched(cublas, stream.s, C, P, C, 1.f, {ap, t, false, C, C * C}, {x.get(), t, false, P, C * P},
+                      0.f, m.get(), t, P, C * P, N);
+    } else {
+      gemm_rm_batched(cublas, stream.s, C, C, P, 1.f, {dm.get(), t, false, P, C * P}, {x.get(), t, true, P, C * P},
+                      0.f, f1.get(), CUDA_R_32F, C, C * C, N);
+      gemm_rm_batched(cublas, stream.s, C, P, C, 1.f, {ap, t, true, C, C * C}, {dm.get(), t, false, P, C * P},
+                      0.f, f2.get(), CUDA_R_32F, P, C * P, N);
+      gemm_rm_batched(cublas, stream.s, C, P, C, 1.f, {ap, t, false, C, C * C}, {x.get(), t, false, P, C * P},
+                      0.f, f1.get(), CUDA_R_32F, P, C * P, N);
+      gemm_rm_batched(cublas, stream.s, C, P, C, 1.f, {ap, t, true, C, C * C}, {sp, t, false, P, C * P},
+                      1.f, f2.get(), CUDA_R_32F, P, C * P, N);
+    }
+  };
+  tasn::cuda::trilinear_attention_forward<T>(x.get(), m.get(), saved.get(), s, opt, ws.get(), wf, ctx);
+  op();
+  gemms();
+  EventTimer timer(stream.s);
+  const double gemm_s = timer.best_of(5, gemms);
+  double total = 0.0;
+  for (auto _ : state) {
+    const double sec = timer.seconds(op);
+    state.SetIterationTime(sec);
+    total += sec;
+  }
+  const double flops = (backward ? 8.0 : 4.0) * N * double(C) * C * P;
+  state.counters["FLOP/s"] = benchmark::Counter(flops * state.iterations(), benchmark::Counter::kIsRate);
+  state.counters["gemm_ms"] = gemm_s * 1e3;
+  state.counters["x_gemm"] = total / static_cast<double>(state.iterations()) / gemm_s;
+}
+
+// Row softmax over N*C rows of `len` (P = 784: the spatial softmax; C = 512: the channel one).
+template <class T>
+void BM_SoftmaxRows(benchmark::State& state, RowKernel kernel, bool backward) {
+  std::string why;
+  if (!device_ok(&why)) {
+    state.SkipWithError(why.c_str());
+    return;
+  }
+  const std::int64_t rows = state.range(0), len = state.range(1), n = rows * len;
+  Stream stream;
+  auto in = random_device<T>(n, -4.f, 4.f, 3);
+  auto dyf = random_device<float>(n, -1.f, 1.f, 4);
+  DeviceBuffer<T> out(n);
+  auto op = [&] {
+    if (backward)
+      tasn::cuda::softmax_backward_rows(in.get(), dyf.get(), dyf.get(), out.get(), rows, len, 7.f, stream.s, kernel);
+    else
+      tasn::cuda::softmax_rows(in.get(), out.get(), rows, len, 7.f, stream.s, kernel);
+  };
+  // Compulsory bytes: forward reads and writes T; backward reads y (T), dy and add (float), writes T.
+  const double bytes = backward ? double(n) * (2 * sizeof(T) + 2 * sizeof(float)) : double(n) * 2 * sizeof(T);
+  DeviceBuffer<unsigned char> a(static_cast<std::size_t>(bytes / 2)), b(static_cast<std::size_t>(bytes / 2));
+  EventTimer timer(stream.s);
+  op();
+  const double copy_s = timer.best_of(5, [&] {
+    TASN_CUDA_CHECK(cudaMemcpyAsync(b.get(), a.get(), a.bytes(), cudaMemcpyDeviceToDevice, stream.s));
+  });
+  double total = 0.0;
+  for (auto _ : state) {
+    const double sec = timer.seconds(op);
+    state.SetIterationTime(sec);
+    total += sec;
+  }
+  const double per_iter = total / static_cast<double>(state.iterations());
+  state.counters["GB/s"] = bytes / per_iter * 1e-9;
+  state.counters["memcpy_GB/s"] = bytes / copy_s * 1e-9;  // memcpy moves bytes/2 read + bytes/2 written
+  state.counters["x_memcpy"] = copy_s / per_iter;
+}
+
+void trilinear_args(benchmark::internal::Benchmark* b) {
+  b->Arg(8)->Arg(32)->UseManualTime()->Unit(benchmark::kMicrosecond);
+}
+void row_args(benchmark::internal::Benchmark* b) {
+  b->Args({32 * kC, kH * kW})->Args({32 * kC, kC})->Args({4096, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
+}
+
+// BENCHMARK_CAPTURE takes a plain function name: one wrapper per storage type.
+void BM_TrilinearF32(benchmark::State& st, bool bwd) { BM_TrilinearCuda<float>(st, bwd); }
+void BM_TrilinearF16(benchmark::State& st, bool bwd) { BM_TrilinearCuda<__half>(st, bwd); }
+void BM_TrilinearBF16(benchmark::State& st, bool bwd) { BM_TrilinearCuda<__nv_bfloat16>(st, bwd); }
+void BM_SoftmaxRowsF32(benchmark::State& st, RowKernel k, bool bwd) { BM_SoftmaxRows<float>(st, k, bwd); }
+void BM_SoftmaxRowsF16(benchmark::State& st, RowKernel k, bool bwd) { BM_SoftmaxRows<__half>(st, k, bwd); }
+
+BENCHMARK_CAPTURE(BM_TrilinearF32, forward, false)->Apply(trilinear_args);
+BENCHMARK_CAPTURE(BM_TrilinearF16, forward, false)->Apply(trilinear_args);
+BENCHMARK_CAPTURE(BM_TrilinearBF16, forward, false)->Apply(trilinear_args);
+BENCHMARK_CAPTURE(BM_TrilinearF32, backward, true)->Apply(trilinear_args);
+BENCHMARK_CAPTURE(BM_TrilinearF16, backward, true)->Apply(trilinear_args);
+BENCHMARK_CAPTURE(BM_TrilinearBF16, backward, true)->Apply(trilinear_args);
+
+BENCHMARK_CAPTURE(BM_SoftmaxRowsF32, fwd_auto, RowKernel::Auto, false)->Apply(row_args);
+BENCHMARK_CAPTURE(BM_SoftmaxRowsF32, fwd_block, RowKernel::Block, false)->Apply(row_args);
+BENCHMARK_CAPTURE(BM_SoftmaxRowsF16, fwd_auto, RowKernel::Auto, false)->Apply(row_args);
+BENCHMARK_CAPTURE(BM_SoftmaxRowsF16, fwd_block, RowKernel::Block, false)->Apply(row_args);
+BENCHMARK_CAPTURE(BM_SoftmaxRowsF32, bwd_auto, RowKernel::Auto, true)->Apply(row_args);
+BENCHMARK_CAPTURE(BM_SoftmaxRowsF32, bwd_block, RowKernel::Block, true)->Apply(row_args);
+
+}  // namespace
+
+BENCHMARK_MAIN();
