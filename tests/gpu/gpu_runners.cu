@@ -76,6 +76,13 @@ bool device_available(std::string* reason) {
   return true;
 }
 
+std::string device_description() {
+  cudaDeviceProp p{};
+  TASN_CUDA_CHECK(cudaGetDeviceProperties(&p, 0));
+  return std::string(p.name) + ", compute capability " + std::to_string(p.major) + "." +
+         std::to_string(p.minor) + ", " + std::to_string(p.totalGlobalMem >> 30) + " GiB";
+}
+
 std::vector<float> round_to(Dtype d, const std::vector<float>& v) {
   return with_dtype(d, [&](auto t) { return to_float_vec(to_storage<decltype(t)>(v)); });
 }

@@ -21,6 +21,9 @@ const char* dtype_name(Dtype d);
 // True when a CUDA device can be used; otherwise `reason` says why (for GTEST_SKIP).
 bool device_available(std::string* reason);
 
+// "name, compute capability X.Y, N GiB" of device 0 (call only when device_available()).
+std::string device_description();
+
 // Rounds values to the storage type and back (host conversion, round to nearest even).
 std::vector<float> round_to(Dtype d, const std::vector<float>& v);
 

@@ -1,0 +1,27 @@
+# Shared by scripts/run.sh and scripts/test.sh (sourced, not run).
+
+# Installs the Debian packages the build needs when any is missing (Debian 12).
+tasn_install_deps() {
+  local pkgs=(cmake ninja-build g++ libeigen3-dev libgtest-dev googletest libbenchmark-dev)
+  local missing=()
+  for p in "${pkgs[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    echo "tasn: installing missing Debian packages: ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+  fi
+  # The CUDA toolkit, where present, is used when nvcc is on PATH (or in /usr/local/cuda).
+  if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
+    export PATH="/usr/local/cuda/bin:$PATH"
+  fi
+}
+
+tasn_configure() {  # $1 = build dir, rest = extra cmake args
+  local dir=$1
+  shift
+  cmake -S "$TASN_ROOT" -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release "$@"
+}
