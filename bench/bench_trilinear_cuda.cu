@@ -163,10 +163,11 @@ void BM_SoftmaxRows(benchmark::State& state, RowKernel kernel, bool backward) {
   Stream stream;
   auto in = random_device<T>(n, -4.f, 4.f, 3);
   auto dyf = random_device<float>(n, -1.f, 1.f, 4);
+  auto addf = random_device<float>(n, -1.f, 1.f, 5);
   DeviceBuffer<T> out(n);
   auto op = [&] {
     if (backward)
-      tasn::cuda::softmax_backward_rows(in.get(), dyf.get(), dyf.get(), out.get(), rows, len, 7.f, stream.s, kernel);
+      tasn::cuda::softmax_backward_rows(in.get(), dyf.get(), addf.get(), out.get(), rows, len, 7.f, stream.s, kernel);
     else
       tasn::cuda::softmax_rows(in.get(), out.get(), rows, len, 7.f, stream.s, kernel);
   };

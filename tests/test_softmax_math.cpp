@@ -51,6 +51,27 @@ TEST(SoftmaxMath, StridedPartialsMergedInATreeEqualDirect) {
   }
 }
 
+// -inf entries (masked logits) must not poison a partial whose maximum is still -inf: a thread
+// of the block kernel may see -inf first and finite values later.
+TEST(SoftmaxMath, MinusInfinityEntriesAreSkipped) {
+  const int threads = 256, len = 1000;
+  auto x = tt::random_tensor(len, 77, -3.0, 3.0);
+  for (int k = 0; k < len; k += 3) x[k] = -INFINITY;
+  std::vector<Stats> part(threads, Stats::empty());
+  for (int k = 0; k < len; ++k) part[k % threads].push(x[k], 2.0);
+  const tasn::SoftmaxStatsCombine<double> op{2.0};
+  Stats all = Stats::empty();
+  for (const Stats& p : part) all = op(all, p);
+  double m = -INFINITY, s = 0.0;
+  for (double v : x) m = std::max(m, v);
+  for (double v : x) s += std::exp(2.0 * (v - m));
+  EXPECT_EQ(all.m, m);
+  EXPECT_NEAR(all.s, s, 1e-12 * s);
+  Stats only_inf = Stats::empty();
+  only_inf.push(-INFINITY, 1.0);
+  EXPECT_EQ(only_inf.s, 0.0);
+}
+
 TEST(SoftmaxMath, CombineWithEmptyIsIdentity) {
   const Stats a{2.0, 3.0};
   const Stats e = Stats::empty();

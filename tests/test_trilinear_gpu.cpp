@@ -97,7 +97,8 @@ TEST_P(Gpu, SoftmaxBackwardRowsMatchCpu) {
 
 TEST_P(Gpu, TrilinearMatchesCpu) {
   const auto [dt, kernel] = GetParam();
-  if (kernel == Kernel::Warp) GTEST_SKIP() << "covered by auto (every row here is <= 1024)";
+  // Forcing the warp variant would reject the P = 1600 case; auto already picks warp for the rest.
+  if (kernel == Kernel::Warp) GTEST_SKIP() << "warp variant covered by auto (rows <= 1024)";
   for (const auto& s : {TrilinearShape{2, 5, 3, 3}, TrilinearShape{3, 64, 14, 14},
                         TrilinearShape{2, 512, 28, 28}, TrilinearShape{1, 40, 40, 40}}) {
     SCOPED_TRACE(::testing::Message() << "N=" << s.n << " C=" << s.c << " H=" << s.h << " W=" << s.w);

@@ -43,6 +43,14 @@ std::vector<T> download(const DeviceBuffer<T>& d, std::size_t n) {
   return h;
 }
 
+struct Stream {
+  cudaStream_t s = nullptr;
+  Stream() { TASN_CUDA_CHECK(cudaStreamCreate(&s)); }
+  ~Stream() { cudaStreamDestroy(s); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+};
+
 tasn::cuda::RowKernel row_kernel(Kernel k) { return static_cast<tasn::cuda::RowKernel>(static_cast<int>(k)); }
 
 template <class F>
@@ -93,10 +101,9 @@ TrilinearResult trilinear(Dtype d, const std::vector<float>& x, const std::vecto
     using T = decltype(tag);
     TrilinearAttentionOptions opt;
     opt.beta = beta;
+    Stream stream;  // declared before the handle: destroyed after it
     tasn::cuda::CublasHandle cublas;
-    cudaStream_t stream;
-    TASN_CUDA_CHECK(cudaStreamCreate(&stream));
-    const tasn::cuda::Context ctx{stream, cublas.get(), row_kernel(k)};
+    const tasn::cuda::Context ctx{stream.s, cublas.get(), row_kernel(k)};
     const std::size_t n = x.size(), ns = static_cast<std::size_t>(trilinear_saved_elems(s));
     auto dx_ = upload(to_storage<T>(x));
     auto ddm = upload(to_storage<T>(dm));
@@ -110,8 +117,7 @@ TrilinearResult trilinear(Dtype d, const std::vector<float>& x, const std::vecto
                                                 ws.get(), wb1, ctx);
     tasn::cuda::trilinear_attention_backward<T>(dx_.get(), ddm.get(), nullptr, ddx2.get(), s, opt,
                                                 ws.get(), wb2, ctx);
-    TASN_CUDA_CHECK(cudaStreamSynchronize(stream));
-    TASN_CUDA_CHECK(cudaStreamDestroy(stream));
+    TASN_CUDA_CHECK(cudaStreamSynchronize(stream.s));
     return TrilinearResult{to_float_vec(download(dmo, n)), to_float_vec(download(dsaved, ns)),
                            to_float_vec(download(ddx1, n)), to_float_vec(download(ddx2, n))};
   });

@@ -4,7 +4,8 @@
 // cuBLAS is column-major: a row-major R (rows x cols) is the column-major R^T, so the call computes
 // C^T = op(B)^T op(A)^T with the operands swapped. Inputs A and B share one storage type (float,
 // half, bfloat16); C may be that type or float; accumulation is always float
-// (CUBLAS_COMPUTE_32F; TF32 tensor cores are not used for float inputs).
+// (CUBLAS_COMPUTE_32F). Float inputs run as plain FP32 under the handle's default math mode; a
+// handle the caller switched to CUBLAS_TF32_TENSOR_OP_MATH lets cuBLAS use TF32 instead.
 #pragma once
 
 #include <cublas_v2.h>

@@ -205,7 +205,8 @@ inline RowKernel resolve_row_kernel(RowKernel kernel, std::int64_t len) {
   return kernel;
 }
 
-// out[r, :] = softmax(scale * in[r, :]) for rows rows of len elements (device pointers).
+// out[r, :] = softmax(scale * in[r, :]) for rows rows of len elements (device pointers; in and
+// out must not overlap, unlike the CPU softmax_rows).
 template <class TIn, class TOut>
 void softmax_rows(const TIn* in, TOut* out, std::int64_t rows, std::int64_t len, float scale,
                   cudaStream_t stream, RowKernel kernel = RowKernel::Auto) {

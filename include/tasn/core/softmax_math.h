@@ -42,8 +42,10 @@ struct SoftmaxStats {
 
   TASN_HD static SoftmaxStats empty() { return {neg_inf<Acc>(), Acc(0)}; }
 
-  // Adds one element.
+  // Adds one element. -inf contributes nothing (exp(-inf) = 0); skipping it also avoids
+  // exp(-inf - -inf) = NaN while the running maximum is still -inf.
   TASN_HD void push(Acc x, Acc scale) {
+    if (x == neg_inf<Acc>()) return;
     if (x > m) {
       s = s * softmax_term(m, x, scale) + Acc(1);
       m = x;
