@@ -52,12 +52,4 @@ inline std::int64_t trilinear_saved_elems(const TrilinearShape& s) {
   return s.n * s.c * (s.p() + s.c);
 }
 
-namespace detail {
-
-inline void check_pointer(const void* ptr, const char* name, std::int64_t numel, const char* op) {
-  TASN_CHECK_ARG(ptr != nullptr || numel == 0, op, ": ", name, " is null but must hold ", numel,
-                 " elements");
-}
-
-}  // namespace detail
 }  // namespace tasn

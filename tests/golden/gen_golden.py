@@ -105,12 +105,64 @@ def trilinear_case(name, shape, beta, lo, hi, seed, full):
     write(os.path.join(HERE, "trilinear_%s.bin" % name), out)
 
 
+def distillation_case():
+    """F.cross_entropy with probability targets (CE form) and F.kl_div (KL form), per sample,
+    with gradients for both logits (the teacher is not detached, as in the official graph)."""
+    import torch.nn.functional as F
+    n, k = 6, 13
+    out = {"shape": torch.tensor([n, k], dtype=torch.float64)}
+    zs0 = uniform(21, n * k, -5.0, 5.0).reshape(n, k)
+    zt0 = uniform(22, n * k, -5.0, 5.0).reshape(n, k)
+    w = uniform(23, n, -1.0, 1.0)  # upstream gradient of the per-sample losses
+    for T in (10.0, 2.0):
+        for form in ("ce", "kl"):
+            zs = zs0.clone().requires_grad_(True)
+            zt = zt0.clone().requires_grad_(True)
+            p = torch.softmax(zt / T, dim=1)
+            if form == "ce":
+                rows = F.cross_entropy(zs / T, p, reduction="none")
+            else:
+                rows = F.kl_div(torch.log_softmax(zs / T, dim=1), p, reduction="none").sum(1)
+            gs, gt = torch.autograd.grad((rows * w).sum(), (zs, zt))
+            tag = "%s_T%g" % (form, T)
+            out[tag + "_rows"] = rows.detach()
+            out[tag + "_dstudent"] = gs
+            out[tag + "_dteacher"] = gt
+        zs = zs0.clone()
+        out["kl_T%g_batchmean" % T] = F.kl_div(torch.log_softmax(zs / T, dim=1),
+                                                torch.softmax(zt0 / T, dim=1), reduction="batchmean")
+    out["dloss"] = w
+    write(os.path.join(HERE, "losses_distillation.bin"), out)
+
+
+def cross_entropy_case():
+    """F.cross_entropy with integer labels, ignore_index and label_smoothing."""
+    import torch.nn.functional as F
+    n, k = 9, 7
+    labels = torch.tensor([3, 0, -100, 6, 2, 2, 5, -100, 1])
+    z0 = uniform(31, n * k, -4.0, 4.0).reshape(n, k)
+    out = {"shape": torch.tensor([n, k], dtype=torch.float64),
+           "labels": labels.to(torch.float64)}
+    for eps in (0.0, 0.1):
+        z = z0.clone().requires_grad_(True)
+        rows = F.cross_entropy(z, labels, ignore_index=-100, label_smoothing=eps, reduction="none")
+        mean = F.cross_entropy(z, labels, ignore_index=-100, label_smoothing=eps, reduction="mean")
+        (g,) = torch.autograd.grad(mean, z)
+        tag = "eps%g" % eps
+        out[tag + "_rows"] = rows.detach()
+        out[tag + "_mean"] = mean.detach()
+        out[tag + "_dlogits_mean"] = g
+    write(os.path.join(HERE, "losses_cross_entropy.bin"), out)
+
+
 def main():
     torch.set_default_dtype(torch.float64)
     print("torch", torch.__version__, file=sys.stderr)
     trilinear_case("small", (2, 4, 3, 5), 7.0, -1.0, 1.0, 11, full=True)
     trilinear_case("beta1", (3, 16, 7, 6), 1.0, -2.0, 2.0, 12, full=True)
     trilinear_case("tasn", (2, 512, 28, 28), 7.0, 0.0, 3.0, 13, full=False)
+    distillation_case()
+    cross_entropy_case()
 
 
 if __name__ == "__main__":

@@ -72,3 +72,13 @@ inline std::int64_t checked_add(std::int64_t a, std::int64_t b, const char* what
   do {                                                                     \
     if (!(cond)) throw ::tasn::InvalidArgument(::tasn::detail::concat(__VA_ARGS__)); \
   } while (0)
+
+namespace tasn::detail {
+
+// A pointer argument must be non-null unless it is to hold no elements.
+inline void check_pointer(const void* ptr, const char* name, std::int64_t numel, const char* op) {
+  TASN_CHECK_ARG(ptr != nullptr || numel == 0, op, ": ", name, " is null but must hold ", numel,
+                 " elements");
+}
+
+}  // namespace tasn::detail

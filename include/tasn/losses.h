@@ -1,0 +1,214 @@
+// tasn/losses.h - distillation loss and softmax cross-entropy, CPU path (Eigen + OpenMP, float
+// and double). Math and options: tasn/losses_common.h and docs/losses.md.
+//
+// Each call computes the loss and, where the caller passes gradient buffers, the gradients, in
+// one pass over the logits. Outputs:
+//   loss   Reduction::None: N values (per sample); Sum / Mean: 1 value. May be nullptr.
+//   dloss  upstream gradient of `loss` (None: N values, Sum / Mean: 1 value); nullptr means 1.
+// Inputs are checked before anything is written: on an exception no output was touched.
+// Rows are split over the OpenMP threads; the reduction over rows is serial, in double, in row
+// order (deterministic).
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "tasn/core/parallel.h"
+#include "tasn/core/softmax_cpu.h"
+#include "tasn/losses_common.h"
+
+namespace tasn::cpu {
+
+namespace detail_losses {
+
+constexpr std::int64_t kRowsPerTask = 8;
+
+// out = log_softmax(scale * x) over one row of k elements.
+template <class T>
+void log_softmax_row(const T* x, T scale, std::int64_t k, T* out) {
+  Eigen::Map<const RowArray<T>> xa(x, k);
+  Eigen::Map<RowArray<T>> o(out, k);
+  const T m = xa.maxCoeff();
+  o = (xa - m) * scale;
+  o -= std::log(o.exp().sum());
+}
+
+// Runs row(i, scratch) for all rows, kRowsPerTask rows per task, each task with its own scratch.
+template <class T, class Row>
+void for_rows(std::int64_t n, std::int64_t scratch_elems, Row&& row) {
+  const std::int64_t tasks = (n + kRowsPerTask - 1) / kRowsPerTask;
+  parallel_for(0, tasks, [&](std::int64_t t) {
+    std::vector<T> scratch(static_cast<std::size_t>(scratch_elems));
+    const std::int64_t end = std::min(n, (t + 1) * kRowsPerTask);
+    for (std::int64_t i = t * kRowsPerTask; i < end; ++i) row(i, scratch.data());
+  });
+}
+
+// Upstream gradient of row i's loss term.
+template <class T>
+T upstream(const T* dloss, Reduction r, std::int64_t i) {
+  if (!dloss) return T(1);
+  return r == Reduction::None ? dloss[i] : dloss[0];
+}
+
+template <class T>
+void write_loss(const std::vector<double>& row_loss, Reduction r, double mean_den, T* loss) {
+  if (!loss) return;
+  if (r == Reduction::None) {
+    for (std::size_t i = 0; i < row_loss.size(); ++i) loss[i] = static_cast<T>(row_loss[i]);
+    return;
+  }
+  double s = 0.0;
+  for (double v : row_loss) s += v;
+  loss[0] = static_cast<T>(r == Reduction::Mean ? (mean_den > 0 ? s / mean_den : 0.0) : s);
+}
+
+template <class T>
+void check_type() {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "the CPU losses support float and double");
+}
+
+}  // namespace detail_losses
+
+// Teacher-student distillation (SPEC 4). student, teacher: (n, k) logits. dstudent (n, k) and
+// dteacher (n, k) are optional (nullptr: not computed); the teacher gradient is off by default.
+template <class T>
+void distillation_loss(const T* student, const T* teacher, std::int64_t n, std::int64_t k,
+                       const DistillationOptions& opt, T* loss, T* dstudent, T* dteacher = nullptr,
+                       const T* dloss = nullptr) {
+  constexpr const char* op = "distillation_loss";
+  detail_losses::check_type<T>();
+  validate_logits_shape(n, k, op);
+  opt.validate(op);
+  tasn::detail::check_pointer(student, "student", n * k, op);
+  tasn::detail::check_pointer(teacher, "teacher", n * k, op);
+  check_all_finite(student, n * k, "student", op);
+  check_all_finite(teacher, n * k, "teacher", op);
+  if (dloss) check_all_finite(dloss, loss_elems(n, opt.reduction), "dloss", op);
+
+  const T inv_t = static_cast<T>(1.0 / opt.temperature);
+  const T tsq = static_cast<T>(opt.t_squared ? opt.temperature * opt.temperature : 1.0);
+  const T mean_scale = static_cast<T>(opt.reduction == Reduction::Mean ? 1.0 / double(n) : 1.0);
+  std::vector<double> row_loss(static_cast<std::size_t>(n));
+
+  detail_losses::for_rows<T>(n, 2 * k, [&](std::int64_t i, T* scratch) {
+    T* logq = scratch;
+    T* logp = scratch + k;
+    detail_losses::log_softmax_row(student + i * k, inv_t, k, logq);
+    detail_losses::log_softmax_row(teacher + i * k, inv_t, k, logp);
+    Eigen::Map<RowArray<T>> lq(logq, k), lp(logp, k);
+    const T ce = -(lp.exp() * lq).sum();
+    const T kl = (lp.exp() * (lp - lq)).sum();
+    row_loss[i] = static_cast<double>((opt.kl ? kl : ce) * tsq);
+    const T w = tsq * mean_scale * detail_losses::upstream(dloss, opt.reduction, i);
+    if (dteacher) {
+      // r = log q (- log p), sum_k p r = -(unscaled row loss)
+      const T p_dot_r = opt.kl ? -kl : -ce;
+      T* g = dteacher + i * k;
+      for (std::int64_t j = 0; j < k; ++j) {
+        const T p = std::exp(logp[j]);
+        const T r = opt.kl ? logq[j] - logp[j] : logq[j];
+        g[j] = distill_teacher_grad(p, r, p_dot_r, inv_t, w);
+      }
+    }
+    if (dstudent) {
+      T* g = dstudent + i * k;
+      lq = lq.exp();  // q
+      lp = lp.exp();  // p
+      for (std::int64_t j = 0; j < k; ++j) g[j] = distill_student_grad(logq[j], logp[j], inv_t, w);
+    }
+  });
+  detail_losses::write_loss(row_loss, opt.reduction, double(n), loss);
+}
+
+// Throws naming the first label that is neither ignore_index nor in [0, k).
+inline void check_labels(const std::int64_t* labels, std::int64_t n, std::int64_t k,
+                         std::int64_t ignore_index, const char* op) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::int64_t y = labels[i];
+    TASN_CHECK_ARG(y == ignore_index || (y >= 0 && y < k), op, ": labels[", i, "] = ", y,
+                   " is out of range [0, ", k, ") and is not ignore_index (", ignore_index, ")");
+  }
+}
+
+// Softmax cross-entropy with integer labels (n values), optional label smoothing. dlogits
+// (n, k) is optional. Mean divides by the number of rows whose label is not ignore_index (a batch
+// with none gives loss 0 and zero gradients, not NaN).
+template <class T>
+void softmax_cross_entropy(const T* logits, const std::int64_t* labels, std::int64_t n,
+                           std::int64_t k, const CrossEntropyOptions& opt, T* loss, T* dlogits,
+                           const T* dloss = nullptr) {
+  constexpr const char* op = "softmax_cross_entropy";
+  detail_losses::check_type<T>();
+  validate_logits_shape(n, k, op);
+  opt.validate(op);
+  tasn::detail::check_pointer(logits, "logits", n * k, op);
+  tasn::detail::check_pointer(labels, "labels", n, op);
+  check_labels(labels, n, k, opt.ignore_index, op);
+  check_all_finite(logits, n * k, "logits", op);
+  if (dloss) check_all_finite(dloss, loss_elems(n, opt.reduction), "dloss", op);
+
+  std::int64_t valid = 0;
+  for (std::int64_t i = 0; i < n; ++i) valid += labels[i] != opt.ignore_index;
+  const T eps = static_cast<T>(opt.label_smoothing), inv_k = static_cast<T>(1.0 / double(k));
+  const T scale = static_cast<T>(opt.grad_scale);
+  const T mean_scale =
+      static_cast<T>(opt.reduction == Reduction::Mean ? (valid > 0 ? 1.0 / double(valid) : 0.0) : 1.0);
+  std::vector<double> row_loss(static_cast<std::size_t>(n));
+
+  detail_losses::for_rows<T>(n, k, [&](std::int64_t i, T* logq) {
+    const std::int64_t y = labels[i];
+    if (y == opt.ignore_index) {
+      row_loss[i] = 0.0;
+      if (dlogits) std::fill(dlogits + i * k, dlogits + (i + 1) * k, T(0));
+      return;
+    }
+    detail_losses::log_softmax_row(logits + i * k, T(1), k, logq);
+    Eigen::Map<RowArray<T>> lq(logq, k);
+    const T nll = -logq[y];
+    const T smooth = eps > 0 ? -lq.sum() * inv_k : T(0);
+    row_loss[i] = static_cast<double>(scale * ((T(1) - eps) * nll + eps * smooth));
+    if (dlogits) {
+      const T w = scale * mean_scale * detail_losses::upstream(dloss, opt.reduction, i);
+      T* g = dlogits + i * k;
+      lq = lq.exp();
+      for (std::int64_t j = 0; j < k; ++j)
+        g[j] = cross_entropy_grad(logq[j], smoothed_target(j == y, eps, inv_k), w);
+    }
+  });
+  detail_losses::write_loss(row_loss, opt.reduction, double(valid), loss);
+}
+
+// Evaluation counts: correct[j] = number of rows (label != ignore_index) whose label is among
+// the top j+1 logits, for j < max_k. Rank of the label = number of logits strictly greater
+// than the label's logit, so ties count in the label's favour.
+template <class T>
+void topk_correct(const T* logits, const std::int64_t* labels, std::int64_t n, std::int64_t k,
+                  std::int64_t max_k, std::int64_t ignore_index, std::int64_t* correct) {
+  constexpr const char* op = "topk_correct";
+  validate_logits_shape(n, k, op);
+  TASN_CHECK_ARG(max_k >= 1, op, ": max_k must be >= 1, got ", max_k);
+  tasn::detail::check_pointer(logits, "logits", n * k, op);
+  tasn::detail::check_pointer(labels, "labels", n, op);
+  tasn::detail::check_pointer(correct, "correct", max_k, op);
+  check_labels(labels, n, k, ignore_index, op);
+  std::vector<std::int64_t> rank(static_cast<std::size_t>(n), -1);
+  parallel_for(0, n, [&](std::int64_t i) {
+    const std::int64_t y = labels[i];
+    if (y == ignore_index) return;
+    const T* z = logits + i * k;
+    std::int64_t r = 0;
+    for (std::int64_t j = 0; j < k; ++j) r += z[j] > z[y];
+    rank[i] = r;
+  });
+  std::fill(correct, correct + max_k, 0);
+  for (std::int64_t r : rank)
+    for (std::int64_t j = std::max<std::int64_t>(r, 0); r >= 0 && j < max_k; ++j) ++correct[j];
+}
+
+}  // namespace tasn::cpu

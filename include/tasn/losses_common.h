@@ -1,0 +1,90 @@
+// tasn/losses_common.h - options, checks and per-element math of the loss operators, shared by
+// the CPU path (tasn/losses.h) and the CUDA path (tasn/losses.cuh). No Eigen, no CUDA.
+//
+// SPEC section 4. For logits z (N, K):
+//   distillation   p = softmax(zt / T), log q = log_softmax(zs / T)
+//                  loss[n] = -sum_k p log q            (soft-target cross-entropy, official)
+//                  loss[n] = sum_k p (log p - log q)   (kl = true)
+//                  times T^2 when t_squared
+//                  d/dzs = (q - p) / T;  d/dzt = -(1/T) p (r - sum_k p r),  r = log q (- log p for KL)
+//   cross-entropy  t = (1 - eps) onehot(y) + eps / K;  loss[n] = -grad_scale * sum_k t log q
+//                  (q = softmax(z)); d/dz = grad_scale (q - t); rows with y == ignore_index: 0
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "tasn/core/common.h"
+
+namespace tasn {
+
+enum class Reduction { None, Sum, Mean };
+
+inline const char* to_string(Reduction r) {
+  return r == Reduction::None ? "none" : r == Reduction::Sum ? "sum" : "mean";
+}
+
+struct DistillationOptions {
+  double temperature = 10.0;  // T > 0 (official: 10)
+  bool kl = false;            // KL divergence instead of the soft-target cross-entropy
+  bool t_squared = false;     // multiply loss and gradients by T^2 (Hinton et al.)
+  Reduction reduction = Reduction::Mean;
+
+  void validate(const char* op) const {
+    TASN_CHECK_ARG(std::isfinite(temperature) && temperature > 0.0, op,
+                   ": temperature must be finite and > 0, got ", temperature);
+  }
+};
+
+struct CrossEntropyOptions {
+  std::int64_t ignore_index = -100;  // rows with this label get loss 0 and gradient 0
+  // Weight of the loss and so of its gradient (MXNet SoftmaxOutput's grad_scale; TASN's heads
+  // use 0.5). The loss is scaled too, so loss and gradient stay a consistent pair.
+  double grad_scale = 1.0;
+  double label_smoothing = 0.0;  // eps in [0, 1]
+  Reduction reduction = Reduction::Mean;
+
+  void validate(const char* op) const {
+    TASN_CHECK_ARG(std::isfinite(grad_scale), op, ": grad_scale must be finite, got ", grad_scale);
+    TASN_CHECK_ARG(label_smoothing >= 0.0 && label_smoothing <= 1.0, op,
+                   ": label_smoothing must be in [0, 1], got ", label_smoothing);
+  }
+};
+
+// (N, K) logits: N >= 1 rows of K >= 1 classes.
+inline void validate_logits_shape(std::int64_t n, std::int64_t k, const char* op) {
+  TASN_CHECK_ARG(n >= 1 && k >= 1, op, ": logits must have shape (N, K) with N >= 1 and K >= 1, got (",
+                 n, ", ", k, ")");
+  detail::checked_mul(n, k, op);
+}
+
+// Elements of the loss output for a reduction: N for None, else 1.
+inline std::int64_t loss_elems(std::int64_t n, Reduction r) { return r == Reduction::None ? n : 1; }
+
+// ---- per-element math (CPU and CUDA) ---------------------------------------------------------
+
+// d loss / d zs_k for one row: w (q_k - p_k) / T, w = the row's gradient weight.
+template <class Acc>
+TASN_HD Acc distill_student_grad(Acc q, Acc p, Acc inv_t, Acc w) {
+  return w * inv_t * (q - p);
+}
+
+// d loss / d zt_k for one row: -w p_k (r_k - sum_j p_j r_j) / T.
+template <class Acc>
+TASN_HD Acc distill_teacher_grad(Acc p, Acc r, Acc p_dot_r, Acc inv_t, Acc w) {
+  return -w * inv_t * p * (r - p_dot_r);
+}
+
+// Smoothed target of class k: (1 - eps) [k == label] + eps / K.
+template <class Acc>
+TASN_HD Acc smoothed_target(bool is_label, Acc eps, Acc inv_k) {
+  return (is_label ? Acc(1) - eps : Acc(0)) + eps * inv_k;
+}
+
+// d loss / d z_k for one row: w (q_k - t_k).
+template <class Acc>
+TASN_HD Acc cross_entropy_grad(Acc q, Acc target, Acc w) {
+  return w * (q - target);
+}
+
+}  // namespace tasn

@@ -1,0 +1,327 @@
+// CPU losses: naive double references, finite differences, PyTorch golden data, extremes and
+// every error path.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "support/reference_losses.h"
+#include "support/test_support.h"
+#include "tasn/losses.h"
+
+namespace {
+namespace tt = tasn::test;
+using tasn::CrossEntropyOptions;
+using tasn::DistillationOptions;
+using tasn::Reduction;
+
+int red_index(Reduction r) { return r == Reduction::None ? 0 : r == Reduction::Sum ? 1 : 2; }
+
+template <class T>
+struct LossTol;
+template <>
+struct LossTol<float> {
+  static constexpr double rtol = 2e-5, atol = 2e-6;
+};
+template <>
+struct LossTol<double> {
+  static constexpr double rtol = 1e-12, atol = 1e-14;
+};
+
+template <class T>
+class LossesCpu : public ::testing::Test {};
+using Types = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(LossesCpu, Types);
+
+struct DistillCase {
+  double T;
+  bool kl, tsq;
+  Reduction red;
+};
+
+std::vector<DistillCase> distill_cases() {
+  std::vector<DistillCase> v;
+  for (double T : {1.0, 10.0, 0.5})
+    for (bool kl : {false, true})
+      for (bool tsq : {false, true})
+        for (Reduction r : {Reduction::None, Reduction::Sum, Reduction::Mean}) v.push_back({T, kl, tsq, r});
+  return v;
+}
+
+// Loss against the naive reference; gradients against central differences of the naive reference
+// (double only; float is compared with the double gradients).
+TYPED_TEST(LossesCpu, DistillationMatchesReferenceAndFiniteDifferences) {
+  using T = TypeParam;
+  const std::int64_t n = 5, k = 11;
+  const auto zs = tt::random_tensor(n * k, 1, -6.0, 6.0);
+  const auto zt = tt::random_tensor(n * k, 2, -6.0, 6.0);
+  for (const auto& c : distill_cases()) {
+    SCOPED_TRACE(::testing::Message() << "T=" << c.T << " kl=" << c.kl << " t_squared=" << c.tsq
+                                      << " reduction=" << tasn::to_string(c.red));
+    DistillationOptions opt;
+    opt.temperature = c.T;
+    opt.kl = c.kl;
+    opt.t_squared = c.tsq;
+    opt.reduction = c.red;
+    const std::int64_t nl = tasn::loss_elems(n, c.red);
+    const auto up = tt::random_tensor(nl, 3, 0.5, 1.5);  // upstream gradient
+    const auto zs_t = tt::cast_vector<T>(zs), zt_t = tt::cast_vector<T>(zt), up_t = tt::cast_vector<T>(up);
+    std::vector<T> loss(nl), gs(n * k), gt(n * k);
+    tasn::cpu::distillation_loss<T>(zs_t.data(), zt_t.data(), n, k, opt, loss.data(), gs.data(), gt.data(), up_t.data());
+
+    // loss
+    const auto rows = tt::ref_distillation_rows(zs, zt, n, k, c.T, c.kl, c.tsq);
+    std::vector<double> ref = c.red == Reduction::None ? rows
+                                                       : std::vector<double>{tt::ref_reduce(rows, red_index(c.red), double(n))};
+    auto r = tt::compare(loss, ref, LossTol<T>::atol * (1 + tt::max_abs(ref)), LossTol<T>::rtol);
+    EXPECT_TRUE(r.ok) << "loss: " << r.message();
+
+    // gradients: L = sum_i up_i * loss_i (None) or up_0 * loss
+    auto total = [&](const std::vector<double>& s, const std::vector<double>& t) {
+      const auto rr = tt::ref_distillation_rows(s, t, n, k, c.T, c.kl, c.tsq);
+      if (c.red == Reduction::None) return tt::weighted_sum(rr, up);
+      return up[0] * tt::ref_reduce(rr, red_index(c.red), double(n));
+    };
+    const auto gs_num = tt::numeric_gradient([&](const std::vector<double>& v) { return total(v, zt); }, zs, 1e-5);
+    const auto gt_num = tt::numeric_gradient([&](const std::vector<double>& v) { return total(zs, v); }, zt, 1e-5);
+    const double tol = std::is_same_v<T, double> ? 1e-7 : 2e-4;
+    EXPECT_LT(tt::relative_error(tt::cast_vector<double>(gs), gs_num), tol) << "student gradient";
+    EXPECT_LT(tt::relative_error(tt::cast_vector<double>(gt), gt_num), tol) << "teacher gradient";
+    EXPECT_GT(tt::max_abs(gs_num), 1e-4);
+  }
+}
+
+TYPED_TEST(LossesCpu, CrossEntropyMatchesReferenceAndFiniteDifferences) {
+  using T = TypeParam;
+  const std::int64_t n = 7, k = 9;
+  const auto z = tt::random_tensor(n * k, 4, -5.0, 5.0);
+  const std::vector<std::int64_t> y = {3, -1, 0, 8, 4, -1, 2};
+  for (double eps : {0.0, 0.1})
+    for (double scale : {1.0, 0.5})
+      for (Reduction red : {Reduction::None, Reduction::Sum, Reduction::Mean}) {
+        SCOPED_TRACE(::testing::Message() << "eps=" << eps << " grad_scale=" << scale << " reduction=" << tasn::to_string(red));
+        CrossEntropyOptions opt;
+        opt.ignore_index = -1;
+        opt.label_smoothing = eps;
+        opt.grad_scale = scale;
+        opt.reduction = red;
+        const std::int64_t nl = tasn::loss_elems(n, red);
+        const auto up = tt::random_tensor(nl, 5, 0.5, 1.5);
+        const auto z_t = tt::cast_vector<T>(z), up_t = tt::cast_vector<T>(up);
+        std::vector<T> loss(nl), g(n * k);
+        tasn::cpu::softmax_cross_entropy<T>(z_t.data(), y.data(), n, k, opt, loss.data(), g.data(), up_t.data());
+        const auto rows = tt::ref_cross_entropy_rows(z, y, n, k, eps, scale, -1);
+        const double valid = 5.0;
+        std::vector<double> ref = red == Reduction::None ? rows
+                                                         : std::vector<double>{tt::ref_reduce(rows, red_index(red), valid)};
+        auto r = tt::compare(loss, ref, LossTol<T>::atol * (1 + tt::max_abs(ref)), LossTol<T>::rtol);
+        EXPECT_TRUE(r.ok) << "loss: " << r.message();
+        auto total = [&](const std::vector<double>& v) {
+          const auto rr = tt::ref_cross_entropy_rows(v, y, n, k, eps, scale, -1);
+          return red == Reduction::None ? tt::weighted_sum(rr, up) : up[0] * tt::ref_reduce(rr, red_index(red), valid);
+        };
+        const auto g_num = tt::numeric_gradient(total, z, 1e-5);
+        EXPECT_LT(tt::relative_error(tt::cast_vector<double>(g), g_num), (std::is_same_v<T, double> ? 1e-8 : 1e-5));
+        for (std::int64_t j = 0; j < k; ++j) {  // ignored rows: exactly zero
+          EXPECT_EQ(g[1 * k + j], T(0));
+          EXPECT_EQ(g[5 * k + j], T(0));
+        }
+      }
+}
+
+TYPED_TEST(LossesCpu, MatchesPyTorchGolden) {
+  using T = TypeParam;
+  const double rtol = std::is_same_v<T, double> ? 1e-12 : 3e-5, atol = std::is_same_v<T, double> ? 1e-14 : 1e-6;
+  {
+    const tt::GoldenFile g(tt::golden_path("losses_distillation.bin"));
+    const std::int64_t n = 6, k = 13;
+    const auto zs = tt::cast_vector<T>(tt::random_tensor(n * k, 21, -5.0, 5.0));
+    const auto zt = tt::cast_vector<T>(tt::random_tensor(n * k, 22, -5.0, 5.0));
+    const auto w = tt::cast_vector<T>(g.at("dloss").data);
+    for (double temp : {10.0, 2.0})
+      for (bool kl : {false, true}) {
+        const std::string tag = std::string(kl ? "kl" : "ce") + "_T" + (temp == 10.0 ? "10" : "2");
+        SCOPED_TRACE(tag);
+        DistillationOptions opt;
+        opt.temperature = temp;
+        opt.kl = kl;
+        opt.reduction = Reduction::None;
+        std::vector<T> rows(n), gs(n * k), gt(n * k);
+        tasn::cpu::distillation_loss<T>(zs.data(), zt.data(), n, k, opt, rows.data(), gs.data(), gt.data(), w.data());
+        auto r = tt::compare(rows, g.at(tag + "_rows").data, atol, rtol);
+        EXPECT_TRUE(r.ok) << "rows: " << r.message();
+        r = tt::compare(gs, g.at(tag + "_dstudent").data, atol, rtol * 10);
+        EXPECT_TRUE(r.ok) << "dstudent: " << r.message();
+        r = tt::compare(gt, g.at(tag + "_dteacher").data, atol, rtol * 10);
+        EXPECT_TRUE(r.ok) << "dteacher: " << r.message();
+        if (kl) {  // F.kl_div(..., reduction="batchmean") is our KL form with mean reduction
+          opt.reduction = Reduction::Mean;
+          T mean = 0;
+          tasn::cpu::distillation_loss<T>(zs.data(), zt.data(), n, k, opt, &mean, nullptr);
+          EXPECT_NEAR(mean, g.scalar(tag + "_batchmean"), atol + rtol * std::fabs(g.scalar(tag + "_batchmean")));
+        }
+      }
+  }
+  {
+    const tt::GoldenFile g(tt::golden_path("losses_cross_entropy.bin"));
+    const std::int64_t n = 9, k = 7;
+    const auto z = tt::cast_vector<T>(tt::random_tensor(n * k, 31, -4.0, 4.0));
+    std::vector<std::int64_t> y;
+    for (double v : g.at("labels").data) y.push_back(static_cast<std::int64_t>(v));
+    for (double eps : {0.0, 0.1}) {
+      const std::string tag = eps == 0.0 ? "eps0" : "eps0.1";
+      SCOPED_TRACE(tag);
+      CrossEntropyOptions opt;
+      opt.label_smoothing = eps;  // ignore_index stays -100, as in PyTorch
+      opt.reduction = Reduction::None;
+      std::vector<T> rows(n), grad(n * k);
+      tasn::cpu::softmax_cross_entropy<T>(z.data(), y.data(), n, k, opt, rows.data(), nullptr);
+      auto r = tt::compare(rows, g.at(tag + "_rows").data, atol, rtol);
+      EXPECT_TRUE(r.ok) << "rows: " << r.message();
+      opt.reduction = Reduction::Mean;
+      T mean = 0;
+      tasn::cpu::softmax_cross_entropy<T>(z.data(), y.data(), n, k, opt, &mean, grad.data());
+      EXPECT_NEAR(mean, g.scalar(tag + "_mean"), atol + rtol * std::fabs(g.scalar(tag + "_mean")));
+      r = tt::compare(grad, g.at(tag + "_dlogits_mean").data, atol, rtol * 10);
+      EXPECT_TRUE(r.ok) << "dlogits: " << r.message();
+    }
+  }
+}
+
+TYPED_TEST(LossesCpu, ExtremesStayFinite) {
+  using T = TypeParam;
+  const std::int64_t n = 4, k = 6;
+  std::vector<T> zs = {T(1e4), T(-1e4), 0, 0, T(1e4), T(-1e4)}, zt;
+  zs.resize(n * k, T(-1e4));
+  zt = std::vector<T>(zs.rbegin(), zs.rend());
+  for (double temp : {1e-3, 1.0, 10.0, 1e4}) {
+    for (bool kl : {false, true}) {
+      DistillationOptions opt;
+      opt.temperature = temp;
+      opt.kl = kl;
+      opt.t_squared = true;
+      opt.reduction = Reduction::None;
+      std::vector<T> loss(n), gs(n * k), gt(n * k);
+      tasn::cpu::distillation_loss<T>(zs.data(), zt.data(), n, k, opt, loss.data(), gs.data(), gt.data());
+      for (T v : loss) EXPECT_TRUE(std::isfinite(v)) << "T=" << temp;
+      for (std::int64_t i = 0; i < n * k; ++i) {
+        ASSERT_TRUE(std::isfinite(gs[i])) << "T=" << temp << " i=" << i;
+        ASSERT_TRUE(std::isfinite(gt[i])) << "T=" << temp << " i=" << i;
+      }
+    }
+  }
+  // Equal logits: KL is 0 with zero gradients; the CE form is the entropy log K.
+  std::vector<T> same(n * k, T(3));
+  DistillationOptions opt;
+  opt.kl = true;
+  T l = -1;
+  std::vector<T> gs(n * k, T(9));
+  tasn::cpu::distillation_loss<T>(same.data(), same.data(), n, k, opt, &l, gs.data());
+  EXPECT_NEAR(l, 0.0, 1e-6);
+  for (T v : gs) EXPECT_NEAR(v, 0.0, 1e-7);
+  opt.kl = false;
+  tasn::cpu::distillation_loss<T>(same.data(), same.data(), n, k, opt, &l, nullptr);
+  EXPECT_NEAR(l, std::log(double(k)), 1e-5);
+  // K = 1: everything is certain, loss 0, gradient 0.
+  std::vector<T> one = {T(5), T(-7)}, two = {T(1e4), T(0)};
+  std::vector<std::int64_t> y = {0, 0};
+  std::vector<T> loss(2), g(2, T(9));
+  CrossEntropyOptions ce;
+  ce.reduction = Reduction::None;
+  tasn::cpu::softmax_cross_entropy<T>(one.data(), y.data(), 2, 1, ce, loss.data(), g.data());
+  EXPECT_EQ(loss[0], T(0));
+  EXPECT_EQ(g[1], T(0));
+  tasn::cpu::distillation_loss<T>(one.data(), two.data(), 2, 1, DistillationOptions{}, loss.data(), g.data());
+  EXPECT_EQ(loss[0], T(0));
+  EXPECT_EQ(g[0], T(0));
+  // Cross-entropy of huge logits: finite, and exactly -log-softmax.
+  std::vector<T> big = {T(1e4), T(-1e4), T(0)};
+  std::vector<std::int64_t> lab = {1};
+  tasn::cpu::softmax_cross_entropy<T>(big.data(), lab.data(), 1, 3, ce, loss.data(), g.data());
+  EXPECT_NEAR(loss[0], 2e4, 2e4 * 1e-6);
+  EXPECT_NEAR(g[0], 1.0, 1e-6);
+  EXPECT_NEAR(g[1], -1.0, 1e-6);  // q - onehot at the label
+  EXPECT_NEAR(g[2], 0.0, 1e-6);
+}
+
+TEST(LossesCpu, MeanOverAllIgnoredRowsIsZero) {
+  const std::vector<double> z(6, 0.5);
+  const std::vector<std::int64_t> y = {-100, -100};
+  double loss = -1;
+  std::vector<double> g(6, 9.0);
+  tasn::cpu::softmax_cross_entropy<double>(z.data(), y.data(), 2, 3, CrossEntropyOptions{}, &loss, g.data());
+  EXPECT_EQ(loss, 0.0);
+  for (double v : g) EXPECT_EQ(v, 0.0);
+}
+
+TEST(LossesCpu, TopkCorrect) {
+  // rows: label's logit rank 0, 2, tie for first (rank 0), ignored, rank 4
+  const std::vector<float> z = {5, 1, 2, 0, 0,  //
+                                1, 3, 2, 4, 0,  //
+                                7, 7, 1, 1, 1,  //
+                                0, 0, 0, 0, 9,  //
+                                5, 4, 3, 2, 1};
+  const std::vector<std::int64_t> y = {0, 2, 1, -100, 4};
+  std::vector<std::int64_t> c(5, -1);
+  tasn::cpu::topk_correct<float>(z.data(), y.data(), 5, 5, 5, -100, c.data());
+  EXPECT_EQ(c, (std::vector<std::int64_t>{2, 2, 3, 3, 4}));
+}
+
+// ---- errors ---------------------------------------------------------------------------------
+
+template <class F>
+std::string invalid_argument_of(F&& f) {
+  try {
+    f();
+  } catch (const tasn::InvalidArgument& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("WRONG TYPE: ") + e.what();
+  }
+  return "NO EXCEPTION";
+}
+
+TEST(LossesCpuErrors, BadInputs) {
+  std::vector<float> z(12, 0.f), out(12, 7.f);
+  std::vector<std::int64_t> y = {0, 1, 2, 3};
+  CrossEntropyOptions ce;
+  ce.reduction = Reduction::None;
+  // label out of range, at the last row: nothing may have been written
+  y[3] = 3;
+  std::string msg = invalid_argument_of([&] { tasn::cpu::softmax_cross_entropy<float>(z.data(), y.data(), 4, 3, ce, out.data(), out.data() ); });
+  EXPECT_NE(msg.find("labels[3] = 3 is out of range [0, 3)"), std::string::npos) << msg;
+  for (float v : out) EXPECT_EQ(v, 7.f);
+  y[3] = -5;
+  msg = invalid_argument_of([&] { tasn::cpu::softmax_cross_entropy<float>(z.data(), y.data(), 4, 3, ce, out.data(), nullptr); });
+  EXPECT_NE(msg.find("labels[3] = -5"), std::string::npos) << msg;
+  y[3] = 0;
+  // N or K zero
+  msg = invalid_argument_of([&] { tasn::cpu::softmax_cross_entropy<float>(z.data(), y.data(), 0, 3, ce, out.data(), nullptr); });
+  EXPECT_NE(msg.find("(N, K) with N >= 1 and K >= 1, got (0, 3)"), std::string::npos) << msg;
+  msg = invalid_argument_of([&] { tasn::cpu::distillation_loss<float>(z.data(), z.data(), 4, 0, DistillationOptions{}, out.data(), nullptr); });
+  EXPECT_NE(msg.find("got (4, 0)"), std::string::npos) << msg;
+  // temperature
+  for (double t : {0.0, -1.0, std::nan(""), double(INFINITY)}) {
+    DistillationOptions opt;
+    opt.temperature = t;
+    msg = invalid_argument_of([&] { tasn::cpu::distillation_loss<float>(z.data(), z.data(), 4, 3, opt, out.data(), nullptr); });
+    EXPECT_NE(msg.find("temperature must be finite and > 0"), std::string::npos) << msg;
+  }
+  // options, pointers, non-finite inputs
+  ce.label_smoothing = 1.5;
+  msg = invalid_argument_of([&] { tasn::cpu::softmax_cross_entropy<float>(z.data(), y.data(), 4, 3, ce, out.data(), nullptr); });
+  EXPECT_NE(msg.find("label_smoothing must be in [0, 1], got 1.5"), std::string::npos) << msg;
+  ce.label_smoothing = 0;
+  msg = invalid_argument_of([&] { tasn::cpu::softmax_cross_entropy<float>(z.data(), nullptr, 4, 3, ce, out.data(), nullptr); });
+  EXPECT_NE(msg.find("labels is null but must hold 4 elements"), std::string::npos) << msg;
+  msg = invalid_argument_of([&] { tasn::cpu::distillation_loss<float>(z.data(), nullptr, 4, 3, DistillationOptions{}, out.data(), nullptr); });
+  EXPECT_NE(msg.find("teacher is null but must hold 12 elements"), std::string::npos) << msg;
+  z[7] = std::nanf("");
+  msg = invalid_argument_of([&] { tasn::cpu::distillation_loss<float>(z.data(), out.data(), 4, 3, DistillationOptions{}, out.data(), nullptr); });
+  EXPECT_NE(msg.find("student holds a non-finite value"), std::string::npos) << msg;
+  msg = invalid_argument_of([&] { tasn::cpu::topk_correct<float>(out.data(), y.data(), 4, 3, 0, -100, nullptr); });
+  EXPECT_NE(msg.find("max_k must be >= 1"), std::string::npos) << msg;
+}
+
+}  // namespace
