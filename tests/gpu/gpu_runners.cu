@@ -10,6 +10,7 @@
 #include "tasn/core/dtype.cuh"
 #include "tasn/core/gemm.cuh"
 #include "tasn/core/row_softmax.cuh"
+#include "tasn/losses.cuh"
 #include "tasn/trilinear_attention.cuh"
 
 namespace tasn::test::gpu {
@@ -182,6 +183,86 @@ void raise_cuda_error() {
     cudaGetLastError();  // clear the (non-sticky) error so later launch checks do not see it
     throw;
   }
+}
+
+LossResult distillation(Dtype d, const std::vector<float>& zs, const std::vector<float>& zt, long n,
+                        long k, const DistillationOptions& opt, const std::vector<float>& dloss,
+                        bool teacher_grad, Kernel kernel) {
+  return with_dtype(d, [&](auto tag) {
+    using T = decltype(tag);
+    Stream stream;
+    const tasn::cuda::Context ctx{stream.s, nullptr, row_kernel(kernel)};
+    auto ds = upload(to_storage<T>(zs)), dt = upload(to_storage<T>(zt)), dl = upload(to_storage<T>(dloss));
+    const std::size_t nl = static_cast<std::size_t>(tasn::loss_elems(n, opt.reduction));
+    DeviceBuffer<T> loss(nl), gs(zs.size()), gt(teacher_grad ? zs.size() : 0);
+    const std::size_t wb = tasn::cuda::distillation_workspace_bytes(n, opt.reduction);
+    DeviceBuffer<unsigned char> ws(wb);
+    tasn::cuda::distillation_loss<T>(ds.get(), dt.get(), n, k, opt, loss.get(), gs.get(),
+                                     teacher_grad ? gt.get() : nullptr, dloss.empty() ? nullptr : dl.get(),
+                                     ws.get(), wb, ctx);
+    TASN_CUDA_CHECK(cudaStreamSynchronize(stream.s));
+    return LossResult{to_float_vec(download(loss, nl)), to_float_vec(download(gs, zs.size())),
+                      teacher_grad ? to_float_vec(download(gt, zs.size())) : std::vector<float>{}, {}};
+  });
+}
+
+LossResult cross_entropy(Dtype d, const std::vector<float>& z, const std::vector<long long>& labels,
+                         long n, long k, const CrossEntropyOptions& opt,
+                         const std::vector<float>& dloss, Kernel kernel) {
+  return with_dtype(d, [&](auto tag) {
+    using T = decltype(tag);
+    Stream stream;
+    const tasn::cuda::Context ctx{stream.s, nullptr, row_kernel(kernel)};
+    auto dz = upload(to_storage<T>(z)), dl = upload(to_storage<T>(dloss));
+    auto dy = upload(std::vector<std::int64_t>(labels.begin(), labels.end()));
+    const std::size_t nl = static_cast<std::size_t>(tasn::loss_elems(n, opt.reduction));
+    DeviceBuffer<T> loss(nl), g(z.size());
+    DeviceBuffer<std::int64_t> status(2);
+    const std::size_t wb = tasn::cuda::cross_entropy_workspace_bytes(n, opt.reduction);
+    DeviceBuffer<unsigned char> ws(wb);
+    tasn::cuda::softmax_cross_entropy<T>(dz.get(), dy.get(), n, k, opt, loss.get(), g.get(),
+                                         dloss.empty() ? nullptr : dl.get(), status.get(), ws.get(), wb, ctx);
+    TASN_CUDA_CHECK(cudaStreamSynchronize(stream.s));
+    const auto st = status.to_host();
+    return LossResult{to_float_vec(download(loss, nl)), to_float_vec(download(g, z.size())), {},
+                      std::vector<long long>(st.begin(), st.end())};
+  });
+}
+
+void cross_entropy_and_check(const std::vector<float>& z, const std::vector<long long>& labels,
+                             long n, long k, const CrossEntropyOptions& opt) {
+  Stream stream;
+  const tasn::cuda::Context ctx{stream.s, nullptr, tasn::cuda::RowKernel::Auto};
+  auto dz = upload(z);
+  auto dy = upload(std::vector<std::int64_t>(labels.begin(), labels.end()));
+  DeviceBuffer<float> loss(tasn::loss_elems(n, opt.reduction));
+  DeviceBuffer<std::int64_t> status(2);
+  const std::size_t wb = tasn::cuda::cross_entropy_workspace_bytes(n, opt.reduction);
+  DeviceBuffer<unsigned char> ws(wb);
+  tasn::cuda::softmax_cross_entropy<float>(dz.get(), dy.get(), n, k, opt, loss.get(), nullptr, nullptr,
+                                           status.get(), ws.get(), wb, ctx);
+  tasn::cuda::check_label_status(status.get(), k, opt.ignore_index, stream.s);
+}
+
+std::vector<long long> topk(Dtype d, const std::vector<float>& z, const std::vector<long long>& labels,
+                            long n, long k, long max_k, long ignore_index) {
+  return with_dtype(d, [&](auto tag) {
+    using T = decltype(tag);
+    auto dz = upload(to_storage<T>(z));
+    auto dy = upload(std::vector<std::int64_t>(labels.begin(), labels.end()));
+    DeviceBuffer<unsigned long long> c(max_k);
+    tasn::cuda::topk_correct<T>(dz.get(), dy.get(), n, k, max_k, ignore_index, c.get(), tasn::cuda::Context{});
+    TASN_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto h = c.to_host();
+    return std::vector<long long>(h.begin(), h.end());
+  });
+}
+
+void distillation_validation_only(long n, long k, const DistillationOptions& opt,
+                                  std::size_t workspace_bytes) {
+  float* fake = reinterpret_cast<float*>(std::uintptr_t(1) << 20);
+  tasn::cuda::distillation_loss<float>(fake, fake, n, k, opt, fake, fake, nullptr, nullptr, fake,
+                                       workspace_bytes, tasn::cuda::Context{});
 }
 
 }  // namespace tasn::test::gpu

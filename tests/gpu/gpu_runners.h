@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "tasn/losses_common.h"
 #include "tasn/trilinear_attention_common.h"
 
 namespace tasn::test::gpu {
@@ -50,5 +51,26 @@ std::size_t trilinear_workspace_bytes(Dtype d, const TrilinearShape& s, bool bac
                                       bool saved_given);
 // Runs TASN_CUDA_CHECK on a failing status so the test sees the exception it produces.
 void raise_cuda_error();
+
+// ---- losses (gpu_runners.cu) ----
+struct LossResult {
+  std::vector<float> loss, grad, grad_teacher;
+  std::vector<long long> status;  // cross-entropy: first bad row + 1 (or 0), its label
+};
+// dloss empty: no upstream gradient (1). Gradient buffers are always passed (teacher if asked).
+LossResult distillation(Dtype d, const std::vector<float>& zs, const std::vector<float>& zt, long n,
+                        long k, const DistillationOptions& opt, const std::vector<float>& dloss,
+                        bool teacher_grad, Kernel kernel);
+LossResult cross_entropy(Dtype d, const std::vector<float>& z, const std::vector<long long>& labels,
+                         long n, long k, const CrossEntropyOptions& opt,
+                         const std::vector<float>& dloss, Kernel kernel);
+// Runs cross_entropy on the device, then check_label_status (throws on a bad label).
+void cross_entropy_and_check(const std::vector<float>& z, const std::vector<long long>& labels,
+                             long n, long k, const CrossEntropyOptions& opt);
+std::vector<long long> topk(Dtype d, const std::vector<float>& z, const std::vector<long long>& labels,
+                            long n, long k, long max_k, long ignore_index);
+// Validation only (fake pointers): must throw before any device work.
+void distillation_validation_only(long n, long k, const DistillationOptions& opt,
+                                  std::size_t workspace_bytes);
 
 }  // namespace tasn::test::gpu

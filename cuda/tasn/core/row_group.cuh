@@ -1,0 +1,79 @@
+// tasn/core/row_group.cuh - the threads that cooperate on one row: a warp or a whole block.
+//
+// Row kernels written once against this interface run as warp-per-row (short rows, many rows
+// per block) or block-per-row (long rows): loops stride by size() from rank(), and sum() /
+// stats() return the reduction over the group, broadcast to every member (CUB reductions).
+// Every member must call each reduction (uniform control flow within the group).
+#pragma once
+
+#include <cub/block/block_reduce.cuh>
+#include <cub/warp/warp_reduce.cuh>
+
+#include "tasn/core/softmax_math.h"
+
+namespace tasn::cuda::kernels {
+
+using Stats = SoftmaxStats<float>;
+
+class WarpRowGroup {
+ public:
+  static constexpr int kSize = 32;
+  struct TempStorage {
+    typename cub::WarpReduce<float>::TempStorage f;
+    typename cub::WarpReduce<Stats>::TempStorage s;
+  };
+  __device__ explicit WarpRowGroup(TempStorage& t) : t_(t) {}
+  __device__ int rank() const { return threadIdx.x % kSize; }
+  __device__ static constexpr int size() { return kSize; }
+
+  __device__ float sum(float v) {
+    const float r = cub::WarpReduce<float>(t_.f).Sum(v);
+    __syncwarp();
+    return __shfl_sync(0xffffffffu, r, 0);
+  }
+  __device__ Stats stats(Stats v, float scale) {
+    Stats r = cub::WarpReduce<Stats>(t_.s).Reduce(v, SoftmaxStatsCombine<float>{scale});
+    __syncwarp();
+    r.m = __shfl_sync(0xffffffffu, r.m, 0);
+    r.s = __shfl_sync(0xffffffffu, r.s, 0);
+    return r;
+  }
+
+ private:
+  TempStorage& t_;
+};
+
+template <int BLOCK>
+class BlockRowGroup {
+ public:
+  struct TempStorage {
+    typename cub::BlockReduce<float, BLOCK>::TempStorage f;
+    typename cub::BlockReduce<Stats, BLOCK>::TempStorage s;
+    Stats bcast;
+  };
+  __device__ explicit BlockRowGroup(TempStorage& t) : t_(t) {}
+  __device__ int rank() const { return threadIdx.x; }
+  __device__ static constexpr int size() { return BLOCK; }
+
+  __device__ float sum(float v) {
+    const float r = cub::BlockReduce<float, BLOCK>(t_.f).Sum(v);
+    if (threadIdx.x == 0) t_.bcast.s = r;
+    __syncthreads();
+    const float out = t_.bcast.s;
+    __syncthreads();  // bcast and the CUB storage may be reused right after
+    return out;
+  }
+  __device__ Stats stats(Stats v, float scale) {
+    const Stats r = cub::BlockReduce<Stats, BLOCK>(t_.s).Reduce(v, SoftmaxStatsCombine<float>{scale});
+    if (threadIdx.x == 0) t_.bcast = r;
+    __syncthreads();
+    const Stats out = t_.bcast;
+    __syncthreads();
+    return out;
+  }
+
+ private:
+  TempStorage& t_;
+};
+
+}  // namespace tasn::cuda::kernels

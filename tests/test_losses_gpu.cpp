@@ -1,0 +1,164 @@
+// CUDA losses against the CPU path (double, on the same storage-rounded logits), for every
+// storage type, both row-kernel variants, and K in {1, 31, 200, 1000, 5089, 8192}.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <ostream>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "gpu/gpu_runners.h"
+#include "support/test_support.h"
+#include "tasn/losses.h"
+
+namespace tasn::test::gpu {
+inline void PrintTo(Dtype d, std::ostream* os) { *os << dtype_name(d); }
+inline void PrintTo(Kernel k, std::ostream* os) {
+  const char* names[] = {"auto", "warp", "block"};
+  *os << names[static_cast<int>(k)];
+}
+}  // namespace tasn::test::gpu
+
+namespace {
+namespace tt = tasn::test;
+namespace g = tasn::test::gpu;
+using g::Dtype;
+using g::Kernel;
+using tasn::Reduction;
+
+// Tolerances relative to the largest magnitude of each compared tensor (docs/losses.md).
+double tol(Dtype d) { return d == Dtype::F32 ? 2e-5 : d == Dtype::F16 ? 3e-3 : 2e-2; }
+
+class GpuLosses : public ::testing::TestWithParam<std::tuple<Dtype, Kernel>> {
+ protected:
+  void SetUp() override {
+    std::string reason;
+    if (!g::device_available(&reason)) GTEST_SKIP() << reason;
+  }
+};
+
+std::string param_name(const ::testing::TestParamInfo<std::tuple<Dtype, Kernel>>& info) {
+  const char* k[] = {"auto", "warp", "block"};
+  return std::string(g::dtype_name(std::get<0>(info.param))) + "_" + k[static_cast<int>(std::get<1>(info.param))];
+}
+
+void expect_close(const std::vector<float>& got, const std::vector<double>& ref, double rel, const char* what) {
+  const auto r = tt::compare(got, ref, rel * std::max(1e-30, tt::max_abs(ref)), rel);
+  EXPECT_TRUE(r.ok) << what << ": " << r.message();
+}
+
+TEST_P(GpuLosses, DistillationMatchesCpu) {
+  const auto [dt, kernel] = GetParam();
+  const long n = 13;
+  for (long k : {1L, 31L, 200L, 1000L, 5089L, 8192L}) {
+    for (bool kl : {false, true}) {
+      for (Reduction red : {Reduction::None, Reduction::Mean}) {
+        SCOPED_TRACE(::testing::Message() << "K=" << k << " kl=" << kl << " reduction=" << tasn::to_string(red));
+        tasn::DistillationOptions opt;
+        opt.kl = kl;
+        opt.t_squared = true;
+        opt.reduction = red;
+        const auto zs = g::round_to(dt, tt::cast_vector<float>(tt::random_tensor(n * k, 10 + k, -20.0, 20.0)));
+        const auto zt = g::round_to(dt, tt::cast_vector<float>(tt::random_tensor(n * k, 20 + k, -20.0, 20.0)));
+        const auto up = g::round_to(dt, tt::cast_vector<float>(tt::random_tensor(tasn::loss_elems(n, red), 3, 0.5, 1.5)));
+        const auto got = g::distillation(dt, zs, zt, n, k, opt, up, true, kernel);
+        const auto zsd = tt::cast_vector<double>(zs), ztd = tt::cast_vector<double>(zt), upd = tt::cast_vector<double>(up);
+        std::vector<double> loss(tasn::loss_elems(n, red)), gs(n * k), gtt(n * k);
+        tasn::cpu::distillation_loss<double>(zsd.data(), ztd.data(), n, k, opt, loss.data(), gs.data(), gtt.data(), upd.data());
+        expect_close(got.loss, loss, tol(dt), "loss");
+        expect_close(got.grad, gs, tol(dt), "dstudent");
+        expect_close(got.grad_teacher, gtt, tol(dt), "dteacher");
+      }
+    }
+  }
+}
+
+TEST_P(GpuLosses, CrossEntropyMatchesCpu) {
+  const auto [dt, kernel] = GetParam();
+  const long n = 13;
+  for (long k : {1L, 31L, 200L, 1000L, 5089L, 8192L}) {
+    for (Reduction red : {Reduction::None, Reduction::Sum, Reduction::Mean}) {
+      SCOPED_TRACE(::testing::Message() << "K=" << k << " reduction=" << tasn::to_string(red));
+      tasn::CrossEntropyOptions opt;
+      opt.grad_scale = 0.5;
+      opt.label_smoothing = 0.1;
+      opt.reduction = red;
+      std::vector<long long> y(n);
+      for (long i = 0; i < n; ++i) y[i] = i % 4 == 1 ? -100 : (i * 7919) % k;
+      const auto z = g::round_to(dt, tt::cast_vector<float>(tt::random_tensor(n * k, 30 + k, -1e4, 1e4)));
+      const auto got = g::cross_entropy(dt, z, y, n, k, opt, {}, kernel);
+      const auto zd = tt::cast_vector<double>(z);
+      const std::vector<std::int64_t> y64(y.begin(), y.end());
+      std::vector<double> loss(tasn::loss_elems(n, red)), gz(n * k);
+      tasn::cpu::softmax_cross_entropy<double>(zd.data(), y64.data(), n, k, opt, loss.data(), gz.data());
+      expect_close(got.loss, loss, tol(dt), "loss");
+      expect_close(got.grad, gz, tol(dt), "dlogits");
+      EXPECT_EQ(got.status[0], 0);
+    }
+  }
+}
+
+TEST_P(GpuLosses, TopkMatchesCpu) {
+  const auto [dt, kernel] = GetParam();
+  if (kernel != Kernel::Auto) GTEST_SKIP() << "one kernel (warp per row)";
+  const long n = 300, k = 37, max_k = 5;
+  std::vector<long long> y(n);
+  for (long i = 0; i < n; ++i) y[i] = i % 10 == 0 ? -100 : (i * 31) % k;
+  // small integers: many ties, exact in every storage type
+  auto z = tt::random_tensor(n * k, 5, 0.0, 8.0);
+  for (auto& v : z) v = std::floor(v);
+  const auto zf = tt::cast_vector<float>(z);
+  const std::vector<std::int64_t> y64(y.begin(), y.end());
+  std::vector<std::int64_t> ref(max_k);
+  tasn::cpu::topk_correct<float>(zf.data(), y64.data(), n, k, max_k, -100, ref.data());
+  const auto got = g::topk(dt, zf, y, n, k, max_k, -100);
+  EXPECT_EQ(std::vector<long long>(ref.begin(), ref.end()), got);
+}
+
+TEST_P(GpuLosses, BadLabelIsReportedAndPoisonsTheLoss) {
+  const auto [dt, kernel] = GetParam();
+  const long n = 5, k = 7;
+  const std::vector<long long> y = {1, 2, 9, 3, -100};
+  const auto z = g::round_to(dt, tt::cast_vector<float>(tt::random_tensor(n * k, 9)));
+  tasn::CrossEntropyOptions opt;
+  const auto got = g::cross_entropy(dt, z, y, n, k, opt, {}, kernel);
+  EXPECT_EQ(got.status[0], 3);  // row 2 + 1
+  EXPECT_EQ(got.status[1], 9);
+  EXPECT_TRUE(std::isnan(got.loss[0])) << "a bad label must not give a finite mean loss";
+  for (long j = 0; j < k; ++j) EXPECT_EQ(got.grad[2 * k + j], 0.f);
+  if (dt == Dtype::F32 && kernel == Kernel::Auto) {
+    try {
+      g::cross_entropy_and_check(z, y, n, k, opt);
+      ADD_FAILURE() << "no exception";
+    } catch (const tasn::InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find("labels[2] = 9 is out of range [0, 7)"), std::string::npos) << e.what();
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTypes, GpuLosses,
+                         ::testing::Combine(::testing::Values(Dtype::F32, Dtype::F16, Dtype::BF16),
+                                            ::testing::Values(Kernel::Auto, Kernel::Warp, Kernel::Block)),
+                         param_name);
+
+TEST(CudaLossValidation, RejectsBadArgumentsBeforeAnyDeviceWork) {
+  auto msg_of = [](auto&& f) -> std::string {
+    try {
+      f();
+    } catch (const tasn::InvalidArgument& e) {
+      return e.what();
+    }
+    return "NO EXCEPTION";
+  };
+  tasn::DistillationOptions opt;
+  opt.temperature = -1;
+  EXPECT_NE(msg_of([&] { g::distillation_validation_only(4, 3, opt, 1024); }).find("temperature must be finite and > 0"),
+            std::string::npos);
+  opt.temperature = 10;
+  EXPECT_NE(msg_of([&] { g::distillation_validation_only(0, 3, opt, 1024); }).find("got (0, 3)"), std::string::npos);
+  const std::string m = msg_of([&] { g::distillation_validation_only(100, 3, opt, 16); });
+  EXPECT_NE(m.find("workspace holds 16 bytes but 512 are needed"), std::string::npos) << m;
+}
+
+}  // namespace
