@@ -15,84 +15,25 @@
 #include <string>
 #include <vector>
 
+#include "bench_cuda_common.cuh"
 #include "tasn/core/device_buffer.cuh"
 #include "tasn/trilinear_attention.cuh"
 
 namespace {
 
 using tasn::TrilinearShape;
+using tasn::bench::EventTimer;
+using tasn::bench::random_device;
+using tasn::bench::Stream;
 using tasn::cuda::Context;
 using tasn::cuda::DeviceBuffer;
 using tasn::cuda::RowKernel;
 
 constexpr std::int64_t kC = 512, kH = 28, kW = 28;
 
-bool device_ok(std::string* reason) {
-  int n = 0;
-  const cudaError_t e = cudaGetDeviceCount(&n);
-  if (e != cudaSuccess || n == 0) {
-    *reason = std::string("no usable CUDA device: ") + (e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
-    cudaGetLastError();
-    return false;
-  }
-  return true;
-}
-
-template <class T>
-DeviceBuffer<T> random_device(std::int64_t n, float lo, float hi, std::uint64_t seed) {
-  std::vector<T> h(static_cast<std::size_t>(n));
-  for (auto& v : h) {
-    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-    v = tasn::cuda::from_float<T>(lo + (hi - lo) * static_cast<float>((seed >> 40) * 0x1.0p-24));
-  }
-  return DeviceBuffer<T>::from_host(h);
-}
-
-class EventTimer {
- public:
-  explicit EventTimer(cudaStream_t s) : s_(s) {
-    TASN_CUDA_CHECK(cudaEventCreate(&a_));
-    TASN_CUDA_CHECK(cudaEventCreate(&b_));
-  }
-  ~EventTimer() {
-    cudaEventDestroy(a_);
-    cudaEventDestroy(b_);
-  }
-  template <class F>
-  double seconds(F&& f) {
-    TASN_CUDA_CHECK(cudaEventRecord(a_, s_));
-    f();
-    TASN_CUDA_CHECK(cudaEventRecord(b_, s_));
-    TASN_CUDA_CHECK(cudaEventSynchronize(b_));
-    float ms = 0.f;
-    TASN_CUDA_CHECK(cudaEventElapsedTime(&ms, a_, b_));
-    return ms * 1e-3;
-  }
-  template <class F>
-  double best_of(int reps, F&& f) {
-    double best = 1e30;
-    for (int r = 0; r < reps; ++r) best = std::min(best, seconds(f));
-    return best;
-  }
-
- private:
-  cudaStream_t s_;
-  cudaEvent_t a_, b_;
-};
-
-struct Stream {
-  cudaStream_t s;
-  Stream() { TASN_CUDA_CHECK(cudaStreamCreate(&s)); }
-  ~Stream() { cudaStreamDestroy(s); }
-};
-
 template <class T>
 void BM_TrilinearCuda(benchmark::State& state, bool backward) {
-  std::string why;
-  if (!device_ok(&why)) {
-    state.SkipWithError(why.c_str());
-    return;
-  }
+  TASN_BENCH_REQUIRE_DEVICE(state);
   const TrilinearShape s{state.range(0), kC, kH, kW};
   const std::int64_t N = s.n, C = s.c, P = s.p(), ncp = s.numel();
   Stream stream;
@@ -139,26 +80,17 @@ void BM_TrilinearCuda(benchmark::State& state, bool backward) {
   gemms();
   EventTimer timer(stream.s);
   const double gemm_s = timer.best_of(5, gemms);
-  double total = 0.0;
-  for (auto _ : state) {
-    const double sec = timer.seconds(op);
-    state.SetIterationTime(sec);
-    total += sec;
-  }
+  const double per_iter = tasn::bench::run_timed(state, timer, op);
   const double flops = (backward ? 8.0 : 4.0) * N * double(C) * C * P;
   state.counters["FLOP/s"] = benchmark::Counter(flops * state.iterations(), benchmark::Counter::kIsRate);
   state.counters["gemm_ms"] = gemm_s * 1e3;
-  state.counters["x_gemm"] = total / static_cast<double>(state.iterations()) / gemm_s;
+  state.counters["x_gemm"] = per_iter / gemm_s;
 }
 
 // Row softmax over N*C rows of `len` (P = 784: the spatial softmax; C = 512: the channel one).
 template <class T>
 void BM_SoftmaxRows(benchmark::State& state, RowKernel kernel, bool backward) {
-  std::string why;
-  if (!device_ok(&why)) {
-    state.SkipWithError(why.c_str());
-    return;
-  }
+  TASN_BENCH_REQUIRE_DEVICE(state);
   const std::int64_t rows = state.range(0), len = state.range(1), n = rows * len;
   Stream stream;
   auto in = random_device<T>(n, -4.f, 4.f, 3);
@@ -173,22 +105,11 @@ void BM_SoftmaxRows(benchmark::State& state, RowKernel kernel, bool backward) {
   };
   // Compulsory bytes: forward reads and writes T; backward reads y (T), dy and add (float), writes T.
   const double bytes = backward ? double(n) * (2 * sizeof(T) + 2 * sizeof(float)) : double(n) * 2 * sizeof(T);
-  DeviceBuffer<unsigned char> a(static_cast<std::size_t>(bytes / 2)), b(static_cast<std::size_t>(bytes / 2));
   EventTimer timer(stream.s);
   op();
-  const double copy_s = timer.best_of(5, [&] {
-    TASN_CUDA_CHECK(cudaMemcpyAsync(b.get(), a.get(), a.bytes(), cudaMemcpyDeviceToDevice, stream.s));
-  });
-  double total = 0.0;
-  for (auto _ : state) {
-    const double sec = timer.seconds(op);
-    state.SetIterationTime(sec);
-    total += sec;
-  }
-  const double per_iter = total / static_cast<double>(state.iterations());
-  state.counters["GB/s"] = bytes / per_iter * 1e-9;
-  state.counters["memcpy_GB/s"] = bytes / copy_s * 1e-9;  // memcpy moves bytes/2 read + bytes/2 written
-  state.counters["x_memcpy"] = copy_s / per_iter;
+  const double copy_s = tasn::bench::memcpy_seconds(timer, stream.s, bytes);
+  const double per_iter = tasn::bench::run_timed(state, timer, op);
+  tasn::bench::set_bandwidth_counters(state, bytes, per_iter, copy_s);
 }
 
 void trilinear_args(benchmark::internal::Benchmark* b) {

@@ -27,14 +27,23 @@ namespace detail_losses {
 
 constexpr std::int64_t kRowsPerTask = 8;
 
-// out = log_softmax(scale * x) over one row of k elements.
+// Softmax of scale * x over one row: writes q = softmax (one exp per element) and returns the
+// row's maximum m and log of the exp-sum, so log q_j = scale (x_j - m) - log_sum without another
+// exp or log per element.
 template <class T>
-void log_softmax_row(const T* x, T scale, std::int64_t k, T* out) {
+struct RowSoftmax {
+  T m, log_sum;
+};
+
+template <class T>
+RowSoftmax<T> softmax_row_stats(const T* x, T scale, std::int64_t k, T* q) {
   Eigen::Map<const RowArray<T>> xa(x, k);
-  Eigen::Map<RowArray<T>> o(out, k);
+  Eigen::Map<RowArray<T>> qa(q, k);
   const T m = xa.maxCoeff();
-  o = (xa - m) * scale;
-  o -= std::log(o.exp().sum());
+  qa = ((xa - m) * scale).exp();
+  const T sum = qa.sum();
+  qa *= T(1) / sum;
+  return {m, std::log(sum)};
 }
 
 // Runs row(i, scratch) for all rows, kRowsPerTask rows per task, each task with its own scratch.
@@ -97,30 +106,29 @@ void distillation_loss(const T* student, const T* teacher, std::int64_t n, std::
   std::vector<double> row_loss(static_cast<std::size_t>(n));
 
   detail_losses::for_rows<T>(n, 2 * k, [&](std::int64_t i, T* scratch) {
-    T* logq = scratch;
-    T* logp = scratch + k;
-    detail_losses::log_softmax_row(student + i * k, inv_t, k, logq);
-    detail_losses::log_softmax_row(teacher + i * k, inv_t, k, logp);
-    Eigen::Map<RowArray<T>> lq(logq, k), lp(logp, k);
-    const T ce = -(lp.exp() * lq).sum();
-    const T kl = (lp.exp() * (lp - lq)).sum();
+    const T* zs = student + i * k;
+    const T* zt = teacher + i * k;
+    const auto ss = detail_losses::softmax_row_stats(zs, inv_t, k, scratch);      // q
+    const auto st = detail_losses::softmax_row_stats(zt, inv_t, k, scratch + k);  // p
+    Eigen::Map<const RowArray<T>> q(scratch, k), p(scratch + k, k), xs(zs, k), xt(zt, k);
+    const auto logq = (xs - ss.m) * inv_t - ss.log_sum;
+    const auto logp = (xt - st.m) * inv_t - st.log_sum;
+    const T ce = -(p * logq).sum();
+    const T kl = opt.kl ? (p * (logp - logq)).sum() : T(0);
     row_loss[i] = static_cast<double>((opt.kl ? kl : ce) * tsq);
     const T w = tsq * mean_scale * detail_losses::upstream(dloss, opt.reduction, i);
     if (dteacher) {
-      // r = log q (- log p), sum_k p r = -(unscaled row loss)
-      const T p_dot_r = opt.kl ? -kl : -ce;
+      const T p_dot_r = opt.kl ? -kl : -ce;  // r = log q (- log p): sum_k p r = -(unscaled loss)
       T* g = dteacher + i * k;
       for (std::int64_t j = 0; j < k; ++j) {
-        const T p = std::exp(logp[j]);
-        const T r = opt.kl ? logq[j] - logp[j] : logq[j];
-        g[j] = distill_teacher_grad(p, r, p_dot_r, inv_t, w);
+        const T lq = (zs[j] - ss.m) * inv_t - ss.log_sum;
+        const T r = opt.kl ? lq - ((zt[j] - st.m) * inv_t - st.log_sum) : lq;
+        g[j] = distill_teacher_grad(p[j], r, p_dot_r, inv_t, w);
       }
     }
     if (dstudent) {
       T* g = dstudent + i * k;
-      lq = lq.exp();  // q
-      lp = lp.exp();  // p
-      for (std::int64_t j = 0; j < k; ++j) g[j] = distill_student_grad(logq[j], logp[j], inv_t, w);
+      for (std::int64_t j = 0; j < k; ++j) g[j] = distill_student_grad(q[j], p[j], inv_t, w);
     }
   });
   detail_losses::write_loss(row_loss, opt.reduction, double(n), loss);
@@ -161,24 +169,25 @@ void softmax_cross_entropy(const T* logits, const std::int64_t* labels, std::int
       static_cast<T>(opt.reduction == Reduction::Mean ? (valid > 0 ? 1.0 / double(valid) : 0.0) : 1.0);
   std::vector<double> row_loss(static_cast<std::size_t>(n));
 
-  detail_losses::for_rows<T>(n, k, [&](std::int64_t i, T* logq) {
+  detail_losses::for_rows<T>(n, k, [&](std::int64_t i, T* q) {
     const std::int64_t y = labels[i];
     if (y == opt.ignore_index) {
       row_loss[i] = 0.0;
       if (dlogits) std::fill(dlogits + i * k, dlogits + (i + 1) * k, T(0));
       return;
     }
-    detail_losses::log_softmax_row(logits + i * k, T(1), k, logq);
-    Eigen::Map<RowArray<T>> lq(logq, k);
-    const T nll = -logq[y];
-    const T smooth = eps > 0 ? -lq.sum() * inv_k : T(0);
+    const T* z = logits + i * k;
+    const auto st = detail_losses::softmax_row_stats(z, T(1), k, q);
+    const T nll = -(z[y] - st.m - st.log_sum);
+    // -(1/K) sum_j log q_j = -(mean(z) - m - log_sum)
+    const T smooth = eps > 0 ? -(Eigen::Map<const RowArray<T>>(z, k).mean() - st.m - st.log_sum) : T(0);
     row_loss[i] = static_cast<double>(scale * ((T(1) - eps) * nll + eps * smooth));
     if (dlogits) {
       const T w = scale * mean_scale * detail_losses::upstream(dloss, opt.reduction, i);
       T* g = dlogits + i * k;
-      lq = lq.exp();
-      for (std::int64_t j = 0; j < k; ++j)
-        g[j] = cross_entropy_grad(logq[j], smoothed_target(j == y, eps, inv_k), w);
+      const T off_target = smoothed_target(false, eps, inv_k);
+      for (std::int64_t j = 0; j < k; ++j) g[j] = cross_entropy_grad(q[j], off_target, w);
+      g[y] = cross_entropy_grad(q[y], smoothed_target(true, eps, inv_k), w);
     }
   });
   detail_losses::write_loss(row_loss, opt.reduction, double(valid), loss);
