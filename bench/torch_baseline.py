@@ -2,7 +2,9 @@
 """PyTorch composite of the tasn operators, timed as the side-by-side baseline.
 
 Trilinear attention (SPEC section 1) as torch.softmax + torch.bmm, forward and autograd backward,
-at the sizes of bench/bench_trilinear_{cpu,cuda}: N in {8, 32}, C = 512, 28 x 28.
+at the sizes of bench/bench_trilinear_{cpu,cuda}: N in {8, 32}, C = 512, 28 x 28. Losses (SPEC
+section 4) as F.cross_entropy (soft targets for distillation, labels for the heads), loss and
+gradient together, at the sizes of bench/bench_losses_{cpu,cuda}: (96, 200) and (256, 5089).
 
     python3 bench/torch_baseline.py --device cuda --json out.json      # GPU machine
     /usr/bin/python3 bench/torch_baseline.py --device cpu               # Debian's CPU PyTorch
@@ -89,6 +91,36 @@ def main():
                        "ms": sec * 1e3, "GFLOP/s": flops / sec * 1e-9}
                 rows.append(row)
                 print("%-42s %9.3f ms %9.1f GFLOP/s" % (row["name"], row["ms"], row["GFLOP/s"]))
+    import torch.nn.functional as F
+    for n, k in ((96, 200), (256, 5089)):
+        for dt in dtypes:
+            g = torch.Generator(device="cpu").manual_seed(1)
+            zs = (torch.rand(n, k, generator=g) * 20 - 10).to(dev, dt).requires_grad_(True)
+            zt = (torch.rand(n, k, generator=g) * 20 - 10).to(dev, dt)
+            y = torch.randint(0, k, (n,), generator=g).to(dev)
+
+            def distill(prepare):
+                if prepare:
+                    zs.grad = None
+                    return
+                T = 10.0
+                F.cross_entropy(zs / T, torch.softmax(zt / T, dim=1)).backward()
+
+            def xent(prepare):
+                if prepare:
+                    zs.grad = None
+                    return
+                (0.5 * F.cross_entropy(zs, y)).backward()
+
+            for name, fn, reads in (("distillation", distill, 2), ("cross_entropy", xent, 1)):
+                fn(True)
+                fn(False)
+                sec = best_time(fn, dev, args.reps)
+                nbytes = (reads + 1) * n * k * zs.element_size()
+                row = {"name": "torch_%s/%s/%d/%d" % (name, str(dt).replace("torch.", ""), n, k),
+                       "us": sec * 1e6, "GB/s": nbytes / sec * 1e-9}
+                rows.append(row)
+                print("%-42s %9.1f us %9.1f GB/s" % (row["name"], row["us"], row["GB/s"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": dev, "torch": torch.__version__, "results": rows}, f, indent=1)

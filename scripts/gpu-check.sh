@@ -50,11 +50,13 @@ grep -E "\*\*\*Failed|\*\*\*Skipped" "$results/ctest-gpu.log" | head -20 | tee -
 timeout 120 ctest --test-dir "$build" -L cpu -j "$jobs" >"$results/ctest-cpu.log" 2>&1
 log "cpu tests: $(grep -E 'tests passed|tests failed' "$results/ctest-cpu.log" | tail -1)"
 
-log "CUDA benchmarks"
-timeout 180 "$build/bench/bench_trilinear_cuda" --benchmark_out="$results/bench_cuda.json" \
-  --benchmark_out_format=json --benchmark_min_time=0.2 >"$results/bench_cuda.txt" 2>&1
-log "bench_trilinear_cuda exit $?"
-grep -E "^BM_" "$results/bench_cuda.txt" | sed -E 's/ +/ /g' | tee -a "$results/summary.txt"
+for b in bench_trilinear_cuda bench_losses_cuda; do
+  log "$b"
+  timeout 150 "$build/bench/$b" --benchmark_out="$results/$b.json" \
+    --benchmark_out_format=json --benchmark_min_time=0.2 >"$results/$b.txt" 2>&1
+  log "$b exit $?"
+  grep -E "^BM_" "$results/$b.txt" | sed -E 's/ +/ /g' | tee -a "$results/summary.txt"
+done
 
 py="${TASN_PYTHON:-python3}"
 if "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
