@@ -326,3 +326,51 @@ TEST(LossesCpuErrors, BadInputs) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(LossesCpuErrors, ShapeMismatchesThroughViews) {
+  using tasn::MatrixView;
+  using tasn::VectorView;
+  std::vector<float> a(4 * 10, 0.f), b(4 * 11, 0.f), g(4 * 10), l(4);
+  auto msg_of = [](auto&& f) -> std::string {
+    try {
+      f();
+    } catch (const tasn::InvalidArgument& e) {
+      return e.what();
+    }
+    return "NO EXCEPTION";
+  };
+  DistillationOptions opt;
+  std::string m = msg_of([&] {
+    tasn::cpu::distillation_loss<float>(MatrixView<const float>(a.data(), 4, 10), MatrixView<const float>(b.data(), 4, 11),
+                                        opt, VectorView<float>(l.data(), 1), MatrixView<float>(g.data(), 4, 10));
+  });
+  EXPECT_NE(m.find("distillation_loss: teacher has shape (4, 11) but student has shape (4, 10)"), std::string::npos) << m;
+  m = msg_of([&] {
+    tasn::cpu::distillation_loss<float>(MatrixView<const float>(a.data(), 4, 10), MatrixView<const float>(a.data(), 4, 10),
+                                        opt, VectorView<float>(l.data(), 4), MatrixView<float>(g.data(), 4, 10));
+  });
+  EXPECT_NE(m.find("loss holds 4 elements but 1 are needed"), std::string::npos) << m;
+  m = msg_of([&] {
+    tasn::cpu::distillation_loss<float>(MatrixView<const float>(a.data(), 4, 10), MatrixView<const float>(a.data(), 4, 10),
+                                        opt, VectorView<float>(l.data(), 1), MatrixView<float>(g.data(), 10, 4));
+  });
+  EXPECT_NE(m.find("dstudent has shape (10, 4) but student has shape (4, 10)"), std::string::npos) << m;
+  std::vector<std::int64_t> y = {1, 2, 3};
+  m = msg_of([&] {
+    tasn::cpu::softmax_cross_entropy<float>(MatrixView<const float>(a.data(), 4, 10), VectorView<const std::int64_t>(y.data(), 3),
+                                            CrossEntropyOptions{}, VectorView<float>(l.data(), 1), MatrixView<float>(g.data(), 4, 10));
+  });
+  EXPECT_NE(m.find("labels holds 3 elements but logits has 4 rows"), std::string::npos) << m;
+  // matching views run and agree with the pointer form
+  y.push_back(0);
+  float via_view = 0, via_ptr = 0;
+  tasn::cpu::softmax_cross_entropy<float>(MatrixView<const float>(a.data(), 4, 10), VectorView<const std::int64_t>(y.data(), 4),
+                                          CrossEntropyOptions{}, VectorView<float>(&via_view, 1), MatrixView<float>());
+  tasn::cpu::softmax_cross_entropy<float>(a.data(), y.data(), 4, 10, CrossEntropyOptions{}, &via_ptr, nullptr);
+  EXPECT_EQ(via_view, via_ptr);
+  EXPECT_NEAR(via_ptr, std::log(10.0), 1e-6);
+}
+
+}  // namespace

@@ -127,6 +127,10 @@ TEST_P(GpuLosses, BadLabelIsReportedAndPoisonsTheLoss) {
   EXPECT_EQ(got.status[1], 9);
   EXPECT_TRUE(std::isnan(got.loss[0])) << "a bad label must not give a finite mean loss";
   for (long j = 0; j < k; ++j) EXPECT_EQ(got.grad[2 * k + j], 0.f);
+  // All non-ignored labels bad: the mean must still be NaN, not the 0 of an all-ignored batch.
+  const auto all_bad = g::cross_entropy(dt, z, {9, -100, 8, -100, 7}, n, k, opt, {}, kernel);
+  EXPECT_TRUE(std::isnan(all_bad.loss[0]));
+  EXPECT_EQ(all_bad.status[0], 1);
   if (dt == Dtype::F32 && kernel == Kernel::Auto) {
     try {
       g::cross_entropy_and_check(z, y, n, k, opt);

@@ -100,10 +100,11 @@ __device__ float cross_entropy_row(Group& g, const T* z, std::int64_t y, const C
   for (std::int64_t j = g.rank(); j < p.k; j += g.size()) st.push(to_float(z[j]), 1.f);
   st = g.stats(st, 1.f);
   const float log_s = logf(st.s);
-  float sum_lq = 0.f;
+  // sum_j log q_j = sum_j (z_j - m) - K log_s: one subtraction of the large term, not K
+  float sum_shift = 0.f;
   if (p.eps > 0.f)
-    for (std::int64_t j = g.rank(); j < p.k; j += g.size()) sum_lq += to_float(z[j]) - st.m - log_s;
-  sum_lq = g.sum(sum_lq);
+    for (std::int64_t j = g.rank(); j < p.k; j += g.size()) sum_shift += to_float(z[j]) - st.m;
+  const float sum_lq = g.sum(sum_shift) - static_cast<float>(p.k) * log_s;
   const float nll = -(to_float(z[y]) - st.m - log_s);
   if (dz)
     for (std::int64_t j = g.rank(); j < p.k; j += g.size())
@@ -143,7 +144,7 @@ __device__ typename Group::TempStorage& group_storage() {
 
 // row_out: per-row losses (float, Sum/Mean) or nullptr; loss_none: per-row losses in T (None).
 template <class Group, class T>
-__global__ void distillation_kernel(const T* __restrict__ zs, const T* __restrict__ zt,
+__global__ void __launch_bounds__(Group::kBlockThreads) distillation_kernel(const T* __restrict__ zs, const T* __restrict__ zt,
                                     DistillParams p, const T* __restrict__ dloss, float* row_out,
                                     T* loss_none, T* dzs, T* dzt) {
   Group g(group_storage<Group>());
@@ -169,8 +170,8 @@ __global__ void __launch_bounds__(kFinalizeBlock)
   for (std::int64_t i = threadIdx.x; i < n; i += kFinalizeBlock) {
     const std::int64_t y = labels[i];
     if (y == ignore_index) continue;
+    ++count;  // every non-ignored row counts for the mean, as on the CPU (bad rows poison it)
     if (y < 0 || y >= k) first_bad = first_bad < i ? first_bad : i;
-    else ++count;
   }
   count = Reduce(temp).Sum(count);
   __syncthreads();
@@ -188,7 +189,7 @@ __global__ void __launch_bounds__(kFinalizeBlock)
 }
 
 template <class Group, class T>
-__global__ void cross_entropy_kernel(const T* __restrict__ z, const std::int64_t* __restrict__ labels,
+__global__ void __launch_bounds__(Group::kBlockThreads) cross_entropy_kernel(const T* __restrict__ z, const std::int64_t* __restrict__ labels,
                                      CrossEntropyParams p, const long long* __restrict__ valid,
                                      const T* __restrict__ dloss, float* row_out, T* loss_none, T* dz) {
   Group g(group_storage<Group>());
@@ -225,12 +226,13 @@ __global__ void __launch_bounds__(kFinalizeBlock)
   s = Reduce(temp).Sum(s);
   if (threadIdx.x == 0) {
     const double d = den ? static_cast<double>(*den) : den_value;
-    loss[0] = from_float<T>(static_cast<float>(d > 0 ? s / d : (den ? 0.0 : s)));
+    // Mean over no rows is 0, unless a bad row made the sum NaN: that must stay visible.
+    loss[0] = from_float<T>(static_cast<float>(d > 0 ? s / d : (den && !isnan(s) ? 0.0 : s)));
   }
 }
 
 template <class T>
-__global__ void topk_kernel(const T* __restrict__ z, const std::int64_t* __restrict__ labels,
+__global__ void __launch_bounds__(WarpRowGroup::kBlockThreads) topk_kernel(const T* __restrict__ z, const std::int64_t* __restrict__ labels,
                             std::int64_t n, std::int64_t k, std::int64_t max_k,
                             std::int64_t ignore_index, unsigned long long* correct) {
   WarpRowGroup g(group_storage<WarpRowGroup>());
@@ -240,7 +242,7 @@ __global__ void topk_kernel(const T* __restrict__ z, const std::int64_t* __restr
     const float zy = to_float(z[row * k + y]);
     float greater = 0.f;
     for (std::int64_t j = g.rank(); j < k; j += g.size()) greater += to_float(z[row * k + j]) > zy;
-    const auto rank = static_cast<std::int64_t>(g.sum(greater));
+    const auto rank = static_cast<std::int64_t>(g.sum(greater));  // exact below 2^24 classes
     if (g.rank() == 0)
       for (std::int64_t j = rank; j < max_k; ++j) atomicAdd(correct + j, 1ull);
   }
@@ -343,6 +345,29 @@ void softmax_cross_entropy(const T* logits, const std::int64_t* labels, std::int
         rows, n, opt.reduction == Reduction::Mean ? valid : nullptr, 1.0, loss);
     TASN_CUDA_CHECK_LAUNCH("finalize_loss_kernel");
   }
+}
+
+// Overloads on views (device memory): every tensor's shape is checked against the others.
+template <class T>
+void distillation_loss(MatrixView<const T> student, MatrixView<const T> teacher,
+                       const DistillationOptions& opt, VectorView<T> loss, MatrixView<T> dstudent,
+                       MatrixView<T> dteacher, VectorView<const T> dloss, void* workspace,
+                       std::size_t workspace_bytes, const Context& ctx) {
+  tasn::detail::check_distillation_views(student, teacher, opt, loss, dstudent, dteacher, dloss,
+                                         "cuda::distillation_loss");
+  distillation_loss(student.data, teacher.data, student.rows, student.cols, opt, loss.data,
+                    dstudent.data, dteacher.data, dloss.data, workspace, workspace_bytes, ctx);
+}
+
+template <class T>
+void softmax_cross_entropy(MatrixView<const T> logits, VectorView<const std::int64_t> labels,
+                           const CrossEntropyOptions& opt, VectorView<T> loss,
+                           MatrixView<T> dlogits, VectorView<const T> dloss, std::int64_t* status,
+                           void* workspace, std::size_t workspace_bytes, const Context& ctx) {
+  tasn::detail::check_cross_entropy_views(logits, labels, opt, loss, dlogits, dloss,
+                                          "cuda::softmax_cross_entropy");
+  softmax_cross_entropy(logits.data, labels.data, logits.rows, logits.cols, opt, loss.data,
+                        dlogits.data, dloss.data, status, workspace, workspace_bytes, ctx);
 }
 
 // correct[j] (device, max_k values, overwritten) = rows (label != ignore_index) whose label is

@@ -193,6 +193,28 @@ void softmax_cross_entropy(const T* logits, const std::int64_t* labels, std::int
   detail_losses::write_loss(row_loss, opt.reduction, double(valid), loss);
 }
 
+// Overloads on views: the same operators, with every tensor's shape checked against the others
+// (a mismatch throws tasn::InvalidArgument naming both tensors and their shapes).
+template <class T>
+void distillation_loss(MatrixView<const T> student, MatrixView<const T> teacher,
+                       const DistillationOptions& opt, VectorView<T> loss, MatrixView<T> dstudent,
+                       MatrixView<T> dteacher = {}, VectorView<const T> dloss = {}) {
+  tasn::detail::check_distillation_views(student, teacher, opt, loss, dstudent, dteacher, dloss,
+                                         "distillation_loss");
+  distillation_loss(student.data, teacher.data, student.rows, student.cols, opt, loss.data,
+                    dstudent.data, dteacher.data, dloss.data);
+}
+
+template <class T>
+void softmax_cross_entropy(MatrixView<const T> logits, VectorView<const std::int64_t> labels,
+                           const CrossEntropyOptions& opt, VectorView<T> loss,
+                           MatrixView<T> dlogits, VectorView<const T> dloss = {}) {
+  tasn::detail::check_cross_entropy_views(logits, labels, opt, loss, dlogits, dloss,
+                                          "softmax_cross_entropy");
+  softmax_cross_entropy(logits.data, labels.data, logits.rows, logits.cols, opt, loss.data,
+                        dlogits.data, dloss.data);
+}
+
 // Evaluation counts: correct[j] = number of rows (label != ignore_index) whose label is among
 // the top j+1 logits, for j < max_k. Rank of the label = number of logits strictly greater
 // than the label's logit, so ties count in the label's favour.

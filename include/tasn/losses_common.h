@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "tasn/core/common.h"
+#include "tasn/core/view.h"
 
 namespace tasn {
 
@@ -60,6 +61,39 @@ inline void validate_logits_shape(std::int64_t n, std::int64_t k, const char* op
 
 // Elements of the loss output for a reduction: N for None, else 1.
 inline std::int64_t loss_elems(std::int64_t n, Reduction r) { return r == Reduction::None ? n : 1; }
+
+namespace detail {
+
+inline const char* loss_size_reason(Reduction r) {
+  return r == Reduction::None ? "reduction none: one per row" : "reduction sum/mean: one value";
+}
+
+// Shape checks of the view overloads (CPU and CUDA): every tensor must agree with `student`.
+template <class T>
+void check_distillation_views(MatrixView<const T> student, MatrixView<const T> teacher,
+                              const DistillationOptions& opt, VectorView<T> loss,
+                              MatrixView<T> dstudent, MatrixView<T> dteacher,
+                              VectorView<const T> dloss, const char* op) {
+  TASN_CHECK_ARG(teacher.present() || student.rows * student.cols == 0, op, ": teacher is absent");
+  check_same_shape(teacher, "teacher", student, "student", op);
+  check_same_shape(dstudent, "dstudent", student, "student", op);
+  check_same_shape(dteacher, "dteacher", student, "student", op);
+  check_size(loss, "loss", loss_elems(student.rows, opt.reduction), loss_size_reason(opt.reduction), op);
+  check_size(dloss, "dloss", loss_elems(student.rows, opt.reduction), loss_size_reason(opt.reduction), op);
+}
+
+template <class T>
+void check_cross_entropy_views(MatrixView<const T> logits, VectorView<const std::int64_t> labels,
+                               const CrossEntropyOptions& opt, VectorView<T> loss,
+                               MatrixView<T> dlogits, VectorView<const T> dloss, const char* op) {
+  TASN_CHECK_ARG(labels.present() && labels.size == logits.rows, op, ": labels holds ", labels.size,
+                 " elements but logits has ", logits.rows, " rows");
+  check_same_shape(dlogits, "dlogits", logits, "logits", op);
+  check_size(loss, "loss", loss_elems(logits.rows, opt.reduction), loss_size_reason(opt.reduction), op);
+  check_size(dloss, "dloss", loss_elems(logits.rows, opt.reduction), loss_size_reason(opt.reduction), op);
+}
+
+}  // namespace detail
 
 // ---- per-element math (CPU and CUDA) ---------------------------------------------------------
 

@@ -239,7 +239,11 @@ void cross_entropy_and_check(const std::vector<float>& z, const std::vector<long
   DeviceBuffer<std::int64_t> status(2);
   const std::size_t wb = tasn::cuda::cross_entropy_workspace_bytes(n, opt.reduction);
   DeviceBuffer<unsigned char> ws(wb);
-  tasn::cuda::softmax_cross_entropy<float>(dz.get(), dy.get(), n, k, opt, loss.get(), nullptr, nullptr,
+  // the view overload (shape-checked) of the same operator
+  tasn::cuda::softmax_cross_entropy<float>(tasn::MatrixView<const float>(dz.get(), n, k),
+                                           tasn::VectorView<const std::int64_t>(dy.get(), n), opt,
+                                           tasn::VectorView<float>(loss.get(), static_cast<std::int64_t>(loss.size())),
+                                           tasn::MatrixView<float>(), tasn::VectorView<const float>(),
                                            status.get(), ws.get(), wb, ctx);
   tasn::cuda::check_label_status(status.get(), k, opt.ignore_index, stream.s);
 }

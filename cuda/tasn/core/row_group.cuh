@@ -9,6 +9,7 @@
 #include <cub/block/block_reduce.cuh>
 #include <cub/warp/warp_reduce.cuh>
 
+#include "tasn/core/row_softmax.cuh"
 #include "tasn/core/softmax_math.h"
 
 namespace tasn::cuda::kernels {
@@ -18,6 +19,7 @@ using Stats = SoftmaxStats<float>;
 class WarpRowGroup {
  public:
   static constexpr int kSize = 32;
+  static constexpr int kBlockThreads = kWarp * kWarpRowsPerBlock;  // 4 warps a block, a row each
   struct TempStorage {
     typename cub::WarpReduce<float>::TempStorage f;
     typename cub::WarpReduce<Stats>::TempStorage s;
@@ -46,6 +48,7 @@ class WarpRowGroup {
 template <int BLOCK>
 class BlockRowGroup {
  public:
+  static constexpr int kBlockThreads = BLOCK;
   struct TempStorage {
     typename cub::BlockReduce<float, BLOCK>::TempStorage f;
     typename cub::BlockReduce<Stats, BLOCK>::TempStorage s;
