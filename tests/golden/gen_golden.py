@@ -155,6 +155,26 @@ def cross_entropy_case():
     write(os.path.join(HERE, "losses_cross_entropy.bin"), out)
 
 
+def grid_sample_case():
+    """torch.nn.functional.grid_sample (bilinear, zeros, align_corners=True): forward, and the
+    gradients for the image and the grid, with grid values on and just outside the borders."""
+    import torch.nn.functional as F
+    n, c, hi, wi, ho, wo = 2, 3, 5, 7, 4, 6
+    img = uniform(41, n * c * hi * wi, -1.0, 1.0).reshape(n, c, hi, wi).requires_grad_(True)
+    grid = uniform(42, n * ho * wo * 2, -1.1, 1.1).reshape(n, ho, wo, 2)
+    specials = [-1.0, 1.0, -1.0000001, 1.0000001, -1.05, 1.05, 0.0, -1.3]
+    flat = grid.reshape(-1)
+    for i, v in enumerate(specials):
+        flat[3 * i + 1] = v
+    grid = flat.reshape(n, ho, wo, 2).to(torch.float32).to(torch.float64).requires_grad_(True)
+    out = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    dout = uniform(43, out.numel(), -1.0, 1.0).reshape(out.shape)
+    dimg, dgrid = torch.autograd.grad(out, (img, grid), dout)
+    write(os.path.join(HERE, "grid_sample.bin"), {
+        "sizes": torch.tensor([n, c, hi, wi, ho, wo], dtype=torch.float64),
+        "grid": grid.detach(), "out": out.detach(), "dimg": dimg, "dgrid": dgrid})
+
+
 def main():
     torch.set_default_dtype(torch.float64)
     print("torch", torch.__version__, file=sys.stderr)
@@ -163,6 +183,7 @@ def main():
     trilinear_case("tasn", (2, 512, 28, 28), 7.0, 0.0, 3.0, 13, full=False)
     distillation_case()
     cross_entropy_case()
+    grid_sample_case()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ namespace tasn {
 
 TASN_HD float hd_exp(float x) { return ::expf(x); }
 TASN_HD double hd_exp(double x) { return ::exp(x); }
+TASN_HD float hd_floor(float x) { return ::floorf(x); }
+TASN_HD double hd_floor(double x) { return ::floor(x); }
 TASN_HD float hd_max(float a, float b) { return a > b ? a : b; }
 TASN_HD double hd_max(double a, double b) { return a > b ? a : b; }
 

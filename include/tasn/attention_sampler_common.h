@@ -1,0 +1,169 @@
+// tasn/attention_sampler_common.h - attention maps, marginals, the inverse-CDF grid and bilinear
+// sampling: options, argument checks and the per-element / per-sample math shared by the CPU path
+// (tasn/attention_sampler.h) and the CUDA path (tasn/attention_sampler.cuh). SPEC sections 2, 3.
+// No Eigen, no CUDA.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "tasn/core/common.h"
+#include "tasn/core/softmax_math.h"
+
+namespace tasn {
+
+enum class GridMode {
+  Exact,     // default: inverse of the piecewise-linear CDF, endpoints exactly -1 and +1
+  Official,  // the MXNet AttSampler grid (c[0] = 1, step c[S-1]/O), may leave [-1, 1] slightly
+};
+
+inline const char* to_string(GridMode m) { return m == GridMode::Exact ? "exact" : "official"; }
+
+struct GridOptions {
+  std::int64_t out_h = 224, out_w = 224;  // output grid size (Ho, Wo)
+  double dense = 4.0;                     // largest magnification the limit allows
+  int iters = 5;                          // magnification-limit iterations
+  GridMode mode = GridMode::Exact;
+
+  void validate(const char* op) const {
+    TASN_CHECK_ARG(out_h >= 1 && out_w >= 1, op, ": output size must be >= 1, got (", out_h, ", ",
+                   out_w, ")");
+    TASN_CHECK_ARG(std::isfinite(dense) && dense > 0.0, op, ": dense must be finite and > 0, got ", dense);
+    TASN_CHECK_ARG(iters >= 0, op, ": iters must be >= 0, got ", iters);
+  }
+};
+
+namespace sampler {
+
+// ---- bilinear interpolation, align_corners = true --------------------------------------------
+
+// Source coordinate of destination index `dst` when resizing `in` samples to `out` samples.
+template <class Acc>
+TASN_HD Acc align_corners_src(std::int64_t dst, std::int64_t in, std::int64_t out) {
+  return out > 1 ? static_cast<Acc>(dst) * static_cast<Acc>(in - 1) / static_cast<Acc>(out - 1) : Acc(0);
+}
+
+// Value of the bilinear upsampling of map (h x w) to (H x W) at destination (y, x). The same
+// function serves the materialised upsample and the fused marginals, so both agree bit for bit.
+template <class T, class Acc = float>
+TASN_HD Acc upsample_at(const T* map, std::int64_t h, std::int64_t w, std::int64_t H, std::int64_t W,
+                        std::int64_t y, std::int64_t x) {
+  const Acc sy = align_corners_src<Acc>(y, h, H), sx = align_corners_src<Acc>(x, w, W);
+  std::int64_t y0 = static_cast<std::int64_t>(sy), x0 = static_cast<std::int64_t>(sx);
+  y0 = y0 < h - 1 ? y0 : h - 1;
+  x0 = x0 < w - 1 ? x0 : w - 1;
+  const std::int64_t y1 = y0 + 1 < h ? y0 + 1 : h - 1, x1 = x0 + 1 < w ? x0 + 1 : w - 1;
+  const Acc fy = sy - static_cast<Acc>(y0), fx = sx - static_cast<Acc>(x0);
+  const Acc r0 = (Acc(1) - fx) * static_cast<Acc>(map[y0 * w + x0]) + fx * static_cast<Acc>(map[y0 * w + x1]);
+  const Acc r1 = (Acc(1) - fx) * static_cast<Acc>(map[y1 * w + x0]) + fx * static_cast<Acc>(map[y1 * w + x1]);
+  return (Acc(1) - fy) * r0 + fy * r1;
+}
+
+// ---- sampling taps: grid value g in [-1, 1] (align_corners) over `size` pixels ----------------
+
+template <class Acc>
+struct Taps {
+  std::int64_t i0;  // first tap; the second is i0 + 1
+  Acc w0, w1;       // weights of i0 and i0 + 1 (taps outside [0, size) contribute 0)
+  Acc scale;        // d(pixel coordinate) / d(g) = (size - 1) / 2
+};
+
+template <class Acc>
+TASN_HD Taps<Acc> taps_of(Acc g, std::int64_t size) {
+  const Acc scale = Acc(0.5) * static_cast<Acc>(size - 1);
+  const Acc c = (g + Acc(1)) * scale;
+  const Acc f = hd_floor(c);
+  const Acc frac = c - f;
+  return {static_cast<std::int64_t>(f), Acc(1) - frac, frac, scale};
+}
+
+TASN_HD bool tap_in(std::int64_t i, std::int64_t size) { return i >= 0 && i < size; }
+
+// Bilinear sample of plane (H x W) at taps (ty, tx) with zero padding, in the order
+// torch.nn.functional.grid_sample uses (nw, ne, sw, se).
+template <class T, class Acc>
+TASN_HD Acc sample_plane(const T* plane, std::int64_t H, std::int64_t W, const Taps<Acc>& ty,
+                         const Taps<Acc>& tx) {
+  const std::int64_t y0 = ty.i0, y1 = ty.i0 + 1, x0 = tx.i0, x1 = tx.i0 + 1;
+  Acc v = Acc(0);
+  if (tap_in(y0, H) && tap_in(x0, W)) v += static_cast<Acc>(plane[y0 * W + x0]) * (tx.w0 * ty.w0);
+  if (tap_in(y0, H) && tap_in(x1, W)) v += static_cast<Acc>(plane[y0 * W + x1]) * (tx.w1 * ty.w0);
+  if (tap_in(y1, H) && tap_in(x0, W)) v += static_cast<Acc>(plane[y1 * W + x0]) * (tx.w0 * ty.w1);
+  if (tap_in(y1, H) && tap_in(x1, W)) v += static_cast<Acc>(plane[y1 * W + x1]) * (tx.w1 * ty.w1);
+  return v;
+}
+
+// Value at (y, x) of a plane with zero padding.
+template <class T, class Acc>
+TASN_HD Acc pixel_or_zero(const T* plane, std::int64_t H, std::int64_t W, std::int64_t y, std::int64_t x) {
+  return tap_in(y, H) && tap_in(x, W) ? static_cast<Acc>(plane[y * W + x]) : Acc(0);
+}
+
+// ---- magnification limit (SPEC 3b) -----------------------------------------------------------
+
+// One iteration's threshold for an axis: t shared by both axes, capped by t0 on the first one.
+TASN_HD double limit_threshold(double max_y, double max_x, double t0_axis, int iter) {
+  double t = max_y < max_x ? max_y : max_x;
+  if (iter == 0 && t0_axis < t) t = t0_axis;
+  return t;
+}
+
+// ---- inverse CDF (SPEC 3c) -------------------------------------------------------------------
+
+// First index k in [0, n) with c[k] >= t (n if none): a plain binary search, the same on CPU and GPU.
+TASN_HD std::int64_t lower_bound(const double* c, std::int64_t n, double t) {
+  std::int64_t lo = 0, hi = n;
+  while (lo < hi) {
+    const std::int64_t mid = lo + (hi - lo) / 2;
+    if (c[mid] < t) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+// Exact mode, output i of O for the knot CDF c[0..S-1] (c[0] = 0, c[k] = c[k-1] + (m[k-1]+m[k])/2).
+TASN_HD double exact_grid_value(const double* c, std::int64_t S, std::int64_t O, std::int64_t i) {
+  if (O == 1) return 0.0;
+  if (i == 0) return -1.0;
+  if (i == O - 1 || S == 1) return S == 1 ? -1.0 + 2.0 * static_cast<double>(i) / static_cast<double>(O - 1) : 1.0;
+  const double t = static_cast<double>(i) / static_cast<double>(O - 1) * c[S - 1];
+  std::int64_t k = lower_bound(c, S, t);
+  if (k >= S) k = S - 1;
+  double u;
+  if (k == 0) {
+    u = 0.0;
+  } else {
+    u = static_cast<double>(k - 1) + (t - c[k - 1]) / (c[k] - c[k - 1]);
+  }
+  return 2.0 * u / static_cast<double>(S - 1) - 1.0;
+}
+
+// Official mode, output i of O for c[0] = 1, c[j] = c[j-1] + m[j]; c[-1] taken as 0.
+TASN_HD double official_grid_value(const double* c, std::int64_t S, std::int64_t O, std::int64_t i) {
+  if (S == 1) return O > 1 ? -1.0 + 2.0 * static_cast<double>(i) / static_cast<double>(O - 1) : 0.0;
+  const double step = c[S - 1] / static_cast<double>(O);
+  const double target = static_cast<double>(i) * step;
+  std::int64_t j = lower_bound(c, S, target);
+  if (j >= S) j = S - 1;
+  const double prev = j > 0 ? c[j - 1] : 0.0;
+  const double u = static_cast<double>(j) + (target - c[j]) / (c[j] - prev);
+  return 2.0 * u / static_cast<double>(S - 1) - 1.0;
+}
+
+// ---- counter-based channel choice (SPEC 2) ---------------------------------------------------
+
+TASN_HD std::uint64_t mix64(std::uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// Which of `count` candidates sample n picks for `seed`: the same on CPU and GPU.
+TASN_HD std::int64_t pick_index(std::uint64_t seed, std::int64_t n, std::int64_t count) {
+  return static_cast<std::int64_t>(mix64(mix64(seed) ^ static_cast<std::uint64_t>(n)) %
+                                    static_cast<std::uint64_t>(count));
+}
+
+}  // namespace sampler
+}  // namespace tasn
