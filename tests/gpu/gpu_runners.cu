@@ -5,6 +5,7 @@
 
 #include <type_traits>
 
+#include "tasn/attention_sampler.cuh"
 #include "tasn/core/cuda_check.cuh"
 #include "tasn/core/device_buffer.cuh"
 #include "tasn/core/dtype.cuh"
@@ -267,6 +268,117 @@ void distillation_validation_only(long n, long k, const DistillationOptions& opt
   float* fake = reinterpret_cast<float*>(std::uintptr_t(1) << 20);
   tasn::cuda::distillation_loss<float>(fake, fake, n, k, opt, fake, fake, nullptr, nullptr, fake,
                                        workspace_bytes, tasn::cuda::Context{});
+}
+
+std::vector<float> attention_map(Dtype d, const std::vector<float>& m, long N, long C, long h, long w,
+                                 int mode, bool distinct, const std::vector<long long>& channels,
+                                 unsigned long long seed, std::vector<long long>* chosen) {
+  return with_dtype(d, [&](auto tag) {
+    using T = decltype(tag);
+    auto dm = upload(to_storage<T>(m));
+    auto dch = upload(std::vector<std::int64_t>(channels.begin(), channels.end()));
+    DeviceBuffer<float> out(N * h * w);
+    DeviceBuffer<std::int64_t> ch(N);
+    const tasn::cuda::Context ctx{};
+    if (mode == 0)
+      tasn::cuda::structure_map<T>(dm.get(), N, C, h, w, distinct, out.get(), ctx);
+    else
+      tasn::cuda::detail_map<T>(dm.get(), N, C, h, w, mode == 1, channels.empty() ? nullptr : dch.get(), seed,
+                                out.get(), ch.get(), ctx);
+    TASN_CUDA_CHECK(cudaDeviceSynchronize());
+    if (chosen) {
+      const auto h_ch = ch.to_host();
+      chosen->assign(h_ch.begin(), h_ch.end());
+    }
+    return out.to_host();
+  });
+}
+
+std::vector<float> upsample(const std::vector<float>& in, long N, long h, long w, long H, long W, bool squared) {
+  auto d = upload(in);
+  DeviceBuffer<float> out(N * H * W);
+  tasn::cuda::upsample_bilinear(d.get(), N, h, w, H, W, squared, out.get(), tasn::cuda::Context{});
+  TASN_CUDA_CHECK(cudaDeviceSynchronize());
+  return out.to_host();
+}
+
+Marginals marginals(const std::vector<float>& map, long N, long h, long w, long Hs, long Ws) {
+  auto d = upload(map);
+  DeviceBuffer<float> my(N * Hs), mx(N * Ws);
+  DeviceBuffer<unsigned char> fb(N);
+  tasn::cuda::attention_marginals(d.get(), N, h, w, Hs, Ws, my.get(), mx.get(), fb.get(), tasn::cuda::Context{});
+  TASN_CUDA_CHECK(cudaDeviceSynchronize());
+  return {my.to_host(), mx.to_host(), fb.to_host()};
+}
+
+SepGrid sampling_grid(const std::vector<float>& my, const std::vector<float>& mx, long N, long Hs, long Ws,
+                      const GridOptions& opt) {
+  auto dy = upload(my), dx = upload(mx);
+  DeviceBuffer<float> gy(N * opt.out_h), gx(N * opt.out_w);
+  tasn::cuda::sampling_grid(dy.get(), dx.get(), N, Hs, Ws, opt, gy.get(), gx.get(), tasn::cuda::Context{});
+  TASN_CUDA_CHECK(cudaDeviceSynchronize());
+  return {gy.to_host(), gx.to_host()};
+}
+
+std::vector<float> sample_separable(Dtype d, const std::vector<float>& img, long N, long C, long Hi, long Wi,
+                                   const std::vector<float>& gy, const std::vector<float>& gx, long Ho, long Wo) {
+  return with_dtype(d, [&](auto tag) {
+    using T = decltype(tag);
+    auto di = upload(to_storage<T>(img));
+    auto dy = upload(gy), dx = upload(gx);
+    DeviceBuffer<T> out(N * C * Ho * Wo);
+    tasn::cuda::sample_separable<T>(di.get(), N, C, Hi, Wi, dy.get(), dx.get(), Ho, Wo, out.get(), tasn::cuda::Context{});
+    TASN_CUDA_CHECK(cudaDeviceSynchronize());
+    return to_float_vec(out.to_host());
+  });
+}
+
+std::vector<float> sample_separable_backward(Dtype d, const std::vector<float>& dout, long N, long C, long Hi,
+                                             long Wi, const std::vector<float>& gy, const std::vector<float>& gx,
+                                             long Ho, long Wo) {
+  return with_dtype(d, [&](auto tag) {
+    using T = decltype(tag);
+    auto dd = upload(to_storage<T>(dout));
+    auto dy = upload(gy), dx = upload(gx);
+    DeviceBuffer<T> dimg(N * C * Hi * Wi);
+    const std::size_t wb = tasn::cuda::sample_separable_backward_workspace_bytes(N, C, Hi, Wi, Ho, Wo);
+    DeviceBuffer<unsigned char> ws(wb);
+    tasn::cuda::sample_separable_backward<T>(dd.get(), N, C, Hi, Wi, dy.get(), dx.get(), Ho, Wo, dimg.get(), ws.get(),
+                                             wb, tasn::cuda::Context{});
+    TASN_CUDA_CHECK(cudaDeviceSynchronize());
+    return to_float_vec(dimg.to_host());
+  });
+}
+
+std::vector<float> sample_grid(Dtype d, const std::vector<float>& img, long N, long C, long Hi, long Wi,
+                               const std::vector<float>& grid, long Ho, long Wo) {
+  return with_dtype(d, [&](auto tag) {
+    using T = decltype(tag);
+    auto di = upload(to_storage<T>(img));
+    auto dg = upload(grid);
+    DeviceBuffer<T> out(N * C * Ho * Wo);
+    tasn::cuda::sample_grid<T>(di.get(), N, C, Hi, Wi, dg.get(), Ho, Wo, out.get(), tasn::cuda::Context{});
+    TASN_CUDA_CHECK(cudaDeviceSynchronize());
+    return to_float_vec(out.to_host());
+  });
+}
+
+GridGrads sample_grid_backward(Dtype d, const std::vector<float>& img, const std::vector<float>& grid,
+                               const std::vector<float>& dout, long N, long C, long Hi, long Wi, long Ho, long Wo) {
+  return with_dtype(d, [&](auto tag) {
+    using T = decltype(tag);
+    auto di = upload(to_storage<T>(img));
+    auto dg = upload(grid);
+    auto dd = upload(to_storage<T>(dout));
+    DeviceBuffer<T> dimg(img.size());
+    DeviceBuffer<float> dgrid(grid.size());
+    const std::size_t wb = tasn::cuda::sample_grid_backward_workspace_bytes(N, C, Hi, Wi, std::is_same_v<T, float>);
+    DeviceBuffer<unsigned char> ws(wb);
+    tasn::cuda::sample_grid_backward<T>(di.get(), dg.get(), dd.get(), N, C, Hi, Wi, Ho, Wo, dimg.get(), dgrid.get(),
+                                        ws.get(), wb, tasn::cuda::Context{});
+    TASN_CUDA_CHECK(cudaDeviceSynchronize());
+    return GridGrads{to_float_vec(dimg.to_host()), dgrid.to_host()};
+  });
 }
 
 }  // namespace tasn::test::gpu

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "tasn/attention_sampler_common.h"
 #include "tasn/losses_common.h"
 #include "tasn/trilinear_attention_common.h"
 
@@ -72,5 +73,34 @@ std::vector<long long> topk(Dtype d, const std::vector<float>& z, const std::vec
 // Validation only (fake pointers): must throw before any device work.
 void distillation_validation_only(long n, long k, const DistillationOptions& opt,
                                   std::size_t workspace_bytes);
+
+// ---- attention sampler (gpu_runners.cu); maps, marginals and grids are float ----
+// mode 0: structure_map(distinct), 1: detail_map(training), 2: detail_map(evaluation)
+std::vector<float> attention_map(Dtype d, const std::vector<float>& m, long N, long C, long h, long w,
+                                 int mode, bool distinct, const std::vector<long long>& channels,
+                                 unsigned long long seed, std::vector<long long>* chosen);
+std::vector<float> upsample(const std::vector<float>& in, long N, long h, long w, long H, long W, bool squared);
+struct Marginals {
+  std::vector<float> my, mx;
+  std::vector<unsigned char> fallback;
+};
+Marginals marginals(const std::vector<float>& map, long N, long h, long w, long Hs, long Ws);
+struct SepGrid {
+  std::vector<float> gy, gx;
+};
+SepGrid sampling_grid(const std::vector<float>& my, const std::vector<float>& mx, long N, long Hs, long Ws,
+                      const GridOptions& opt);
+std::vector<float> sample_separable(Dtype d, const std::vector<float>& img, long N, long C, long Hi, long Wi,
+                                   const std::vector<float>& gy, const std::vector<float>& gx, long Ho, long Wo);
+std::vector<float> sample_separable_backward(Dtype d, const std::vector<float>& dout, long N, long C, long Hi,
+                                             long Wi, const std::vector<float>& gy, const std::vector<float>& gx,
+                                             long Ho, long Wo);
+std::vector<float> sample_grid(Dtype d, const std::vector<float>& img, long N, long C, long Hi, long Wi,
+                               const std::vector<float>& grid, long Ho, long Wo);
+struct GridGrads {
+  std::vector<float> dimg, dgrid;
+};
+GridGrads sample_grid_backward(Dtype d, const std::vector<float>& img, const std::vector<float>& grid,
+                               const std::vector<float>& dout, long N, long C, long Hi, long Wi, long Ho, long Wo);
 
 }  // namespace tasn::test::gpu
