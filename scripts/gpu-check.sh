@@ -50,7 +50,7 @@ grep -E "\*\*\*Failed|\*\*\*Skipped" "$results/ctest-gpu.log" | head -20 | tee -
 timeout 120 ctest --test-dir "$build" -L cpu -j "$jobs" >"$results/ctest-cpu.log" 2>&1
 log "cpu tests: $(grep -E 'tests passed|tests failed' "$results/ctest-cpu.log" | tail -1)"
 
-for b in bench_trilinear_cuda bench_losses_cuda; do
+for b in bench_trilinear_cuda bench_losses_cuda bench_sampler_cuda; do
   log "$b"
   timeout 150 "$build/bench/$b" --benchmark_out="$results/$b.json" \
     --benchmark_out_format=json --benchmark_min_time=0.2 >"$results/$b.txt" 2>&1
