@@ -297,7 +297,7 @@ TEST(SamplerConvenience, AttentionSampleMagnifiesTheAttendedRegion) {
   std::vector<float> img(Hi * Wi);
   for (std::int64_t y = 0; y < Hi; ++y)
     for (std::int64_t x = 0; x < Wi; ++x) img[y * Wi + x] = static_cast<float>(x);  // value = column
-  tasn::cpu::AttentionSampleOptions opt;
+  tasn::AttentionSampleOptions opt;
   opt.grid.out_h = O;
   opt.grid.out_w = O;
   std::vector<float> out(O * O), gy(O), gx(O);

@@ -403,12 +403,7 @@ __global__ void cast_kernel(const float* __restrict__ in, std::int64_t n, T* __r
 
 namespace detail_sampler {
 
-inline void check_sizes(const char* op, const char* what, std::int64_t a, std::int64_t b, std::int64_t c,
-                        std::int64_t d) {
-  TASN_CHECK_ARG(a >= 1 && b >= 1 && c >= 1 && d >= 1, op, ": ", what, " must have positive sizes, got (", a,
-                 ", ", b, ", ", c, ", ", d, ")");
-  tasn::detail::checked_mul(tasn::detail::checked_mul(a, b, op), tasn::detail::checked_mul(c, d, op), op);
-}
+using sampler::check_sizes;
 
 template <class T>
 void check_image_type() {
@@ -632,12 +627,6 @@ void sample_grid_backward(const T* img, const float* grid, const T* dout, std::i
 }
 
 // ---- convenience ----------------------------------------------------------------------------------------
-
-struct AttentionSampleOptions {
-  GridOptions grid;
-  std::int64_t upsample_h = 0, upsample_w = 0;  // 0: the image size
-  bool squared = false;
-};
 
 inline std::size_t attention_sample_workspace_bytes(std::int64_t N, std::int64_t Hi, std::int64_t Wi,
                                                     const AttentionSampleOptions& opt) {

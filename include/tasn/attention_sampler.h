@@ -28,12 +28,7 @@ void check_type() {
                 "the CPU sampler supports float and double");
 }
 
-inline void check_sizes(const char* op, const char* what, std::int64_t a, std::int64_t b,
-                        std::int64_t c, std::int64_t d) {
-  TASN_CHECK_ARG(a >= 1 && b >= 1 && c >= 1 && d >= 1, op, ": ", what, " must have positive sizes, got (", a,
-                 ", ", b, ", ", c, ", ", d, ")");
-  tasn::detail::checked_mul(tasn::detail::checked_mul(a, b, op), tasn::detail::checked_mul(c, d, op), op);
-}
+using sampler::check_sizes;
 
 // Channels of sample mc (C planes of p pixels) that count as distinct: a channel whose spatial
 // sum equals that of an earlier channel is left out (SPEC 2).
@@ -401,12 +396,6 @@ void sample_grid_backward(const T* img, const T* grid, const T* dout, std::int64
 }
 
 // ---- convenience ------------------------------------------------------------------------------------
-
-struct AttentionSampleOptions {
-  GridOptions grid;                    // output size, dense, iters, mode
-  std::int64_t upsample_h = 0, upsample_w = 0;  // marginals of the map upsampled to this size (0: image size)
-  bool squared = false;                // square the upsampled map first (official structure map)
-};
 
 // Attention map (N, Ha, Wa) + image (N, C, Hi, Wi) -> sampled image (N, C, Ho, Wo); the grid is
 // returned in gy (N, Ho) and gx (N, Wo) when those are given, fallback (N) as in attention_marginals.

@@ -33,7 +33,21 @@ struct GridOptions {
   }
 };
 
+struct AttentionSampleOptions {
+  GridOptions grid;                             // output size, dense, iters, mode
+  std::int64_t upsample_h = 0, upsample_w = 0;  // marginals of the map upsampled to this size (0: image size)
+  bool squared = false;                         // square the upsampled map first (official structure map)
+};
+
 namespace sampler {
+
+// Sizes of a 4-d argument must be positive and their product must fit 64-bit indexing.
+inline void check_sizes(const char* op, const char* what, std::int64_t a, std::int64_t b, std::int64_t c,
+                        std::int64_t d) {
+  TASN_CHECK_ARG(a >= 1 && b >= 1 && c >= 1 && d >= 1, op, ": ", what, " must have positive sizes, got (", a,
+                 ", ", b, ", ", c, ", ", d, ")");
+  detail::checked_mul(detail::checked_mul(a, b, op), detail::checked_mul(c, d, op), op);
+}
 
 // ---- bilinear interpolation, align_corners = true --------------------------------------------
 
