@@ -115,6 +115,32 @@ TEST_P(GpuSampler, SamplingMatchesCpu) {
   expect_close(gb.dgrid, dgrid, 1e-4, "grid backward (grid)");
 }
 
+TEST_P(GpuSampler, AttentionSampleMatchesCpu) {
+  const Dtype dt = GetParam();
+  const long N = 3, C = 3, Hi = 160, Wi = 192, Ha = 14, Wa = 14;
+  const auto img = g::round_to(dt, tt::cast_vector<float>(tt::random_tensor(N * C * Hi * Wi, 111, 0.0, 1.0)));
+  auto att = tt::cast_vector<float>(tt::random_tensor(N * Ha * Wa, 112, 0.0, 1.0));
+  for (long i = 0; i < Ha * Wa; ++i) att[2 * Ha * Wa + i] = 0.f;  // sample 2 falls back to the identity
+  for (bool squared : {false, true}) {
+    SCOPED_TRACE(::testing::Message() << "squared=" << squared);
+    tasn::AttentionSampleOptions opt;
+    opt.grid.out_h = 64;
+    opt.grid.out_w = 80;
+    opt.upsample_h = 128;
+    opt.squared = squared;
+    std::vector<float> out(N * C * 64 * 80), gy(N * 64), gx(N * 80);
+    std::vector<unsigned char> fb(N);
+    tasn::cpu::attention_sample<float>(img.data(), N, C, Hi, Wi, att.data(), Ha, Wa, opt, out.data(), gy.data(), gx.data(), fb.data());
+    g::SepGrid grid;
+    std::vector<unsigned char> gfb;
+    const auto got = g::attention_sample(dt, img, N, C, Hi, Wi, att, Ha, Wa, opt, &grid, &gfb);
+    EXPECT_EQ(gfb, fb);
+    expect_close(grid.gy, gy, 1e-5, "gy");
+    expect_close(grid.gx, gx, 1e-5, "gx");
+    expect_close(got, out, std::max(tol(dt), 1e-4), "sampled image");
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllTypes, GpuSampler, ::testing::Values(Dtype::F32, Dtype::F16, Dtype::BF16),
                          [](const auto& p) { return std::string(g::dtype_name(p.param)); });
 

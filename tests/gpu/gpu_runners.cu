@@ -363,6 +363,28 @@ std::vector<float> sample_grid(Dtype d, const std::vector<float>& img, long N, l
   });
 }
 
+std::vector<float> attention_sample(Dtype d, const std::vector<float>& img, long N, long C, long Hi, long Wi,
+                                    const std::vector<float>& attention, long Ha, long Wa,
+                                    const AttentionSampleOptions& opt, SepGrid* grid,
+                                    std::vector<unsigned char>* fallback) {
+  return with_dtype(d, [&](auto tag) {
+    using T = decltype(tag);
+    auto di = upload(to_storage<T>(img));
+    auto da = upload(attention);
+    DeviceBuffer<T> out(N * C * opt.grid.out_h * opt.grid.out_w);
+    DeviceBuffer<float> gy(N * opt.grid.out_h), gx(N * opt.grid.out_w);
+    DeviceBuffer<unsigned char> fb(N);
+    const std::size_t wb = tasn::cuda::attention_sample_workspace_bytes(N, Hi, Wi, opt);
+    DeviceBuffer<unsigned char> ws(wb);
+    tasn::cuda::attention_sample<T>(di.get(), N, C, Hi, Wi, da.get(), Ha, Wa, opt, out.get(), gy.get(), gx.get(),
+                                    fb.get(), ws.get(), wb, tasn::cuda::Context{});
+    TASN_CUDA_CHECK(cudaDeviceSynchronize());
+    if (grid) *grid = {gy.to_host(), gx.to_host()};
+    if (fallback) *fallback = fb.to_host();
+    return to_float_vec(out.to_host());
+  });
+}
+
 GridGrads sample_grid_backward(Dtype d, const std::vector<float>& img, const std::vector<float>& grid,
                                const std::vector<float>& dout, long N, long C, long Hi, long Wi, long Ho, long Wo) {
   return with_dtype(d, [&](auto tag) {

@@ -100,6 +100,11 @@ std::vector<float> sample_grid(Dtype d, const std::vector<float>& img, long N, l
 struct GridGrads {
   std::vector<float> dimg, dgrid;
 };
+// attention_sample on the device; returns the sampled image (gy, gx and fallback through pointers).
+std::vector<float> attention_sample(Dtype d, const std::vector<float>& img, long N, long C, long Hi, long Wi,
+                                    const std::vector<float>& attention, long Ha, long Wa,
+                                    const AttentionSampleOptions& opt, SepGrid* grid,
+                                    std::vector<unsigned char>* fallback);
 GridGrads sample_grid_backward(Dtype d, const std::vector<float>& img, const std::vector<float>& grid,
                                const std::vector<float>& dout, long N, long C, long Hi, long Wi, long Ho, long Wo);
 
