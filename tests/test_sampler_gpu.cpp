@@ -137,7 +137,8 @@ TEST_P(GpuSampler, AttentionSampleMatchesCpu) {
     EXPECT_EQ(gfb, fb);
     expect_close(grid.gy, gy, 1e-5, "gy");
     expect_close(grid.gx, gx, 1e-5, "gx");
-    expect_close(got, out, std::max(tol(dt), 1e-4), "sampled image");
+    // grids agree to ~1e-5: a shift of 1e-5 * (W - 1) / 2 pixels on a noise image moves values by ~1e-3
+    expect_close(got, out, std::max(tol(dt), 5e-3), "sampled image");
   }
 }
 
