@@ -46,13 +46,7 @@ tasn::cuda::DeviceBuffer<T> random_device(std::int64_t n, float lo, float hi, st
   return tasn::cuda::DeviceBuffer<T>::from_host(h);
 }
 
-struct Stream {
-  cudaStream_t s = nullptr;
-  Stream() { TASN_CUDA_CHECK(cudaStreamCreate(&s)); }
-  ~Stream() { cudaStreamDestroy(s); }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-};
+using tasn::cuda::Stream;
 
 // Times work enqueued on a stream with CUDA events.
 class EventTimer {

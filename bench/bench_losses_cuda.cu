@@ -26,7 +26,7 @@ void BM_Distillation(benchmark::State& state, RowKernel kernel) {
   TASN_BENCH_REQUIRE_DEVICE(state);
   const std::int64_t n = state.range(0), k = state.range(1);
   Stream stream;
-  const tasn::cuda::Context ctx{stream.s, nullptr, kernel};
+  const tasn::cuda::Context ctx{stream.get(), nullptr, kernel};
   auto zs = random_device<T>(n * k, -10.f, 10.f, 1), zt = random_device<T>(n * k, -10.f, 10.f, 2);
   DeviceBuffer<T> loss(1), g(n * k);
   tasn::DistillationOptions opt;
@@ -36,10 +36,10 @@ void BM_Distillation(benchmark::State& state, RowKernel kernel) {
     tasn::cuda::distillation_loss<T>(zs.get(), zt.get(), n, k, opt, loss.get(), g.get(), nullptr, nullptr,
                                      ws.get(), wb, ctx);
   };
-  EventTimer timer(stream.s);
+  EventTimer timer(stream.get());
   op();
   const double bytes = 3.0 * n * k * sizeof(T);
-  const double copy_s = tasn::bench::memcpy_seconds(timer, stream.s, bytes);
+  const double copy_s = tasn::bench::memcpy_seconds(timer, stream.get(), bytes);
   tasn::bench::set_bandwidth_counters(state, bytes, tasn::bench::run_timed(state, timer, op), copy_s);
 }
 
@@ -48,7 +48,7 @@ void BM_CrossEntropy(benchmark::State& state, RowKernel kernel) {
   TASN_BENCH_REQUIRE_DEVICE(state);
   const std::int64_t n = state.range(0), k = state.range(1);
   Stream stream;
-  const tasn::cuda::Context ctx{stream.s, nullptr, kernel};
+  const tasn::cuda::Context ctx{stream.get(), nullptr, kernel};
   auto z = random_device<T>(n * k, -10.f, 10.f, 3);
   std::vector<std::int64_t> y(n);
   for (std::int64_t i = 0; i < n; ++i) y[i] = (i * 7919) % k;
@@ -62,10 +62,10 @@ void BM_CrossEntropy(benchmark::State& state, RowKernel kernel) {
     tasn::cuda::softmax_cross_entropy<T>(z.get(), labels.get(), n, k, opt, loss.get(), g.get(), nullptr,
                                          nullptr, ws.get(), wb, ctx);
   };
-  EventTimer timer(stream.s);
+  EventTimer timer(stream.get());
   op();
   const double bytes = 2.0 * n * k * sizeof(T);
-  const double copy_s = tasn::bench::memcpy_seconds(timer, stream.s, bytes);
+  const double copy_s = tasn::bench::memcpy_seconds(timer, stream.get(), bytes);
   tasn::bench::set_bandwidth_counters(state, bytes, tasn::bench::run_timed(state, timer, op), copy_s);
 }
 

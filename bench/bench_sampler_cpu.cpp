@@ -89,12 +89,7 @@ void BM_Sample(benchmark::State& state, bool backward) {
   tasn::cpu::attention_marginals<float>(att.data(), kN, kHa, kWa, kHi, kWi, my.data(), mx.data());
   tasn::cpu::sampling_grid<float>(my.data(), mx.data(), kN, kHi, kWi, opt, gy.data(), gx.data());
   std::vector<float> grid(kN * kO * kO * 2);
-  for (std::int64_t n = 0; n < kN; ++n)
-    for (std::int64_t y = 0; y < kO; ++y)
-      for (std::int64_t x = 0; x < kO; ++x) {
-        grid[((n * kO + y) * kO + x) * 2] = gx[n * kO + x];
-        grid[((n * kO + y) * kO + x) * 2 + 1] = gy[n * kO + y];
-      }
+  tasn::separable_to_general_grid(gy.data(), gx.data(), kN, kO, kO, grid.data());
   auto separable = [&] {
     if (backward)
       tasn::cpu::sample_separable_backward<float>(dout.data(), kN, kC, kHi, kWi, gy.data(), gx.data(), kO, kO, dimg.data());

@@ -75,7 +75,7 @@ __global__ void serial_grid_kernel(const float* my, const float* mx, std::int64_
 void BM_Marginals(benchmark::State& state) {
   TASN_BENCH_REQUIRE_DEVICE(state);
   Stream stream;
-  const tasn::cuda::Context ctx{stream.s, nullptr};
+  const tasn::cuda::Context ctx{stream.get(), nullptr};
   auto att = random_device<float>(kN * kHa * kWa, 0.f, 1.f, 1);
   DeviceBuffer<float> up(kN * kHi * kWi), my(kN * kHi), mx(kN * kWi);
   auto fused = [&] { tasn::cuda::attention_marginals(att.get(), kN, kHa, kWa, kHi, kWi, my.get(), mx.get(), nullptr, ctx); };
@@ -83,7 +83,7 @@ void BM_Marginals(benchmark::State& state) {
     tasn::cuda::upsample_bilinear(att.get(), kN, kHa, kWa, kHi, kWi, false, up.get(), ctx);
     tasn::cuda::attention_marginals(up.get(), kN, kHi, kWi, kHi, kWi, my.get(), mx.get(), nullptr, ctx);
   };
-  EventTimer timer(stream.s);
+  EventTimer timer(stream.get());
   fused();
   materialised();
   const double mat = timer.best_of(5, materialised);
@@ -95,7 +95,7 @@ void BM_Marginals(benchmark::State& state) {
 void BM_Grid(benchmark::State& state) {
   TASN_BENCH_REQUIRE_DEVICE(state);
   Stream stream;
-  const tasn::cuda::Context ctx{stream.s, nullptr};
+  const tasn::cuda::Context ctx{stream.get(), nullptr};
   auto my = random_device<float>(kN * kHi, 0.f, 1.f / kHi * 2, 2), mx = random_device<float>(kN * kWi, 0.f, 1.f / kWi * 2, 3);
   DeviceBuffer<float> gy(kN * kO), gx(kN * kO);
   DeviceBuffer<double> scratch(kN * 4 * kHi);
@@ -103,10 +103,10 @@ void BM_Grid(benchmark::State& state) {
   opt.out_h = opt.out_w = kO;
   auto parallel = [&] { tasn::cuda::sampling_grid(my.get(), mx.get(), kN, kHi, kWi, opt, gy.get(), gx.get(), ctx); };
   auto serial = [&] {
-    serial_grid_kernel<<<(kN + 31) / 32, 32, 0, stream.s>>>(my.get(), mx.get(), kN, kHi, kO, opt.dense, opt.iters,
+    serial_grid_kernel<<<(kN + 31) / 32, 32, 0, stream.get()>>>(my.get(), mx.get(), kN, kHi, kO, opt.dense, opt.iters,
                                                            scratch.get(), gy.get(), gx.get());
   };
-  EventTimer timer(stream.s);
+  EventTimer timer(stream.get());
   parallel();
   serial();
   const double ser = timer.best_of(5, serial);
@@ -119,7 +119,7 @@ template <class T>
 void BM_Sample(benchmark::State& state, bool backward) {
   TASN_BENCH_REQUIRE_DEVICE(state);
   Stream stream;
-  const tasn::cuda::Context ctx{stream.s, nullptr};
+  const tasn::cuda::Context ctx{stream.get(), nullptr};
   auto img = random_device<T>(kN * kC * kHi * kWi, 0.f, 1.f, 4);
   auto dout = random_device<T>(kN * kC * kO * kO, -1.f, 1.f, 5);
   DeviceBuffer<T> out(kN * kC * kO * kO), dimg(kN * kC * kHi * kWi);
@@ -133,12 +133,7 @@ void BM_Sample(benchmark::State& state, bool backward) {
   {  // the same grid in general form
     const auto hy = gy.to_host(), hx = gx.to_host();
     std::vector<float> hg(kN * kO * kO * 2);
-    for (std::int64_t n = 0; n < kN; ++n)
-      for (std::int64_t y = 0; y < kO; ++y)
-        for (std::int64_t x = 0; x < kO; ++x) {
-          hg[((n * kO + y) * kO + x) * 2] = hx[n * kO + x];
-          hg[((n * kO + y) * kO + x) * 2 + 1] = hy[n * kO + y];
-        }
+    tasn::separable_to_general_grid(hy.data(), hx.data(), kN, kO, kO, hg.data());
     grid = DeviceBuffer<float>::from_host(hg);
   }
   const std::size_t wsb = std::max(tasn::cuda::sample_separable_backward_workspace_bytes(kN, kC, kHi, kWi, kO, kO),
@@ -158,11 +153,11 @@ void BM_Sample(benchmark::State& state, bool backward) {
     else
       tasn::cuda::sample_grid<T>(img.get(), kN, kC, kHi, kWi, grid.get(), kO, kO, out.get(), ctx);
   };
-  EventTimer timer(stream.s);
+  EventTimer timer(stream.get());
   separable();
   general();
   const double bytes = double(sizeof(T)) * (kN * kC * kHi * kWi + kN * kC * kO * kO);
-  const double copy_s = tasn::bench::memcpy_seconds(timer, stream.s, bytes);
+  const double copy_s = tasn::bench::memcpy_seconds(timer, stream.get(), bytes);
   const double gen = timer.best_of(5, general);
   const double sec = tasn::bench::run_timed(state, timer, separable);
   tasn::bench::set_bandwidth_counters(state, bytes, sec, copy_s);

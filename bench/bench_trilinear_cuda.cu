@@ -38,7 +38,7 @@ void BM_TrilinearCuda(benchmark::State& state, bool backward) {
   const std::int64_t N = s.n, C = s.c, P = s.p(), ncp = s.numel();
   Stream stream;
   tasn::cuda::CublasHandle cublas;
-  const Context ctx{stream.s, cublas.get(), RowKernel::Auto};
+  const Context ctx{stream.get(), cublas.get(), RowKernel::Auto};
   auto x = random_device<T>(ncp, 0.f, 3.f, 1);
   auto dm = random_device<T>(ncp, -1.f, 1.f, 2);
   DeviceBuffer<T> m(ncp), dx(ncp), saved(tasn::trilinear_saved_elems(s));
@@ -60,25 +60,25 @@ void BM_TrilinearCuda(benchmark::State& state, bool backward) {
   auto gemms = [&] {
     using tasn::cuda::gemm_rm_batched;
     if (!backward) {
-      gemm_rm_batched(cublas, stream.s, C, C, P, 1.f, {sp, t, false, P, C * P}, {x.get(), t, true, P, C * P},
+      gemm_rm_batched(cublas, stream.get(), C, C, P, 1.f, {sp, t, false, P, C * P}, {x.get(), t, true, P, C * P},
                       0.f, f1.get(), CUDA_R_32F, C, C * C, N);
-      gemm_rm_batched(cublas, stream.s, C, P, C, 1.f, {ap, t, false, C, C * C}, {x.get(), t, false, P, C * P},
+      gemm_rm_batched(cublas, stream.get(), C, P, C, 1.f, {ap, t, false, C, C * C}, {x.get(), t, false, P, C * P},
                       0.f, m.get(), t, P, C * P, N);
     } else {
-      gemm_rm_batched(cublas, stream.s, C, C, P, 1.f, {dm.get(), t, false, P, C * P}, {x.get(), t, true, P, C * P},
+      gemm_rm_batched(cublas, stream.get(), C, C, P, 1.f, {dm.get(), t, false, P, C * P}, {x.get(), t, true, P, C * P},
                       0.f, f1.get(), CUDA_R_32F, C, C * C, N);
-      gemm_rm_batched(cublas, stream.s, C, P, C, 1.f, {ap, t, true, C, C * C}, {dm.get(), t, false, P, C * P},
+      gemm_rm_batched(cublas, stream.get(), C, P, C, 1.f, {ap, t, true, C, C * C}, {dm.get(), t, false, P, C * P},
                       0.f, f2.get(), CUDA_R_32F, P, C * P, N);
-      gemm_rm_batched(cublas, stream.s, C, P, C, 1.f, {ap, t, false, C, C * C}, {x.get(), t, false, P, C * P},
+      gemm_rm_batched(cublas, stream.get(), C, P, C, 1.f, {ap, t, false, C, C * C}, {x.get(), t, false, P, C * P},
                       0.f, f1.get(), CUDA_R_32F, P, C * P, N);
-      gemm_rm_batched(cublas, stream.s, C, P, C, 1.f, {ap, t, true, C, C * C}, {sp, t, false, P, C * P},
+      gemm_rm_batched(cublas, stream.get(), C, P, C, 1.f, {ap, t, true, C, C * C}, {sp, t, false, P, C * P},
                       1.f, f2.get(), CUDA_R_32F, P, C * P, N);
     }
   };
   tasn::cuda::trilinear_attention_forward<T>(x.get(), m.get(), saved.get(), s, opt, ws.get(), wf, ctx);
   op();
   gemms();
-  EventTimer timer(stream.s);
+  EventTimer timer(stream.get());
   const double gemm_s = timer.best_of(5, gemms);
   const double per_iter = tasn::bench::run_timed(state, timer, op);
   const double flops = (backward ? 8.0 : 4.0) * N * double(C) * C * P;
@@ -99,15 +99,15 @@ void BM_SoftmaxRows(benchmark::State& state, RowKernel kernel, bool backward) {
   DeviceBuffer<T> out(n);
   auto op = [&] {
     if (backward)
-      tasn::cuda::softmax_backward_rows(in.get(), dyf.get(), addf.get(), out.get(), rows, len, 7.f, stream.s, kernel);
+      tasn::cuda::softmax_backward_rows(in.get(), dyf.get(), addf.get(), out.get(), rows, len, 7.f, stream.get(), kernel);
     else
-      tasn::cuda::softmax_rows(in.get(), out.get(), rows, len, 7.f, stream.s, kernel);
+      tasn::cuda::softmax_rows(in.get(), out.get(), rows, len, 7.f, stream.get(), kernel);
   };
   // Compulsory bytes: forward reads and writes T; backward reads y (T), dy and add (float), writes T.
   const double bytes = backward ? double(n) * (2 * sizeof(T) + 2 * sizeof(float)) : double(n) * 2 * sizeof(T);
-  EventTimer timer(stream.s);
+  EventTimer timer(stream.get());
   op();
-  const double copy_s = tasn::bench::memcpy_seconds(timer, stream.s, bytes);
+  const double copy_s = tasn::bench::memcpy_seconds(timer, stream.get(), bytes);
   const double per_iter = tasn::bench::run_timed(state, timer, op);
   tasn::bench::set_bandwidth_counters(state, bytes, per_iter, copy_s);
 }

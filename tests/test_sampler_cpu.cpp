@@ -254,12 +254,7 @@ TEST(SamplerSampling, SeparableEqualsGeneralAndIsDeterministic) {
   gy[0] = -1.f;
   gx[Wo - 1] = 1.f;
   std::vector<float> grid(N * Ho * Wo * 2);
-  for (std::int64_t n = 0; n < N; ++n)
-    for (std::int64_t y = 0; y < Ho; ++y)
-      for (std::int64_t x = 0; x < Wo; ++x) {
-        grid[((n * Ho + y) * Wo + x) * 2] = gx[n * Wo + x];
-        grid[((n * Ho + y) * Wo + x) * 2 + 1] = gy[n * Ho + y];
-      }
+  tasn::separable_to_general_grid(gy.data(), gx.data(), N, Ho, Wo, grid.data());
   std::vector<float> a(N * C * Ho * Wo), b(a.size());
   tasn::cpu::sample_separable<float>(img.data(), N, C, Hi, Wi, gy.data(), gx.data(), Ho, Wo, a.data());
   tasn::cpu::sample_grid<float>(img.data(), N, C, Hi, Wi, grid.data(), Ho, Wo, b.data());

@@ -28,7 +28,9 @@ namespace tasn::cuda {
 namespace sampler_kernels {
 
 constexpr int kBlock = 256;
-constexpr std::size_t kMaxSharedBytes = 48 * 1024;
+// Dynamic shared memory the per-sample kernels may ask for: the default 48 KiB per block less
+// room for their static shared memory (CUB temp storage etc., 2.5 KiB for the grid kernel).
+constexpr std::size_t kMaxSharedBytes = 40 * 1024;
 
 inline unsigned blocks_for(std::int64_t n, int per_block = kBlock) {
   const std::int64_t b = (n + per_block - 1) / per_block;
@@ -47,7 +49,7 @@ __global__ void __launch_bounds__(kBlock)
     attention_map_kernel(const T* __restrict__ m, std::int64_t C, std::int64_t p, int mode, bool distinct,
                          const std::int64_t* __restrict__ channels, std::uint64_t seed, float* __restrict__ out,
                          std::int64_t* __restrict__ chosen) {
-  extern __shared__ unsigned char smem[];
+  extern __shared__ __align__(16) unsigned char smem[];
   double* sums = reinterpret_cast<double*>(smem);
   unsigned char* keep = smem + C * sizeof(double);
   __shared__ std::int64_t pick;
@@ -56,10 +58,10 @@ __global__ void __launch_bounds__(kBlock)
   const bool need_keep = (mode == 0 && distinct) || (mode == 1 && !channels);
   if (need_keep) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = kBlock / 32;
-    for (std::int64_t c = warp; c < C; c += warps) {
+    for (std::int64_t c = warp; c < C; c += warps) {  // sampler::warp_order_sum, in parallel
       double s = 0.0;
       for (std::int64_t i = lane; i < p; i += 32) s += static_cast<double>(to_float(mc[c * p + i]));
-      for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+      for (int o = 16; o > 0; o /= 2) s = s + __shfl_xor_sync(0xffffffffu, s, o);
       if (lane == 0) sums[c] = s;
     }
     __syncthreads();
@@ -99,7 +101,7 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
-__global__ void upsample_kernel(const float* __restrict__ in, std::int64_t N, std::int64_t h, std::int64_t w,
+static __global__ void upsample_kernel(const float* __restrict__ in, std::int64_t N, std::int64_t h, std::int64_t w,
                                 std::int64_t H, std::int64_t W, bool squared, float* __restrict__ out) {
   TASN_GRID_STRIDE(i, N * H * W) {
     const std::int64_t n = i / (H * W), y = (i / W) % H, x = i % W;
@@ -115,7 +117,7 @@ __device__ __forceinline__ float map_value(const float* a, std::int64_t h, std::
   return (Hs == h && Ws == w) ? a[y * w + x] : sampler::upsample_at<float, float>(a, h, w, Hs, Ws, y, x);
 }
 
-__global__ void __launch_bounds__(kBlock)
+static __global__ void __launch_bounds__(kBlock)
     marginals_kernel(const float* __restrict__ map, std::int64_t h, std::int64_t w, std::int64_t Hs,
                      std::int64_t Ws, float* __restrict__ my, float* __restrict__ mx,
                      unsigned char* __restrict__ fallback) {
@@ -167,7 +169,7 @@ __global__ void __launch_bounds__(kBlock)
 // ---- SPEC 3b, 3c: the grid, one block per sample -----------------------------------------------------
 
 // Inclusive scan of v[0..S) in place (blocks of kBlock with a running carry).
-__device__ void block_inclusive_scan(double* v, std::int64_t S) {
+__device__ inline void block_inclusive_scan(double* v, std::int64_t S) {
   using Scan = cub::BlockScan<double, kBlock>;
   __shared__ typename Scan::TempStorage temp;
   __shared__ double carry;
@@ -184,7 +186,7 @@ __device__ void block_inclusive_scan(double* v, std::int64_t S) {
   }
 }
 
-__device__ double block_max(double v) {
+__device__ inline double block_max(double v) {
   using Reduce = cub::BlockReduce<double, kBlock>;
   __shared__ typename Reduce::TempStorage temp;
   __shared__ double out;
@@ -199,7 +201,7 @@ __device__ double block_max(double v) {
   return r;
 }
 
-__device__ double block_sum(double v) {
+__device__ inline double block_sum(double v) {
   using Reduce = cub::BlockReduce<double, kBlock>;
   __shared__ typename Reduce::TempStorage temp;
   __shared__ double out;
@@ -211,7 +213,7 @@ __device__ double block_sum(double v) {
   return r;
 }
 
-__global__ void __launch_bounds__(kBlock)
+static __global__ void __launch_bounds__(kBlock)
     grid_kernel(const float* __restrict__ my, const float* __restrict__ mx, std::int64_t Hs, std::int64_t Ws,
                 std::int64_t Ho, std::int64_t Wo, double dense, int iters, int official,
                 float* __restrict__ gy, float* __restrict__ gx) {
@@ -294,7 +296,7 @@ struct TapLists {
   float* weights;
 };
 
-__global__ void tap_lists_kernel(const float* __restrict__ g, std::int64_t N, std::int64_t O, std::int64_t S,
+static __global__ void tap_lists_kernel(const float* __restrict__ g, std::int64_t N, std::int64_t O, std::int64_t S,
                                  TapLists lists) {
   const std::int64_t n = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= N) return;
@@ -630,7 +632,7 @@ void sample_grid_backward(const T* img, const float* grid, const T* dout, std::i
 
 inline std::size_t attention_sample_workspace_bytes(std::int64_t N, std::int64_t Hi, std::int64_t Wi,
                                                     const AttentionSampleOptions& opt) {
-  const std::int64_t Hs = opt.upsample_h > 0 ? opt.upsample_h : Hi, Ws = opt.upsample_w > 0 ? opt.upsample_w : Wi;
+  const std::int64_t Hs = opt.marginal_h(Hi), Ws = opt.marginal_w(Wi);
   detail::WorkspaceCarver ws;
   if (opt.squared) ws.take<float>(N * Hs * Ws);
   ws.take<float>(N * Hs);
@@ -650,7 +652,7 @@ void attention_sample(const T* img, std::int64_t N, std::int64_t C, std::int64_t
   constexpr const char* op = "cuda::attention_sample";
   opt.grid.validate(op);
   detail::check_workspace(workspace, workspace_bytes, attention_sample_workspace_bytes(N, Hi, Wi, opt), op);
-  const std::int64_t Hs = opt.upsample_h > 0 ? opt.upsample_h : Hi, Ws = opt.upsample_w > 0 ? opt.upsample_w : Wi;
+  const std::int64_t Hs = opt.marginal_h(Hi), Ws = opt.marginal_w(Wi);
   detail::WorkspaceCarver ws(workspace);
   const float* a = attention;
   std::int64_t h = Ha, w = Wa;

@@ -161,7 +161,7 @@ __global__ void __launch_bounds__(Group::kBlockThreads) distillation_kernel(cons
 }
 
 // status (may be null): [first bad row + 1 or 0, its label]; valid: rows not ignored.
-__global__ void __launch_bounds__(kFinalizeBlock)
+static __global__ void __launch_bounds__(kFinalizeBlock)
     check_labels_kernel(const std::int64_t* __restrict__ labels, std::int64_t n, std::int64_t k,
                         std::int64_t ignore_index, long long* valid, std::int64_t* status) {
   using Reduce = cub::BlockReduce<long long, kFinalizeBlock>;

@@ -35,11 +35,8 @@ using sampler::check_sizes;
 template <class T>
 std::vector<unsigned char> distinct_channels(const T* mc, std::int64_t C, std::int64_t p) {
   std::vector<double> sums(static_cast<std::size_t>(C));
-  for (std::int64_t c = 0; c < C; ++c) {
-    double s = 0.0;
-    for (std::int64_t i = 0; i < p; ++i) s += static_cast<double>(mc[c * p + i]);
-    sums[c] = s;
-  }
+  for (std::int64_t c = 0; c < C; ++c)  // in the CUDA kernel's order: the same decisions there
+    sums[c] = sampler::warp_order_sum(mc + c * p, p, [](T v) { return static_cast<double>(v); });
   std::vector<unsigned char> keep(static_cast<std::size_t>(C), 1);
   for (std::int64_t c = 1; c < C; ++c)
     for (std::int64_t e = 0; e < c; ++e)
@@ -406,7 +403,7 @@ void attention_sample(const T* img, std::int64_t N, std::int64_t C, std::int64_t
                       unsigned char* fallback = nullptr) {
   constexpr const char* op = "attention_sample";
   opt.grid.validate(op);
-  const std::int64_t Hs = opt.upsample_h > 0 ? opt.upsample_h : Hi, Ws = opt.upsample_w > 0 ? opt.upsample_w : Wi;
+  const std::int64_t Hs = opt.marginal_h(Hi), Ws = opt.marginal_w(Wi);
   std::vector<T> map;
   const T* a = attention;
   std::int64_t h = Ha, w = Wa;

@@ -37,9 +37,44 @@ struct AttentionSampleOptions {
   GridOptions grid;                             // output size, dense, iters, mode
   std::int64_t upsample_h = 0, upsample_w = 0;  // marginals of the map upsampled to this size (0: image size)
   bool squared = false;                         // square the upsampled map first (official structure map)
+
+  // The size (Hs, Ws) the marginals are taken at for an image of (Hi, Wi).
+  std::int64_t marginal_h(std::int64_t Hi) const { return upsample_h > 0 ? upsample_h : Hi; }
+  std::int64_t marginal_w(std::int64_t Wi) const { return upsample_w > 0 ? upsample_w : Wi; }
 };
 
+// grid (N, Ho, Wo, 2) with grid[n, y, x] = (gx[n, x], gy[n, y]): a separable grid in general form.
+template <class T>
+void separable_to_general_grid(const T* gy, const T* gx, std::int64_t N, std::int64_t Ho, std::int64_t Wo,
+                               T* grid) {
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t y = 0; y < Ho; ++y)
+      for (std::int64_t x = 0; x < Wo; ++x) {
+        grid[((n * Ho + y) * Wo + x) * 2] = gx[n * Wo + x];
+        grid[((n * Ho + y) * Wo + x) * 2 + 1] = gy[n * Ho + y];
+      }
+}
+
 namespace sampler {
+
+// Sum of x[0, p) in double in the order of a 32-lane warp: lane l adds x[l], x[l + 32], ...,
+// then the lanes combine in a butterfly (s_l + s_{l^16}, then ^8, ^4, ^2, ^1). The CUDA channel-sum
+// kernel computes exactly this in parallel, so "equal spatial sums" (the distinct test) is
+// decided identically on CPU and GPU.
+template <class T, class ToDouble>
+inline double warp_order_sum(const T* x, std::int64_t p, ToDouble to_double) {
+  double s[32];
+  for (int l = 0; l < 32; ++l) {
+    s[l] = 0.0;
+    for (std::int64_t i = l; i < p; i += 32) s[l] += to_double(x[i]);
+  }
+  for (int o = 16; o > 0; o /= 2) {
+    double t[32];
+    for (int l = 0; l < 32; ++l) t[l] = s[l] + s[l ^ o];
+    for (int l = 0; l < 32; ++l) s[l] = t[l];
+  }
+  return s[0];
+}
 
 // Sizes of a 4-d argument must be positive and their product must fit 64-bit indexing.
 inline void check_sizes(const char* op, const char* what, std::int64_t a, std::int64_t b, std::int64_t c,

@@ -45,13 +45,7 @@ std::vector<T> download(const DeviceBuffer<T>& d, std::size_t n) {
   return h;
 }
 
-struct Stream {
-  cudaStream_t s = nullptr;
-  Stream() { TASN_CUDA_CHECK(cudaStreamCreate(&s)); }
-  ~Stream() { cudaStreamDestroy(s); }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-};
+using tasn::cuda::Stream;
 
 tasn::cuda::RowKernel row_kernel(Kernel k) { return static_cast<tasn::cuda::RowKernel>(static_cast<int>(k)); }
 
@@ -105,7 +99,7 @@ TrilinearResult trilinear(Dtype d, const std::vector<float>& x, const std::vecto
     opt.beta = beta;
     Stream stream;  // declared before the handle: destroyed after it
     tasn::cuda::CublasHandle cublas;
-    const tasn::cuda::Context ctx{stream.s, cublas.get(), row_kernel(k)};
+    const tasn::cuda::Context ctx{stream.get(), cublas.get(), row_kernel(k)};
     const std::size_t n = x.size(), ns = static_cast<std::size_t>(trilinear_saved_elems(s));
     auto dx_ = upload(to_storage<T>(x));
     auto ddm = upload(to_storage<T>(dm));
@@ -119,7 +113,7 @@ TrilinearResult trilinear(Dtype d, const std::vector<float>& x, const std::vecto
                                                 ws.get(), wb1, ctx);
     tasn::cuda::trilinear_attention_backward<T>(dx_.get(), ddm.get(), nullptr, ddx2.get(), s, opt,
                                                 ws.get(), wb2, ctx);
-    TASN_CUDA_CHECK(cudaStreamSynchronize(stream.s));
+    TASN_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
     return TrilinearResult{to_float_vec(download(dmo, n)), to_float_vec(download(dsaved, ns)),
                            to_float_vec(download(ddx1, n)), to_float_vec(download(ddx2, n))};
   });
@@ -192,7 +186,7 @@ LossResult distillation(Dtype d, const std::vector<float>& zs, const std::vector
   return with_dtype(d, [&](auto tag) {
     using T = decltype(tag);
     Stream stream;
-    const tasn::cuda::Context ctx{stream.s, nullptr, row_kernel(kernel)};
+    const tasn::cuda::Context ctx{stream.get(), nullptr, row_kernel(kernel)};
     auto ds = upload(to_storage<T>(zs)), dt = upload(to_storage<T>(zt)), dl = upload(to_storage<T>(dloss));
     const std::size_t nl = static_cast<std::size_t>(tasn::loss_elems(n, opt.reduction));
     DeviceBuffer<T> loss(nl), gs(zs.size()), gt(teacher_grad ? zs.size() : 0);
@@ -201,7 +195,7 @@ LossResult distillation(Dtype d, const std::vector<float>& zs, const std::vector
     tasn::cuda::distillation_loss<T>(ds.get(), dt.get(), n, k, opt, loss.get(), gs.get(),
                                      teacher_grad ? gt.get() : nullptr, dloss.empty() ? nullptr : dl.get(),
                                      ws.get(), wb, ctx);
-    TASN_CUDA_CHECK(cudaStreamSynchronize(stream.s));
+    TASN_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
     return LossResult{to_float_vec(download(loss, nl)), to_float_vec(download(gs, zs.size())),
                       teacher_grad ? to_float_vec(download(gt, zs.size())) : std::vector<float>{}, {}};
   });
@@ -213,7 +207,7 @@ LossResult cross_entropy(Dtype d, const std::vector<float>& z, const std::vector
   return with_dtype(d, [&](auto tag) {
     using T = decltype(tag);
     Stream stream;
-    const tasn::cuda::Context ctx{stream.s, nullptr, row_kernel(kernel)};
+    const tasn::cuda::Context ctx{stream.get(), nullptr, row_kernel(kernel)};
     auto dz = upload(to_storage<T>(z)), dl = upload(to_storage<T>(dloss));
     auto dy = upload(std::vector<std::int64_t>(labels.begin(), labels.end()));
     const std::size_t nl = static_cast<std::size_t>(tasn::loss_elems(n, opt.reduction));
@@ -223,7 +217,7 @@ LossResult cross_entropy(Dtype d, const std::vector<float>& z, const std::vector
     DeviceBuffer<unsigned char> ws(wb);
     tasn::cuda::softmax_cross_entropy<T>(dz.get(), dy.get(), n, k, opt, loss.get(), g.get(),
                                          dloss.empty() ? nullptr : dl.get(), status.get(), ws.get(), wb, ctx);
-    TASN_CUDA_CHECK(cudaStreamSynchronize(stream.s));
+    TASN_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
     const auto st = status.to_host();
     return LossResult{to_float_vec(download(loss, nl)), to_float_vec(download(g, z.size())), {},
                       std::vector<long long>(st.begin(), st.end())};
@@ -233,7 +227,7 @@ LossResult cross_entropy(Dtype d, const std::vector<float>& z, const std::vector
 void cross_entropy_and_check(const std::vector<float>& z, const std::vector<long long>& labels,
                              long n, long k, const CrossEntropyOptions& opt) {
   Stream stream;
-  const tasn::cuda::Context ctx{stream.s, nullptr, tasn::cuda::RowKernel::Auto};
+  const tasn::cuda::Context ctx{stream.get(), nullptr, tasn::cuda::RowKernel::Auto};
   auto dz = upload(z);
   auto dy = upload(std::vector<std::int64_t>(labels.begin(), labels.end()));
   DeviceBuffer<float> loss(tasn::loss_elems(n, opt.reduction));
@@ -246,7 +240,7 @@ void cross_entropy_and_check(const std::vector<float>& z, const std::vector<long
                                            tasn::VectorView<float>(loss.get(), static_cast<std::int64_t>(loss.size())),
                                            tasn::MatrixView<float>(), tasn::VectorView<const float>(),
                                            status.get(), ws.get(), wb, ctx);
-  tasn::cuda::check_label_status(status.get(), k, opt.ignore_index, stream.s);
+  tasn::cuda::check_label_status(status.get(), k, opt.ignore_index, stream.get());
 }
 
 std::vector<long long> topk(Dtype d, const std::vector<float>& z, const std::vector<long long>& labels,

@@ -51,4 +51,18 @@ class DeviceBuffer {
   std::size_t n_ = 0;
 };
 
+// A CUDA stream owned for the lifetime of the object.
+class Stream {
+ public:
+  Stream() { TASN_CUDA_CHECK(cudaStreamCreate(&s_)); }
+  ~Stream() { cudaStreamDestroy(s_); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return s_; }
+  operator cudaStream_t() const { return s_; }
+
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
 }  // namespace tasn::cuda
