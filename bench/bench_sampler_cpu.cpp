@@ -6,60 +6,21 @@
 // compulsory bytes (image read once + output written once; backward: dout + dimg) for x_memcpy.
 #include <benchmark/benchmark.h>
 
-#include <chrono>
-#include <cstring>
 #include <vector>
+
+#include "bench_common.h"
 
 #include "tasn/attention_sampler.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using tasn::bench::best_seconds;
+using tasn::bench::filled;
+using tasn::bench::loop_seconds;
 constexpr std::int64_t kN = 96, kC = 3, kHi = 512, kWi = 512, kHa = 28, kWa = 28, kO = 224;
 
-std::vector<float> filled(std::int64_t n, std::uint64_t seed, float lo, float hi) {
-  std::vector<float> v(static_cast<std::size_t>(n));
-  for (auto& x : v) {
-    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-    x = lo + (hi - lo) * static_cast<float>((seed >> 40) * 0x1.0p-24);
-  }
-  return v;
-}
-
-template <class F>
-double best_seconds(int reps, F&& f) {
-  double best = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = Clock::now();
-    f();
-    best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
-  }
-  return best;
-}
-
-template <class F>
-double loop_seconds(benchmark::State& state, F&& f) {
-  const auto t0 = Clock::now();
-  for (auto _ : state) {
-    f();
-    benchmark::ClobberMemory();
-  }
-  return std::chrono::duration<double>(Clock::now() - t0).count() / static_cast<double>(state.iterations());
-}
-
-double memcpy_seconds(double bytes) {
-  const std::int64_t half = static_cast<std::int64_t>(bytes / 2), chunks = 64, per = (half + chunks - 1) / chunks;
-  std::vector<char> a(half, 1), b(half);
-  return best_seconds(3, [&] {
-    tasn::cpu::parallel_for(0, chunks, [&](std::int64_t c) {
-      const std::int64_t b0 = c * per, len = std::min(per, half - b0);
-      if (len > 0) std::memcpy(b.data() + b0, a.data() + b0, static_cast<std::size_t>(len));
-    });
-  });
-}
-
 void BM_Marginals(benchmark::State& state) {
-  const auto att = filled(kN * kHa * kWa, 1, 0.f, 1.f);
+  const auto att = filled<float>(kN * kHa * kWa, 1, 0.f, 1.f);
   std::vector<float> up(kN * kHi * kWi), my(kN * kHi), mx(kN * kWi);
   const double mat = best_seconds(2, [&] {
     tasn::cpu::upsample_bilinear<float>(att.data(), kN, kHa, kWa, kHi, kWi, false, up.data());
@@ -73,7 +34,7 @@ void BM_Marginals(benchmark::State& state) {
 }
 
 void BM_Grid(benchmark::State& state) {
-  const auto my = filled(kN * kHi, 2, 0.f, 2.f / kHi), mx = filled(kN * kWi, 3, 0.f, 2.f / kWi);
+  const auto my = filled<float>(kN * kHi, 2, 0.f, 2.f / kHi), mx = filled<float>(kN * kWi, 3, 0.f, 2.f / kWi);
   std::vector<float> gy(kN * kO), gx(kN * kO);
   tasn::GridOptions opt;
   opt.out_h = opt.out_w = kO;
@@ -81,8 +42,8 @@ void BM_Grid(benchmark::State& state) {
 }
 
 void BM_Sample(benchmark::State& state, bool backward) {
-  const auto img = filled(kN * kC * kHi * kWi, 4, 0.f, 1.f), dout = filled(kN * kC * kO * kO, 5, -1.f, 1.f);
-  const auto att = filled(kN * kHa * kWa, 6, 0.f, 1.f);
+  const auto img = filled<float>(kN * kC * kHi * kWi, 4, 0.f, 1.f), dout = filled<float>(kN * kC * kO * kO, 5, -1.f, 1.f);
+  const auto att = filled<float>(kN * kHa * kWa, 6, 0.f, 1.f);
   std::vector<float> my(kN * kHi), mx(kN * kWi), gy(kN * kO), gx(kN * kO), out(kN * kC * kO * kO), dimg(img.size());
   tasn::GridOptions opt;
   opt.out_h = opt.out_w = kO;
@@ -103,11 +64,10 @@ void BM_Sample(benchmark::State& state, bool backward) {
       tasn::cpu::sample_grid<float>(img.data(), kN, kC, kHi, kWi, grid.data(), kO, kO, out.data());
   };
   const double bytes = sizeof(float) * double(kN * kC * kHi * kWi + kN * kC * kO * kO);
-  const double copy_s = memcpy_seconds(bytes);
+  const double copy_s = tasn::bench::memcpy_seconds(bytes);
   const double gen = best_seconds(2, general);
   const double sec = loop_seconds(state, separable);
-  state.counters["GB/s"] = bytes / sec * 1e-9;
-  state.counters["x_memcpy"] = copy_s / sec;
+  tasn::bench::set_bandwidth_counters(state, bytes, sec, copy_s);
   state.counters["general_ms"] = gen * 1e3;
   state.counters["x_general"] = gen / sec;
 }

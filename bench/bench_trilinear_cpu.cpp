@@ -13,26 +13,16 @@
 #include <functional>
 #include <vector>
 
+#include "bench_common.h"
 #include "tasn/trilinear_attention.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using tasn::bench::Clock;
 using tasn::TrilinearShape;
 using tasn::cpu::RowMatrix;
 
 constexpr std::int64_t kC = 512, kH = 28, kW = 28;
-
-template <class T>
-std::vector<T> filled(std::int64_t n, T lo, T hi) {
-  std::vector<T> v(static_cast<std::size_t>(n));
-  std::uint64_t s = 0x12345678ull;
-  for (auto& x : v) {
-    s = s * 6364136223846793005ull + 1442695040888963407ull;
-    x = lo + (hi - lo) * static_cast<T>((s >> 11) * 0x1.0p-53);
-  }
-  return v;
-}
 
 // The operator's GEMMs alone, with the operator's threading policy.
 template <class T>
@@ -56,25 +46,15 @@ void gemms_only(const T* x, const T* dm, T* out, const TrilinearShape& s, bool b
   tasn::cpu::detail_trilinear::for_each_sample(s.n, body);
 }
 
-double seconds_of(int reps, const std::function<void()>& f) {
-  double best = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = Clock::now();
-    f();
-    best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
-  }
-  return best;
-}
-
 template <class T>
 void BM_Trilinear(benchmark::State& state, bool backward) {
   const TrilinearShape s{state.range(0), kC, kH, kW};
-  const auto x = filled<T>(s.numel(), T(0), T(3));
-  const auto dm = filled<T>(s.numel(), T(-1), T(1));
+  const auto x = tasn::bench::filled<T>(s.numel(), 1, T(0), T(3));
+  const auto dm = tasn::bench::filled<T>(s.numel(), 2, T(-1), T(1));
   std::vector<T> m(x.size()), dx(x.size()), saved(tasn::trilinear_saved_elems(s));
   tasn::cpu::trilinear_attention_forward<T>(x.data(), m.data(), saved.data(), s);  // warm-up
 
-  const double gemm_s = seconds_of(2, [&] { gemms_only<T>(x.data(), dm.data(), m.data(), s, backward); });
+  const double gemm_s = tasn::bench::best_seconds(2, [&] { gemms_only<T>(x.data(), dm.data(), m.data(), s, backward); });
   const auto t0 = Clock::now();
   for (auto _ : state) {
     if (backward)

@@ -271,18 +271,6 @@ TEST(LossesCpu, TopkCorrect) {
 
 // ---- errors ---------------------------------------------------------------------------------
 
-template <class F>
-std::string invalid_argument_of(F&& f) {
-  try {
-    f();
-  } catch (const tasn::InvalidArgument& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("WRONG TYPE: ") + e.what();
-  }
-  return "NO EXCEPTION";
-}
-
 TEST(LossesCpuErrors, BadInputs) {
   std::vector<float> z(12, 0.f), out(12, 7.f);
   std::vector<std::int64_t> y = {0, 1, 2, 3};
@@ -290,38 +278,38 @@ TEST(LossesCpuErrors, BadInputs) {
   ce.reduction = Reduction::None;
   // label out of range, at the last row: nothing may have been written
   y[3] = 3;
-  std::string msg = invalid_argument_of([&] { tasn::cpu::softmax_cross_entropy<float>(z.data(), y.data(), 4, 3, ce, out.data(), out.data() ); });
+  std::string msg = tt::invalid_argument_message([&] { tasn::cpu::softmax_cross_entropy<float>(z.data(), y.data(), 4, 3, ce, out.data(), out.data() ); });
   EXPECT_NE(msg.find("labels[3] = 3 is out of range [0, 3)"), std::string::npos) << msg;
   for (float v : out) EXPECT_EQ(v, 7.f);
   y[3] = -5;
-  msg = invalid_argument_of([&] { tasn::cpu::softmax_cross_entropy<float>(z.data(), y.data(), 4, 3, ce, out.data(), nullptr); });
+  msg = tt::invalid_argument_message([&] { tasn::cpu::softmax_cross_entropy<float>(z.data(), y.data(), 4, 3, ce, out.data(), nullptr); });
   EXPECT_NE(msg.find("labels[3] = -5"), std::string::npos) << msg;
   y[3] = 0;
   // N or K zero
-  msg = invalid_argument_of([&] { tasn::cpu::softmax_cross_entropy<float>(z.data(), y.data(), 0, 3, ce, out.data(), nullptr); });
+  msg = tt::invalid_argument_message([&] { tasn::cpu::softmax_cross_entropy<float>(z.data(), y.data(), 0, 3, ce, out.data(), nullptr); });
   EXPECT_NE(msg.find("(N, K) with N >= 1 and K >= 1, got (0, 3)"), std::string::npos) << msg;
-  msg = invalid_argument_of([&] { tasn::cpu::distillation_loss<float>(z.data(), z.data(), 4, 0, DistillationOptions{}, out.data(), nullptr); });
+  msg = tt::invalid_argument_message([&] { tasn::cpu::distillation_loss<float>(z.data(), z.data(), 4, 0, DistillationOptions{}, out.data(), nullptr); });
   EXPECT_NE(msg.find("got (4, 0)"), std::string::npos) << msg;
   // temperature
   for (double t : {0.0, -1.0, std::nan(""), double(INFINITY)}) {
     DistillationOptions opt;
     opt.temperature = t;
-    msg = invalid_argument_of([&] { tasn::cpu::distillation_loss<float>(z.data(), z.data(), 4, 3, opt, out.data(), nullptr); });
+    msg = tt::invalid_argument_message([&] { tasn::cpu::distillation_loss<float>(z.data(), z.data(), 4, 3, opt, out.data(), nullptr); });
     EXPECT_NE(msg.find("temperature must be finite and > 0"), std::string::npos) << msg;
   }
   // options, pointers, non-finite inputs
   ce.label_smoothing = 1.5;
-  msg = invalid_argument_of([&] { tasn::cpu::softmax_cross_entropy<float>(z.data(), y.data(), 4, 3, ce, out.data(), nullptr); });
+  msg = tt::invalid_argument_message([&] { tasn::cpu::softmax_cross_entropy<float>(z.data(), y.data(), 4, 3, ce, out.data(), nullptr); });
   EXPECT_NE(msg.find("label_smoothing must be in [0, 1], got 1.5"), std::string::npos) << msg;
   ce.label_smoothing = 0;
-  msg = invalid_argument_of([&] { tasn::cpu::softmax_cross_entropy<float>(z.data(), nullptr, 4, 3, ce, out.data(), nullptr); });
+  msg = tt::invalid_argument_message([&] { tasn::cpu::softmax_cross_entropy<float>(z.data(), nullptr, 4, 3, ce, out.data(), nullptr); });
   EXPECT_NE(msg.find("labels is null but must hold 4 elements"), std::string::npos) << msg;
-  msg = invalid_argument_of([&] { tasn::cpu::distillation_loss<float>(z.data(), nullptr, 4, 3, DistillationOptions{}, out.data(), nullptr); });
+  msg = tt::invalid_argument_message([&] { tasn::cpu::distillation_loss<float>(z.data(), nullptr, 4, 3, DistillationOptions{}, out.data(), nullptr); });
   EXPECT_NE(msg.find("teacher is null but must hold 12 elements"), std::string::npos) << msg;
   z[7] = std::nanf("");
-  msg = invalid_argument_of([&] { tasn::cpu::distillation_loss<float>(z.data(), out.data(), 4, 3, DistillationOptions{}, out.data(), nullptr); });
+  msg = tt::invalid_argument_message([&] { tasn::cpu::distillation_loss<float>(z.data(), out.data(), 4, 3, DistillationOptions{}, out.data(), nullptr); });
   EXPECT_NE(msg.find("student holds a non-finite value"), std::string::npos) << msg;
-  msg = invalid_argument_of([&] { tasn::cpu::topk_correct<float>(out.data(), y.data(), 4, 3, 0, -100, nullptr); });
+  msg = tt::invalid_argument_message([&] { tasn::cpu::topk_correct<float>(out.data(), y.data(), 4, 3, 0, -100, nullptr); });
   EXPECT_NE(msg.find("max_k must be >= 1"), std::string::npos) << msg;
 }
 
@@ -333,32 +321,24 @@ TEST(LossesCpuErrors, ShapeMismatchesThroughViews) {
   using tasn::MatrixView;
   using tasn::VectorView;
   std::vector<float> a(4 * 10, 0.f), b(4 * 11, 0.f), g(4 * 10), l(4);
-  auto msg_of = [](auto&& f) -> std::string {
-    try {
-      f();
-    } catch (const tasn::InvalidArgument& e) {
-      return e.what();
-    }
-    return "NO EXCEPTION";
-  };
   DistillationOptions opt;
-  std::string m = msg_of([&] {
+  std::string m = tt::invalid_argument_message([&] {
     tasn::cpu::distillation_loss<float>(MatrixView<const float>(a.data(), 4, 10), MatrixView<const float>(b.data(), 4, 11),
                                         opt, VectorView<float>(l.data(), 1), MatrixView<float>(g.data(), 4, 10));
   });
   EXPECT_NE(m.find("distillation_loss: teacher has shape (4, 11) but student has shape (4, 10)"), std::string::npos) << m;
-  m = msg_of([&] {
+  m = tt::invalid_argument_message([&] {
     tasn::cpu::distillation_loss<float>(MatrixView<const float>(a.data(), 4, 10), MatrixView<const float>(a.data(), 4, 10),
                                         opt, VectorView<float>(l.data(), 4), MatrixView<float>(g.data(), 4, 10));
   });
   EXPECT_NE(m.find("loss holds 4 elements but 1 are needed"), std::string::npos) << m;
-  m = msg_of([&] {
+  m = tt::invalid_argument_message([&] {
     tasn::cpu::distillation_loss<float>(MatrixView<const float>(a.data(), 4, 10), MatrixView<const float>(a.data(), 4, 10),
                                         opt, VectorView<float>(l.data(), 1), MatrixView<float>(g.data(), 10, 4));
   });
   EXPECT_NE(m.find("dstudent has shape (10, 4) but student has shape (4, 10)"), std::string::npos) << m;
   std::vector<std::int64_t> y = {1, 2, 3};
-  m = msg_of([&] {
+  m = tt::invalid_argument_message([&] {
     tasn::cpu::softmax_cross_entropy<float>(MatrixView<const float>(a.data(), 4, 10), VectorView<const std::int64_t>(y.data(), 3),
                                             CrossEntropyOptions{}, VectorView<float>(l.data(), 1), MatrixView<float>(g.data(), 4, 10));
   });

@@ -12,14 +12,6 @@
 #include "support/test_support.h"
 #include "tasn/losses.h"
 
-namespace tasn::test::gpu {
-inline void PrintTo(Dtype d, std::ostream* os) { *os << dtype_name(d); }
-inline void PrintTo(Kernel k, std::ostream* os) {
-  const char* names[] = {"auto", "warp", "block"};
-  *os << names[static_cast<int>(k)];
-}
-}  // namespace tasn::test::gpu
-
 namespace {
 namespace tt = tasn::test;
 namespace g = tasn::test::gpu;
@@ -37,11 +29,6 @@ class GpuLosses : public ::testing::TestWithParam<std::tuple<Dtype, Kernel>> {
     if (!g::device_available(&reason)) GTEST_SKIP() << reason;
   }
 };
-
-std::string param_name(const ::testing::TestParamInfo<std::tuple<Dtype, Kernel>>& info) {
-  const char* k[] = {"auto", "warp", "block"};
-  return std::string(g::dtype_name(std::get<0>(info.param))) + "_" + k[static_cast<int>(std::get<1>(info.param))];
-}
 
 void expect_close(const std::vector<float>& got, const std::vector<double>& ref, double rel, const char* what) {
   const auto r = tt::compare(got, ref, rel * std::max(1e-30, tt::max_abs(ref)), rel);
@@ -144,24 +131,16 @@ TEST_P(GpuLosses, BadLabelIsReportedAndPoisonsTheLoss) {
 INSTANTIATE_TEST_SUITE_P(AllTypes, GpuLosses,
                          ::testing::Combine(::testing::Values(Dtype::F32, Dtype::F16, Dtype::BF16),
                                             ::testing::Values(Kernel::Auto, Kernel::Warp, Kernel::Block)),
-                         param_name);
+                         [](const auto& p) { return g::label(std::get<0>(p.param), std::get<1>(p.param)); });
 
 TEST(CudaLossValidation, RejectsBadArgumentsBeforeAnyDeviceWork) {
-  auto msg_of = [](auto&& f) -> std::string {
-    try {
-      f();
-    } catch (const tasn::InvalidArgument& e) {
-      return e.what();
-    }
-    return "NO EXCEPTION";
-  };
   tasn::DistillationOptions opt;
   opt.temperature = -1;
-  EXPECT_NE(msg_of([&] { g::distillation_validation_only(4, 3, opt, 1024); }).find("temperature must be finite and > 0"),
+  EXPECT_NE(tt::invalid_argument_message([&] { g::distillation_validation_only(4, 3, opt, 1024); }).find("temperature must be finite and > 0"),
             std::string::npos);
   opt.temperature = 10;
-  EXPECT_NE(msg_of([&] { g::distillation_validation_only(0, 3, opt, 1024); }).find("got (0, 3)"), std::string::npos);
-  const std::string m = msg_of([&] { g::distillation_validation_only(100, 3, opt, 16); });
+  EXPECT_NE(tt::invalid_argument_message([&] { g::distillation_validation_only(0, 3, opt, 1024); }).find("got (0, 3)"), std::string::npos);
+  const std::string m = tt::invalid_argument_message([&] { g::distillation_validation_only(100, 3, opt, 16); });
   EXPECT_NE(m.find("workspace holds 16 bytes but 512 are needed"), std::string::npos) << m;
 }
 

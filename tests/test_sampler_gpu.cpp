@@ -10,10 +10,6 @@
 #include "support/test_support.h"
 #include "tasn/attention_sampler.h"
 
-namespace tasn::test::gpu {
-inline void PrintTo(Dtype d, std::ostream* os) { *os << dtype_name(d); }
-}  // namespace tasn::test::gpu
-
 namespace {
 namespace tt = tasn::test;
 namespace g = tasn::test::gpu;

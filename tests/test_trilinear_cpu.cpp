@@ -224,23 +224,11 @@ TYPED_TEST(TrilinearCpu, HugeInputsStayFinite) {
 
 // ---- error paths ------------------------------------------------------------------------------
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const tasn::InvalidArgument& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("WRONG TYPE: ") + e.what();
-  }
-  return "NO EXCEPTION";
-}
-
 TEST(TrilinearCpuErrors, InvalidSizes) {
   std::vector<float> buf(64);
   for (TrilinearShape s : {TrilinearShape{1, 0, 2, 2}, TrilinearShape{1, 2, 0, 2}, TrilinearShape{1, 2, 2, -3},
                            TrilinearShape{-1, 2, 2, 2}}) {
-    const std::string msg = error_of(
+    const std::string msg = tt::invalid_argument_message(
         [&] { tasn::cpu::trilinear_attention_forward<float>(buf.data(), buf.data(), nullptr, s); });
     EXPECT_NE(msg.find("trilinear_attention_forward"), std::string::npos) << msg;
     EXPECT_NE(msg.find("(N, C, H, W)"), std::string::npos) << msg;
@@ -251,14 +239,14 @@ TEST(TrilinearCpuErrors, InvalidSizes) {
 TEST(TrilinearCpuErrors, NullPointers) {
   const TrilinearShape s{1, 2, 2, 2};
   std::vector<float> b(8);
-  std::string msg = error_of([&] { tasn::cpu::trilinear_attention_forward<float>(nullptr, b.data(), nullptr, s); });
+  std::string msg = tt::invalid_argument_message([&] { tasn::cpu::trilinear_attention_forward<float>(nullptr, b.data(), nullptr, s); });
   EXPECT_NE(msg.find("x is null"), std::string::npos) << msg;
   EXPECT_NE(msg.find("8 elements"), std::string::npos) << msg;
-  msg = error_of([&] { tasn::cpu::trilinear_attention_forward<float>(b.data(), nullptr, nullptr, s); });
+  msg = tt::invalid_argument_message([&] { tasn::cpu::trilinear_attention_forward<float>(b.data(), nullptr, nullptr, s); });
   EXPECT_NE(msg.find("m is null"), std::string::npos) << msg;
-  msg = error_of([&] { tasn::cpu::trilinear_attention_backward<float>(b.data(), nullptr, nullptr, b.data(), s); });
+  msg = tt::invalid_argument_message([&] { tasn::cpu::trilinear_attention_backward<float>(b.data(), nullptr, nullptr, b.data(), s); });
   EXPECT_NE(msg.find("dm is null"), std::string::npos) << msg;
-  msg = error_of([&] { tasn::cpu::trilinear_attention_backward<float>(b.data(), b.data(), nullptr, nullptr, s); });
+  msg = tt::invalid_argument_message([&] { tasn::cpu::trilinear_attention_backward<float>(b.data(), b.data(), nullptr, nullptr, s); });
   EXPECT_NE(msg.find("dx is null"), std::string::npos) << msg;
   // An empty batch is a no-op, null pointers allowed.
   EXPECT_NO_THROW(tasn::cpu::trilinear_attention_forward<float>(nullptr, nullptr, nullptr, TrilinearShape{0, 2, 2, 2}));
@@ -270,11 +258,11 @@ TEST(TrilinearCpuErrors, BadBeta) {
   for (double beta : {0.0, -1.0, std::nan(""), double(INFINITY)}) {
     TrilinearAttentionOptions opt;
     opt.beta = beta;
-    const std::string msg = error_of([&] {
+    const std::string msg = tt::invalid_argument_message([&] {
       tasn::cpu::trilinear_attention_forward<double>(b.data(), out.data(), nullptr, s, opt);
     });
     EXPECT_NE(msg.find("beta must be finite and > 0"), std::string::npos) << msg;
-    const std::string msg2 = error_of([&] {
+    const std::string msg2 = tt::invalid_argument_message([&] {
       tasn::cpu::trilinear_attention_backward<double>(b.data(), b.data(), nullptr, out.data(), s, opt);
     });
     EXPECT_NE(msg2.find("beta"), std::string::npos) << msg2;
@@ -285,12 +273,12 @@ TEST(TrilinearCpuErrors, NonFiniteInputs) {
   const TrilinearShape s{1, 2, 2, 2};
   std::vector<float> x(8, 0.5f), m(8), dm(8, 1.f);
   x[5] = std::nanf("");
-  std::string msg = error_of([&] { tasn::cpu::trilinear_attention_forward<float>(x.data(), m.data(), nullptr, s); });
+  std::string msg = tt::invalid_argument_message([&] { tasn::cpu::trilinear_attention_forward<float>(x.data(), m.data(), nullptr, s); });
   EXPECT_NE(msg.find("x holds a non-finite value"), std::string::npos) << msg;
   EXPECT_NE(msg.find("index 5 of 8"), std::string::npos) << msg;
   x[5] = 0.5f;
   dm[7] = INFINITY;
-  msg = error_of([&] { tasn::cpu::trilinear_attention_backward<float>(x.data(), dm.data(), nullptr, m.data(), s); });
+  msg = tt::invalid_argument_message([&] { tasn::cpu::trilinear_attention_backward<float>(x.data(), dm.data(), nullptr, m.data(), s); });
   EXPECT_NE(msg.find("dm holds a non-finite value"), std::string::npos) << msg;
   // The scan can be switched off; NaN then flows through as with any unchecked kernel.
   TrilinearAttentionOptions opt;
@@ -308,10 +296,10 @@ TEST(TrilinearCpuErrors, SixtyFourBitSizes) {
   EXPECT_GT(big.numel(), std::int64_t(1) << 31);
   EXPECT_EQ(tasn::trilinear_saved_elems(big), std::int64_t(4096) * 512 * (4096 + 512));
   const TrilinearShape huge{1 << 20, 1 << 20, 1 << 20, 1 << 20};
-  const std::string msg = error_of([&] { huge.validate("test"); });
+  const std::string msg = tt::invalid_argument_message([&] { huge.validate("test"); });
   EXPECT_NE(msg.find("overflows 64-bit indexing"), std::string::npos) << msg;
   const TrilinearShape wide{1, std::int64_t(1) << 32, 1, 1};  // C * C = 2^64 overflows
-  EXPECT_NE(error_of([&] { wide.validate("test"); }).find("overflows"), std::string::npos);
+  EXPECT_NE(tt::invalid_argument_message([&] { wide.validate("test"); }).find("overflows"), std::string::npos);
 }
 
 }  // namespace

@@ -14,15 +14,6 @@
 #include "tasn/core/softmax_cpu.h"
 #include "tasn/trilinear_attention.h"
 
-namespace tasn::test::gpu {
-// Readable parameter values in test listings.
-inline void PrintTo(Dtype d, std::ostream* os) { *os << dtype_name(d); }
-inline void PrintTo(Kernel k, std::ostream* os) {
-  const char* names[] = {"auto", "warp", "block"};
-  *os << names[static_cast<int>(k)];
-}
-}  // namespace tasn::test::gpu
-
 namespace {
 namespace tt = tasn::test;
 namespace g = tasn::test::gpu;
@@ -52,11 +43,6 @@ class Gpu : public ::testing::TestWithParam<std::tuple<Dtype, Kernel>> {
     if (!g::device_available(&reason)) GTEST_SKIP() << reason;
   }
 };
-
-std::string param_name(const ::testing::TestParamInfo<std::tuple<Dtype, Kernel>>& info) {
-  const char* k[] = {"auto", "warp", "block"};
-  return std::string(g::dtype_name(std::get<0>(info.param))) + "_" + k[static_cast<int>(std::get<1>(info.param))];
-}
 
 TEST_P(Gpu, SoftmaxRowsMatchCpu) {
   const auto [dt, kernel] = GetParam();
@@ -126,21 +112,9 @@ TEST_P(Gpu, TrilinearMatchesCpu) {
 INSTANTIATE_TEST_SUITE_P(AllTypes, Gpu,
                          ::testing::Combine(::testing::Values(Dtype::F32, Dtype::F16, Dtype::BF16),
                                             ::testing::Values(Kernel::Auto, Kernel::Warp, Kernel::Block)),
-                         param_name);
+                         [](const auto& p) { return g::label(std::get<0>(p.param), std::get<1>(p.param)); });
 
 // ---- validation and error conversion: no device needed ---------------------------------------
-
-template <class F>
-std::string invalid_argument_of(F&& f) {
-  try {
-    f();
-  } catch (const tasn::InvalidArgument& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("WRONG TYPE: ") + e.what();
-  }
-  return "NO EXCEPTION";
-}
 
 TEST(CudaValidation, WorkspaceSizes) {
   const TrilinearShape s{2, 3, 4, 5};  // NCP = 120, NCC = 18
@@ -161,17 +135,17 @@ TEST(CudaValidation, WorkspaceSizes) {
 TEST(CudaValidation, RejectsBadArgumentsBeforeAnyDeviceWork) {
   const TrilinearShape s{2, 3, 4, 5};
   const std::size_t need = g::trilinear_workspace_bytes(Dtype::F32, s, false, false);
-  std::string msg = invalid_argument_of([&] { g::trilinear_forward_validation_only(s, 7.0, need - 1, false, false, false); });
+  std::string msg = tt::invalid_argument_message([&] { g::trilinear_forward_validation_only(s, 7.0, need - 1, false, false, false); });
   EXPECT_NE(msg.find("workspace holds " + std::to_string(need - 1) + " bytes but " + std::to_string(need)), std::string::npos) << msg;
-  msg = invalid_argument_of([&] { g::trilinear_forward_validation_only(s, 7.0, need, true, false, false); });
+  msg = tt::invalid_argument_message([&] { g::trilinear_forward_validation_only(s, 7.0, need, true, false, false); });
   EXPECT_NE(msg.find("workspace is null"), std::string::npos) << msg;
-  msg = invalid_argument_of([&] { g::trilinear_forward_validation_only(s, 7.0, need, false, true, false); });
+  msg = tt::invalid_argument_message([&] { g::trilinear_forward_validation_only(s, 7.0, need, false, true, false); });
   EXPECT_NE(msg.find("ctx.cublas is null"), std::string::npos) << msg;
-  msg = invalid_argument_of([&] { g::trilinear_forward_validation_only(s, 7.0, need, false, false, true); });
+  msg = tt::invalid_argument_message([&] { g::trilinear_forward_validation_only(s, 7.0, need, false, false, true); });
   EXPECT_NE(msg.find("x is null but must hold 120 elements"), std::string::npos) << msg;
-  msg = invalid_argument_of([&] { g::trilinear_forward_validation_only(s, -2.0, need, false, false, false); });
+  msg = tt::invalid_argument_message([&] { g::trilinear_forward_validation_only(s, -2.0, need, false, false, false); });
   EXPECT_NE(msg.find("beta must be finite and > 0, got -2"), std::string::npos) << msg;
-  msg = invalid_argument_of([&] { g::trilinear_forward_validation_only(TrilinearShape{2, 0, 4, 5}, 7.0, need, false, false, false); });
+  msg = tt::invalid_argument_message([&] { g::trilinear_forward_validation_only(TrilinearShape{2, 0, 4, 5}, 7.0, need, false, false, false); });
   EXPECT_NE(msg.find("cuda::trilinear_attention_forward: x must have shape"), std::string::npos) << msg;
 }
 

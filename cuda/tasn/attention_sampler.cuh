@@ -416,21 +416,33 @@ void check_image_type() {
 
 // ---- SPEC 2 ---------------------------------------------------------------------------------------
 
-// out (N, h, w) float: channel sum of m (N, C, h, w) (distinct: equal-sum channels counted once).
+namespace detail_sampler {
+
+// Checks and launches the one-block-per-sample map kernel (mode as attention_map_kernel).
 template <class T>
-void structure_map(const T* m, std::int64_t N, std::int64_t C, std::int64_t h, std::int64_t w, bool distinct,
-                   float* out, const Context& ctx) {
-  constexpr const char* op = "cuda::structure_map";
-  detail_sampler::check_image_type<T>();
-  detail_sampler::check_sizes(op, "m", N, C, h, w);
+void launch_attention_map(const char* op, const T* m, std::int64_t N, std::int64_t C, std::int64_t h, std::int64_t w,
+                          int mode, bool distinct, const std::int64_t* channels, std::uint64_t seed, float* out,
+                          std::int64_t* chosen, const Context& ctx) {
+  check_image_type<T>();
+  check_sizes(op, "m", N, C, h, w);
   tasn::detail::check_pointer(m, "m", N * C * h * w, op);
   tasn::detail::check_pointer(out, "out", N * h * w, op);
   const std::size_t shm = static_cast<std::size_t>(C) * (sizeof(double) + 1);
   TASN_CHECK_ARG(shm <= sampler_kernels::kMaxSharedBytes, op, ": C = ", C, " channels exceed the ",
                  sampler_kernels::kMaxSharedBytes / 9, " the kernel holds in shared memory");
   sampler_kernels::attention_map_kernel<T><<<static_cast<unsigned>(N), sampler_kernels::kBlock, shm, ctx.stream>>>(
-      m, C, h * w, 0, distinct, nullptr, 0, out, nullptr);
+      m, C, h * w, mode, distinct, channels, seed, out, chosen);
   TASN_CUDA_CHECK_LAUNCH("attention_map_kernel");
+}
+
+}  // namespace detail_sampler
+
+// out (N, h, w) float: channel sum of m (N, C, h, w) (distinct: equal-sum channels counted once).
+template <class T>
+void structure_map(const T* m, std::int64_t N, std::int64_t C, std::int64_t h, std::int64_t w, bool distinct,
+                   float* out, const Context& ctx) {
+  detail_sampler::launch_attention_map("cuda::structure_map", m, N, C, h, w, 0, distinct, nullptr, 0, out, nullptr,
+                                       ctx);
 }
 
 // Detail map, as the CPU detail_map: channels (device, optional) or the seeded pick among the
@@ -439,17 +451,8 @@ template <class T>
 void detail_map(const T* m, std::int64_t N, std::int64_t C, std::int64_t h, std::int64_t w, bool training,
                 const std::int64_t* channels, std::uint64_t seed, float* out, std::int64_t* chosen,
                 const Context& ctx) {
-  constexpr const char* op = "cuda::detail_map";
-  detail_sampler::check_image_type<T>();
-  detail_sampler::check_sizes(op, "m", N, C, h, w);
-  tasn::detail::check_pointer(m, "m", N * C * h * w, op);
-  tasn::detail::check_pointer(out, "out", N * h * w, op);
-  const std::size_t shm = static_cast<std::size_t>(C) * (sizeof(double) + 1);
-  TASN_CHECK_ARG(shm <= sampler_kernels::kMaxSharedBytes, op, ": C = ", C, " channels exceed the ",
-                 sampler_kernels::kMaxSharedBytes / 9, " the kernel holds in shared memory");
-  sampler_kernels::attention_map_kernel<T><<<static_cast<unsigned>(N), sampler_kernels::kBlock, shm, ctx.stream>>>(
-      m, C, h * w, training ? 1 : 2, false, channels, seed, out, chosen);
-  TASN_CUDA_CHECK_LAUNCH("attention_map_kernel");
+  detail_sampler::launch_attention_map("cuda::detail_map", m, N, C, h, w, training ? 1 : 2, false, channels, seed,
+                                       out, chosen, ctx);
 }
 
 inline void upsample_bilinear(const float* in, std::int64_t N, std::int64_t h, std::int64_t w, std::int64_t H,

@@ -64,6 +64,10 @@ const char* dtype_name(Dtype d) {
   return with_dtype(d, [](auto t) { return tasn::cuda::type_name<decltype(t)>(); });
 }
 
+const char* kernel_name(Kernel k) {
+  return k == Kernel::Warp ? "warp" : k == Kernel::Block ? "block" : "auto";
+}
+
 bool device_available(std::string* reason) {
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,13 @@ enum class Dtype { F32, F16, BF16 };
 enum class Kernel { Auto = 0, Warp = 1, Block = 2 };  // tasn::cuda::RowKernel
 
 const char* dtype_name(Dtype d);
+const char* kernel_name(Kernel k);
+
+// Readable parameter values in gtest listings.
+inline void PrintTo(Dtype d, std::ostream* os) { *os << dtype_name(d); }
+inline void PrintTo(Kernel k, std::ostream* os) { *os << kernel_name(k); }
+// Test-name suffix of a (dtype, kernel) parameter, e.g. "half_warp".
+inline std::string label(Dtype d, Kernel k) { return std::string(dtype_name(d)) + "_" + kernel_name(k); }
 
 // True when a CUDA device can be used; otherwise `reason` says why (for GTEST_SKIP).
 bool device_available(std::string* reason);

@@ -13,7 +13,23 @@
 #include <string>
 #include <vector>
 
+#include "tasn/core/common.h"
+
 namespace tasn::test {
+
+// The message of the tasn::InvalidArgument that f() throws; "NO EXCEPTION" or "WRONG TYPE: ..."
+// otherwise, so a test that looks for a message fails with a readable value.
+template <class F>
+std::string invalid_argument_message(F&& f) {
+  try {
+    f();
+  } catch (const tasn::InvalidArgument& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("WRONG TYPE: ") + e.what();
+  }
+  return "NO EXCEPTION";
+}
 
 // ---- deterministic data ----------------------------------------------------------------------
 // splitmix64 of (seed, index): the same generator is written in tests/golden/gen_golden.py, so
