@@ -175,6 +175,25 @@ def grid_sample_case():
         "grid": grid.detach(), "out": out.detach(), "dimg": dimg, "dgrid": dgrid})
 
 
+def nn_layers_case():
+    """Per-layer forward golden data for the example trainer's layers (examples/nn/layers.h)."""
+    import torch.nn.functional as F
+    x = uniform(31, 2 * 3 * 9 * 8, -1.0, 1.0).reshape(2, 3, 9, 8)
+    w = uniform(32, 4 * 3 * 3 * 3, -1.0, 1.0).reshape(4, 3, 3, 3)
+    b = uniform(33, 4, -1.0, 1.0)
+    gamma = uniform(34, 3, 0.5, 1.5)
+    beta = uniform(35, 3, -1.0, 1.0)
+    rm, rv = torch.zeros(3), torch.ones(3)
+    bn_train = F.batch_norm(x, rm, rv, gamma, beta, training=True, momentum=0.1, eps=1e-5)
+    bn_eval = F.batch_norm(x, rm, rv, gamma, beta, training=False, eps=1e-5)
+    write(os.path.join(HERE, "nn_layers.bin"), {
+        "conv": F.conv2d(x, w, b, stride=2, padding=2, dilation=2),
+        "bn_train": bn_train, "bn_running_var": rv.clone(), "bn_eval": bn_eval,
+        "maxpool": F.max_pool2d(x, 3, 2, 1),
+        "resize_ac": F.interpolate(x, size=(5, 13), mode="bilinear", align_corners=True),
+        "resize_hp": F.interpolate(x, size=(5, 13), mode="bilinear", align_corners=False)})
+
+
 def main():
     torch.set_default_dtype(torch.float64)
     print("torch", torch.__version__, file=sys.stderr)
@@ -184,6 +203,7 @@ def main():
     distillation_case()
     cross_entropy_case()
     grid_sample_case()
+    nn_layers_case()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,479 @@
+// examples/nn/layers.h - the CPU network layers the example trainer needs (forward + backward),
+// in functional form: each forward returns its output, each backward ADDS its gradients into the
+// given buffers, so a parameter used several times (weight sharing) accumulates all of them.
+// Tensors are dense row-major NCHW (or (N, F) for Linear). Templated on float / double (double
+// for gradient checks). Convolutions: batched im2col + one Eigen GEMM (Eigen threads it).
+//
+// These serve the example trainer (issue: network building blocks); the library's public API
+// stays the TASN operators in include/tasn.
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "tasn/core/common.h"
+#include "tasn/core/parallel.h"
+
+namespace tasn::nn {
+
+template <class T>
+struct Tensor {
+  std::vector<std::int64_t> shape;
+  std::vector<T> data;
+
+  Tensor() = default;
+  explicit Tensor(std::vector<std::int64_t> s, T fill = T(0)) : shape(std::move(s)) {
+    std::int64_t n = 1;
+    for (auto d : shape) n = tasn::detail::checked_mul(n, d, "Tensor");
+    data.assign(static_cast<std::size_t>(n), fill);
+  }
+  std::int64_t numel() const { return static_cast<std::int64_t>(data.size()); }
+  std::int64_t dim(std::size_t i) const { return shape.at(i); }
+  T* ptr() { return data.data(); }
+  const T* ptr() const { return data.data(); }
+  std::string shape_str() const {
+    std::string s = "(";
+    for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + ")";
+  }
+};
+
+// Keeps a parameter out of template deduction, so nullptr can be passed for optional tensors.
+template <class T>
+struct NonDeduced {
+  using type = T;
+};
+template <class T>
+using Opt = typename NonDeduced<Tensor<T>>::type*;
+template <class T>
+using OptConst = const typename NonDeduced<Tensor<T>>::type*;
+
+template <class T>
+using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+namespace detail {
+template <class T>
+void check_rank(const Tensor<T>& t, std::size_t rank, const char* name, const char* op) {
+  TASN_CHECK_ARG(t.shape.size() == rank, op, ": ", name, " must have ", rank, " dimensions, got ", t.shape_str());
+}
+template <class T>
+void check_same(const Tensor<T>& a, const Tensor<T>& b, const char* an, const char* bn, const char* op) {
+  TASN_CHECK_ARG(a.shape == b.shape, op, ": ", an, " has shape ", a.shape_str(), " but ", bn, " has ", b.shape_str());
+}
+}  // namespace detail
+
+// ---- Conv2d -------------------------------------------------------------------------------------
+
+struct Conv2dArgs {
+  std::int64_t stride = 1, padding = 0, dilation = 1;
+};
+
+struct ConvGeometry {
+  std::int64_t n, cin, h, w, cout, kh, kw, ho, wo;
+};
+
+template <class T>
+ConvGeometry conv_geometry(const Tensor<T>& x, const Tensor<T>& weight, const Conv2dArgs& a, const char* op) {
+  detail::check_rank(x, 4, "x", op);
+  detail::check_rank(weight, 4, "weight", op);
+  TASN_CHECK_ARG(weight.dim(1) == x.dim(1), op, ": weight ", weight.shape_str(), " expects ", weight.dim(1),
+                 " input channels but x ", x.shape_str(), " has ", x.dim(1));
+  TASN_CHECK_ARG(a.stride >= 1 && a.dilation >= 1 && a.padding >= 0, op, ": stride and dilation must be >= 1 and padding >= 0");
+  ConvGeometry g{x.dim(0), x.dim(1), x.dim(2), x.dim(3), weight.dim(0), weight.dim(2), weight.dim(3), 0, 0};
+  g.ho = (g.h + 2 * a.padding - a.dilation * (g.kh - 1) - 1) / a.stride + 1;
+  g.wo = (g.w + 2 * a.padding - a.dilation * (g.kw - 1) - 1) / a.stride + 1;
+  TASN_CHECK_ARG(g.ho >= 1 && g.wo >= 1, op, ": input ", x.shape_str(), " is smaller than the kernel ",
+                 weight.shape_str(), " with dilation ", a.dilation, " and padding ", a.padding);
+  return g;
+}
+
+// col (cin*kh*kw, n*ho*wo): column j = (sample, output pixel), row r = (channel, ky, kx).
+template <class T>
+void im2col(const T* x, const ConvGeometry& g, const Conv2dArgs& a, T* col) {
+  const std::int64_t P = g.ho * g.wo, cols = g.n * P;
+  cpu::parallel_for(0, g.cin * g.kh * g.kw, [&](std::int64_t r) {
+    const std::int64_t c = r / (g.kh * g.kw), ky = (r / g.kw) % g.kh, kx = r % g.kw;
+    T* out = col + r * cols;
+    for (std::int64_t n = 0; n < g.n; ++n)
+      for (std::int64_t oy = 0; oy < g.ho; ++oy) {
+        const std::int64_t iy = oy * a.stride - a.padding + ky * a.dilation;
+        for (std::int64_t ox = 0; ox < g.wo; ++ox) {
+          const std::int64_t ix = ox * a.stride - a.padding + kx * a.dilation;
+          out[n * P + oy * g.wo + ox] =
+              (iy >= 0 && iy < g.h && ix >= 0 && ix < g.w) ? x[((n * g.cin + c) * g.h + iy) * g.w + ix] : T(0);
+        }
+      }
+  });
+}
+
+// dx += col2im(dcol); parallel over (sample, channel) planes, so no two threads touch one element.
+template <class T>
+void col2im_add(const T* dcol, const ConvGeometry& g, const Conv2dArgs& a, T* dx) {
+  const std::int64_t P = g.ho * g.wo, cols = g.n * P;
+  cpu::parallel_for(0, g.n * g.cin, [&](std::int64_t nc) {
+    const std::int64_t n = nc / g.cin, c = nc % g.cin;
+    T* plane = dx + nc * g.h * g.w;
+    for (std::int64_t ky = 0; ky < g.kh; ++ky)
+      for (std::int64_t kx = 0; kx < g.kw; ++kx) {
+        const T* in = dcol + ((c * g.kh + ky) * g.kw + kx) * cols + n * P;
+        for (std::int64_t oy = 0; oy < g.ho; ++oy) {
+          const std::int64_t iy = oy * a.stride - a.padding + ky * a.dilation;
+          if (iy < 0 || iy >= g.h) continue;
+          for (std::int64_t ox = 0; ox < g.wo; ++ox) {
+            const std::int64_t ix = ox * a.stride - a.padding + kx * a.dilation;
+            if (ix >= 0 && ix < g.w) plane[iy * g.w + ix] += in[oy * g.wo + ox];
+          }
+        }
+      }
+  });
+}
+
+// y (n, cout, ho, wo) = conv(x, weight) + bias (bias may be null).
+template <class T>
+Tensor<T> conv2d_forward(const Tensor<T>& x, const Tensor<T>& weight, OptConst<T> bias, const Conv2dArgs& a) {
+  const ConvGeometry g = conv_geometry(x, weight, a, "conv2d_forward");
+  const std::int64_t K = g.cin * g.kh * g.kw, P = g.ho * g.wo, cols = g.n * P;
+  std::vector<T> col(static_cast<std::size_t>(K * cols));
+  im2col(x.ptr(), g, a, col.data());
+  Mat<T> y(g.cout, cols);
+  y.noalias() = Eigen::Map<const Mat<T>>(weight.ptr(), g.cout, K) * Eigen::Map<const Mat<T>>(col.data(), K, cols);
+  Tensor<T> out({g.n, g.cout, g.ho, g.wo});
+  cpu::parallel_for(0, g.n * g.cout, [&](std::int64_t nc) {
+    const std::int64_t n = nc / g.cout, o = nc % g.cout;
+    const T b = bias ? bias->data[o] : T(0);
+    for (std::int64_t p = 0; p < P; ++p) out.data[nc * P + p] = y(o, n * P + p) + b;
+  });
+  return out;
+}
+
+// Adds the gradients of conv2d_forward for upstream dy: dx (may be null), dweight, dbias (may be null).
+template <class T>
+void conv2d_backward(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<T>& dy, const Conv2dArgs& a,
+                     Opt<T> dx, Opt<T> dweight, Opt<T> dbias) {
+  constexpr const char* op = "conv2d_backward";
+  const ConvGeometry g = conv_geometry(x, weight, a, op);
+  TASN_CHECK_ARG(dy.shape == std::vector<std::int64_t>({g.n, g.cout, g.ho, g.wo}), op, ": dy has shape ",
+                 dy.shape_str(), " but the output is (", g.n, ", ", g.cout, ", ", g.ho, ", ", g.wo, ")");
+  const std::int64_t K = g.cin * g.kh * g.kw, P = g.ho * g.wo, cols = g.n * P;
+  Mat<T> dyc(g.cout, cols);  // dy as (cout, n*P)
+  cpu::parallel_for(0, g.n * g.cout, [&](std::int64_t nc) {
+    const std::int64_t n = nc / g.cout, o = nc % g.cout;
+    for (std::int64_t p = 0; p < P; ++p) dyc(o, n * P + p) = dy.data[nc * P + p];
+  });
+  if (dbias)
+    for (std::int64_t o = 0; o < g.cout; ++o) dbias->data[o] += dyc.row(o).sum();
+  if (dweight) {
+    std::vector<T> col(static_cast<std::size_t>(K * cols));
+    im2col(x.ptr(), g, a, col.data());
+    Eigen::Map<Mat<T>>(dweight->ptr(), g.cout, K).noalias() += dyc * Eigen::Map<const Mat<T>>(col.data(), K, cols).transpose();
+  }
+  if (dx) {
+    Mat<T> dcol(K, cols);
+    dcol.noalias() = Eigen::Map<const Mat<T>>(weight.ptr(), g.cout, K).transpose() * dyc;
+    col2im_add(dcol.data(), g, a, dx->ptr());
+  }
+}
+
+// ---- BatchNorm2d ------------------------------------------------------------------------------
+
+struct BatchNormState {
+  bool training = true;
+  double momentum = 0.1, eps = 1e-5;
+};
+
+// What backward needs from a training-mode forward.
+template <class T>
+struct BatchNormCache {
+  std::vector<T> mean, invstd;
+};
+
+// y = (x - mean) / sqrt(var + eps) * gamma + beta per channel. Training: batch statistics (biased
+// variance), running stats updated with momentum (unbiased variance, as PyTorch); evaluation:
+// running statistics.
+template <class T>
+Tensor<T> batchnorm2d_forward(const Tensor<T>& x, const Tensor<T>& gamma, const Tensor<T>& beta,
+                              Tensor<T>& running_mean, Tensor<T>& running_var, const BatchNormState& s,
+                              typename NonDeduced<BatchNormCache<T>>::type* cache) {
+  constexpr const char* op = "batchnorm2d_forward";
+  detail::check_rank(x, 4, "x", op);
+  const std::int64_t N = x.dim(0), C = x.dim(1), P = x.dim(2) * x.dim(3);
+  TASN_CHECK_ARG(gamma.numel() == C && beta.numel() == C && running_mean.numel() == C && running_var.numel() == C,
+                 op, ": gamma, beta and running statistics must hold C = ", C, " values, got ", gamma.numel());
+  std::vector<T> mean(C), invstd(C);
+  cpu::parallel_for(0, C, [&](std::int64_t c) {
+    if (s.training) {
+      double sum = 0, sq = 0;
+      for (std::int64_t n = 0; n < N; ++n)
+        for (std::int64_t p = 0; p < P; ++p) sum += x.data[(n * C + c) * P + p];
+      const double m = sum / double(N * P);
+      for (std::int64_t n = 0; n < N; ++n)
+        for (std::int64_t p = 0; p < P; ++p) {
+          const double d = x.data[(n * C + c) * P + p] - m;
+          sq += d * d;
+        }
+      const double var = sq / double(N * P);
+      mean[c] = static_cast<T>(m);
+      invstd[c] = static_cast<T>(1.0 / std::sqrt(var + s.eps));
+      const double unbiased = N * P > 1 ? sq / double(N * P - 1) : var;
+      running_mean.data[c] = static_cast<T>((1 - s.momentum) * running_mean.data[c] + s.momentum * m);
+      running_var.data[c] = static_cast<T>((1 - s.momentum) * running_var.data[c] + s.momentum * unbiased);
+    } else {
+      mean[c] = running_mean.data[c];
+      invstd[c] = static_cast<T>(1.0 / std::sqrt(double(running_var.data[c]) + s.eps));
+    }
+  });
+  Tensor<T> y(x.shape);
+  cpu::parallel_for(0, N * C, [&](std::int64_t nc) {
+    const std::int64_t c = nc % C;
+    const T sc = invstd[c] * gamma.data[c], sh = beta.data[c] - mean[c] * sc;
+    for (std::int64_t p = 0; p < P; ++p) y.data[nc * P + p] = x.data[nc * P + p] * sc + sh;
+  });
+  if (cache) *cache = {std::move(mean), std::move(invstd)};
+  return y;
+}
+
+// Adds dx, dgamma, dbeta. `training` must match the forward (batch statistics or running ones).
+template <class T>
+void batchnorm2d_backward(const Tensor<T>& x, const Tensor<T>& gamma, const Tensor<T>& dy,
+                          const BatchNormCache<T>& cache, bool training, Opt<T> dx, Opt<T> dgamma,
+                          Opt<T> dbeta) {
+  constexpr const char* op = "batchnorm2d_backward";
+  detail::check_same(dy, x, "dy", "x", op);
+  const std::int64_t N = x.dim(0), C = x.dim(1), P = x.dim(2) * x.dim(3);
+  const double M = double(N * P);
+  cpu::parallel_for(0, C, [&](std::int64_t c) {
+    double sdy = 0, sdyxh = 0;
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t p = 0; p < P; ++p) {
+        const std::int64_t i = (n * C + c) * P + p;
+        const double xh = (x.data[i] - cache.mean[c]) * double(cache.invstd[c]);
+        sdy += dy.data[i];
+        sdyxh += dy.data[i] * xh;
+      }
+    if (dgamma) dgamma->data[c] += static_cast<T>(sdyxh);
+    if (dbeta) dbeta->data[c] += static_cast<T>(sdy);
+    if (!dx) return;
+    const double k = double(gamma.data[c]) * cache.invstd[c];
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t p = 0; p < P; ++p) {
+        const std::int64_t i = (n * C + c) * P + p;
+        const double xh = (x.data[i] - cache.mean[c]) * double(cache.invstd[c]);
+        dx->data[i] += static_cast<T>(training ? k * (dy.data[i] - sdy / M - xh * sdyxh / M) : k * dy.data[i]);
+      }
+  });
+}
+
+// ---- element-wise, pooling, linear ---------------------------------------------------------------
+
+template <class T>
+Tensor<T> relu_forward(const Tensor<T>& x) {
+  Tensor<T> y(x.shape);
+  for (std::int64_t i = 0; i < x.numel(); ++i) y.data[i] = x.data[i] > T(0) ? x.data[i] : T(0);
+  return y;
+}
+
+// dx += dy where the forward input was positive.
+template <class T>
+void relu_backward(const Tensor<T>& x, const Tensor<T>& dy, Tensor<T>& dx) {
+  detail::check_same(dy, x, "dy", "x", "relu_backward");
+  for (std::int64_t i = 0; i < x.numel(); ++i) dx.data[i] += x.data[i] > T(0) ? dy.data[i] : T(0);
+}
+
+template <class T>
+Tensor<T> add_forward(const Tensor<T>& a, const Tensor<T>& b) {
+  detail::check_same(a, b, "a", "b", "add_forward");
+  Tensor<T> y(a.shape);
+  for (std::int64_t i = 0; i < a.numel(); ++i) y.data[i] = a.data[i] + b.data[i];
+  return y;
+}
+
+struct PoolArgs {
+  std::int64_t kernel = 3, stride = 2, padding = 1;
+};
+
+// Max pooling (padding never wins); argmax (flat input index per output) for backward.
+template <class T>
+Tensor<T> maxpool2d_forward(const Tensor<T>& x, const PoolArgs& a, std::vector<std::int64_t>* argmax = nullptr) {
+  constexpr const char* op = "maxpool2d_forward";
+  detail::check_rank(x, 4, "x", op);
+  const std::int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
+  const std::int64_t Ho = (H + 2 * a.padding - a.kernel) / a.stride + 1, Wo = (W + 2 * a.padding - a.kernel) / a.stride + 1;
+  TASN_CHECK_ARG(Ho >= 1 && Wo >= 1, op, ": input ", x.shape_str(), " is smaller than the pooling window");
+  Tensor<T> y({N, C, Ho, Wo});
+  if (argmax) argmax->assign(static_cast<std::size_t>(y.numel()), -1);
+  cpu::parallel_for(0, N * C, [&](std::int64_t nc) {
+    for (std::int64_t oy = 0; oy < Ho; ++oy)
+      for (std::int64_t ox = 0; ox < Wo; ++ox) {
+        T best = -std::numeric_limits<T>::infinity();
+        std::int64_t at = -1;
+        for (std::int64_t ky = 0; ky < a.kernel; ++ky)
+          for (std::int64_t kx = 0; kx < a.kernel; ++kx) {
+            const std::int64_t iy = oy * a.stride - a.padding + ky, ix = ox * a.stride - a.padding + kx;
+            if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+            const std::int64_t i = (nc * H + iy) * W + ix;
+            if (x.data[i] > best || at < 0) {
+              best = x.data[i];
+              at = i;
+            }
+          }
+        const std::int64_t o = (nc * Ho + oy) * Wo + ox;
+        y.data[o] = best;
+        if (argmax) (*argmax)[o] = at;
+      }
+  });
+  return y;
+}
+
+template <class T>
+void maxpool2d_backward(const Tensor<T>& dy, const std::vector<std::int64_t>& argmax, Tensor<T>& dx) {
+  TASN_CHECK_ARG(static_cast<std::int64_t>(argmax.size()) == dy.numel(), "maxpool2d_backward: argmax holds ",
+                 argmax.size(), " entries but dy has ", dy.numel());
+  // serial: overlapping windows may route several outputs to one input
+  for (std::int64_t o = 0; o < dy.numel(); ++o) dx.data[argmax[o]] += dy.data[o];
+}
+
+// (N, C, H, W) -> (N, C)
+template <class T>
+Tensor<T> global_avgpool_forward(const Tensor<T>& x) {
+  detail::check_rank(x, 4, "x", "global_avgpool_forward");
+  const std::int64_t N = x.dim(0), C = x.dim(1), P = x.dim(2) * x.dim(3);
+  Tensor<T> y({N, C});
+  for (std::int64_t nc = 0; nc < N * C; ++nc) {
+    double s = 0;
+    for (std::int64_t p = 0; p < P; ++p) s += x.data[nc * P + p];
+    y.data[nc] = static_cast<T>(s / double(P));
+  }
+  return y;
+}
+
+template <class T>
+void global_avgpool_backward(const Tensor<T>& dy, Tensor<T>& dx) {
+  const std::int64_t NC = dy.numel(), P = dx.numel() / NC;
+  for (std::int64_t nc = 0; nc < NC; ++nc)
+    for (std::int64_t p = 0; p < P; ++p) dx.data[nc * P + p] += dy.data[nc] / T(P);
+}
+
+// y (N, out) = x (N, in) weight^T + bias; weight (out, in).
+template <class T>
+Tensor<T> linear_forward(const Tensor<T>& x, const Tensor<T>& weight, OptConst<T> bias) {
+  constexpr const char* op = "linear_forward";
+  detail::check_rank(x, 2, "x", op);
+  detail::check_rank(weight, 2, "weight", op);
+  TASN_CHECK_ARG(weight.dim(1) == x.dim(1), op, ": weight ", weight.shape_str(), " expects ", weight.dim(1),
+                 " features but x ", x.shape_str(), " has ", x.dim(1));
+  const std::int64_t N = x.dim(0), I = x.dim(1), O = weight.dim(0);
+  Tensor<T> y({N, O});
+  Eigen::Map<Mat<T>> Y(y.ptr(), N, O);
+  Y.noalias() = Eigen::Map<const Mat<T>>(x.ptr(), N, I) * Eigen::Map<const Mat<T>>(weight.ptr(), O, I).transpose();
+  if (bias) Y.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(bias->ptr(), O);
+  return y;
+}
+
+template <class T>
+void linear_backward(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<T>& dy, Opt<T> dx,
+                     Opt<T> dweight, Opt<T> dbias) {
+  const std::int64_t N = x.dim(0), I = x.dim(1), O = weight.dim(0);
+  TASN_CHECK_ARG(dy.shape == std::vector<std::int64_t>({N, O}), "linear_backward: dy has shape ", dy.shape_str(),
+                 " but the output is (", N, ", ", O, ")");
+  Eigen::Map<const Mat<T>> X(x.ptr(), N, I), Wt(weight.ptr(), O, I), dY(dy.ptr(), N, O);
+  if (dx) Eigen::Map<Mat<T>>(dx->ptr(), N, I).noalias() += dY * Wt;
+  if (dweight) Eigen::Map<Mat<T>>(dweight->ptr(), O, I).noalias() += dY.transpose() * X;
+  if (dbias) Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(dbias->ptr(), O) += dY.colwise().sum();
+}
+
+// ---- bilinear resize (align_corners true or false), batch concat / slice -----------------------
+
+template <class T>
+struct ResizeTap {
+  std::int64_t i0, i1;
+  T w1;  // weight of i1; i0 gets 1 - w1
+};
+
+template <class T>
+ResizeTap<T> resize_tap(std::int64_t dst, std::int64_t in, std::int64_t out, bool align_corners) {
+  double src;
+  if (align_corners) {
+    src = out > 1 ? double(dst) * double(in - 1) / double(out - 1) : 0.0;
+  } else {
+    src = (double(dst) + 0.5) * double(in) / double(out) - 0.5;  // PyTorch: negative clamps to 0
+    if (src < 0) src = 0;
+  }
+  std::int64_t i0 = static_cast<std::int64_t>(src);
+  if (i0 > in - 1) i0 = in - 1;
+  const std::int64_t i1 = i0 + 1 < in ? i0 + 1 : in - 1;
+  return {i0, i1, static_cast<T>(src - double(i0))};
+}
+
+template <class T>
+Tensor<T> resize_bilinear_forward(const Tensor<T>& x, std::int64_t Ho, std::int64_t Wo, bool align_corners) {
+  detail::check_rank(x, 4, "x", "resize_bilinear_forward");
+  TASN_CHECK_ARG(Ho >= 1 && Wo >= 1, "resize_bilinear_forward: output size must be >= 1, got (", Ho, ", ", Wo, ")");
+  const std::int64_t NC = x.dim(0) * x.dim(1), H = x.dim(2), W = x.dim(3);
+  Tensor<T> y({x.dim(0), x.dim(1), Ho, Wo});
+  cpu::parallel_for(0, NC, [&](std::int64_t nc) {
+    const T* in = x.ptr() + nc * H * W;
+    for (std::int64_t oy = 0; oy < Ho; ++oy) {
+      const auto ty = resize_tap<T>(oy, H, Ho, align_corners);
+      for (std::int64_t ox = 0; ox < Wo; ++ox) {
+        const auto tx = resize_tap<T>(ox, W, Wo, align_corners);
+        const T top = (1 - tx.w1) * in[ty.i0 * W + tx.i0] + tx.w1 * in[ty.i0 * W + tx.i1];
+        const T bot = (1 - tx.w1) * in[ty.i1 * W + tx.i0] + tx.w1 * in[ty.i1 * W + tx.i1];
+        y.data[(nc * Ho + oy) * Wo + ox] = (1 - ty.w1) * top + ty.w1 * bot;
+      }
+    }
+  });
+  return y;
+}
+
+template <class T>
+void resize_bilinear_backward(const Tensor<T>& dy, bool align_corners, Tensor<T>& dx) {
+  const std::int64_t NC = dx.dim(0) * dx.dim(1), H = dx.dim(2), W = dx.dim(3), Ho = dy.dim(2), Wo = dy.dim(3);
+  cpu::parallel_for(0, NC, [&](std::int64_t nc) {
+    T* g = dx.ptr() + nc * H * W;
+    for (std::int64_t oy = 0; oy < Ho; ++oy) {
+      const auto ty = resize_tap<T>(oy, H, Ho, align_corners);
+      for (std::int64_t ox = 0; ox < Wo; ++ox) {
+        const auto tx = resize_tap<T>(ox, W, Wo, align_corners);
+        const T d = dy.data[(nc * Ho + oy) * Wo + ox];
+        g[ty.i0 * W + tx.i0] += (1 - ty.w1) * (1 - tx.w1) * d;
+        g[ty.i0 * W + tx.i1] += (1 - ty.w1) * tx.w1 * d;
+        g[ty.i1 * W + tx.i0] += ty.w1 * (1 - tx.w1) * d;
+        g[ty.i1 * W + tx.i1] += ty.w1 * tx.w1 * d;
+      }
+    }
+  });
+}
+
+// Concatenate along the batch axis (all other sizes must agree).
+template <class T>
+Tensor<T> concat_batch(const Tensor<T>& a, const Tensor<T>& b) {
+  TASN_CHECK_ARG(a.shape.size() == b.shape.size() && std::equal(a.shape.begin() + 1, a.shape.end(), b.shape.begin() + 1),
+                 "concat_batch: a ", a.shape_str(), " and b ", b.shape_str(), " differ beyond the batch axis");
+  auto shape = a.shape;
+  shape[0] += b.shape[0];
+  Tensor<T> y(shape);
+  std::copy(a.data.begin(), a.data.end(), y.data.begin());
+  std::copy(b.data.begin(), b.data.end(), y.data.begin() + a.numel());
+  return y;
+}
+
+// Rows [begin, begin + count) of the batch axis.
+template <class T>
+Tensor<T> slice_batch(const Tensor<T>& x, std::int64_t begin, std::int64_t count) {
+  TASN_CHECK_ARG(begin >= 0 && count >= 0 && begin + count <= x.dim(0), "slice_batch: rows [", begin, ", ",
+                 begin + count, ") out of a batch of ", x.dim(0));
+  auto shape = x.shape;
+  shape[0] = count;
+  Tensor<T> y(shape);
+  const std::int64_t per = x.numel() / x.dim(0);
+  std::copy(x.data.begin() + begin * per, x.data.begin() + (begin + count) * per, y.data.begin());
+  return y;
+}
+
+}  // namespace tasn::nn
