@@ -194,6 +194,63 @@ def nn_layers_case():
         "resize_hp": F.interpolate(x, size=(5, 13), mode="bilinear", align_corners=False)})
 
 
+def fnv1a64(name):
+    h = 0xCBF29CE484222325
+    for b in name.encode():
+        h = ((h ^ b) * 0x100000001B3) & MASK
+    return h
+
+
+def formula_value(name, shape):
+    """Deterministic parameter / buffer values from (name, element index); tasn::test::formula_tensor
+    in tests/test_nn_resnet.cpp reproduces them bit for bit."""
+    n = 1
+    for d in shape:
+        n *= d
+    seed = fnv1a64(name)
+    if name.endswith("running_var") or (name.endswith(".weight") and len(shape) == 1):
+        lo, hi = 0.5, 1.5          # BN weight, running variance
+    elif len(shape) == 1:
+        lo, hi = -0.1, 0.1         # biases, running mean
+    else:
+        a = (3.0 / (n // shape[0])) ** 0.5  # conv / fc weights: U(-a, a), a = sqrt(3 / fan_in)
+        lo, hi = -a, a
+    return uniform(seed, n, lo, hi).reshape(shape)
+
+
+def resnet_case(arch):
+    """torchvision ResNet with formula weights, 10 classes, input 2x3x64x64, in float64: logits in
+    evaluation and training mode, the input gradient and parameter gradients of sum(w * logits)."""
+    import torchvision
+    model = getattr(torchvision.models, arch)(num_classes=10).double()
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if name.endswith("num_batches_tracked"):
+                continue
+            t.copy_(formula_value(name, tuple(t.shape)))
+    x = uniform(900, 2 * 3 * 64 * 64, -1.0, 1.0).reshape(2, 3, 64, 64)
+    w = uniform(901, 2 * 10, -1.0, 1.0).reshape(2, 10)
+    out = {}
+    model.eval()
+    with torch.no_grad():
+        out["logits_eval"] = model(x)
+    model.train()
+    xg = x.clone().requires_grad_(True)
+    logits = model(xg)
+    (logits * w).sum().backward()
+    out["logits_train"] = logits.detach()
+    out["dx"] = xg.grad
+    out["bn1.running_var"] = model.bn1.running_var.detach().clone()
+    out["conv1.weight.grad"] = model.conv1.weight.grad
+    out["fc.weight.grad"] = model.fc.weight.grad
+    names = [n for n, _ in model.named_parameters()]
+    out["grad_norms"] = torch.tensor([p.grad.norm().item() for _, p in model.named_parameters()])
+    out["param_count"] = torch.tensor([float(len(names))])
+    write(os.path.join(HERE, "resnet_%s.bin" % arch), out)
+    with open(os.path.join(HERE, "resnet_%s_names.txt" % arch), "w") as f:
+        f.write("\n".join(names) + "\n")
+
+
 def main():
     torch.set_default_dtype(torch.float64)
     print("torch", torch.__version__, file=sys.stderr)
@@ -204,6 +261,8 @@ def main():
     cross_entropy_case()
     grid_sample_case()
     nn_layers_case()
+    resnet_case("resnet18")
+    resnet_case("resnet50")
 
 
 if __name__ == "__main__":
