@@ -17,6 +17,17 @@ else()
   message(STATUS "tasn: Eigen ${Eigen3_VERSION} from ${Eigen3_DIR}")
 endif()
 
+# nlohmann/json (Debian: nlohmann-json3-dev) for the example trainer's safetensors files.
+if(TASN_BUILD_TESTS OR TASN_BUILD_EXAMPLES)
+  if(TASN_DEPS_DIR AND EXISTS "${TASN_DEPS_DIR}/nlohmann_json/nlohmann/json.hpp")
+    add_library(nlohmann_json::nlohmann_json INTERFACE IMPORTED)
+    set_target_properties(nlohmann_json::nlohmann_json PROPERTIES
+      INTERFACE_INCLUDE_DIRECTORIES "${TASN_DEPS_DIR}/nlohmann_json")
+  else()
+    find_package(nlohmann_json 3 REQUIRED)
+  endif()
+endif()
+
 if(TASN_BUILD_TESTS)
   if(TASN_DEPS_DIR AND EXISTS "${TASN_DEPS_DIR}/googletest/CMakeLists.txt")
     set(INSTALL_GTEST OFF CACHE BOOL "" FORCE)

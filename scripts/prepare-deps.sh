@@ -4,6 +4,7 @@
 #   DIR/eigen3      Eigen 3.4 headers (from libeigen3-dev)
 #   DIR/googletest  GoogleTest sources (from the googletest package)
 #   DIR/benchmark   Google Benchmark sources (Debian source package "benchmark", via apt-get source)
+#   DIR/nlohmann_json  nlohmann/json headers (from nlohmann-json3-dev)
 # DIR defaults to .deps/ in the repository (git-ignored). About 15 MB.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,8 +12,9 @@ dir="${1:-$root/.deps}"
 source "$root/scripts/common.sh"
 tasn_install_deps
 mkdir -p "$dir"
-rm -rf "$dir/eigen3" "$dir/googletest" "$dir/benchmark"
+rm -rf "$dir/eigen3" "$dir/googletest" "$dir/benchmark" "$dir/nlohmann_json"
 cp -r /usr/include/eigen3 "$dir/eigen3"
+mkdir -p "$dir/nlohmann_json" && cp -r /usr/include/nlohmann "$dir/nlohmann_json/nlohmann"
 cp -r /usr/src/googletest "$dir/googletest"
 
 tmp="$(mktemp -d)"
