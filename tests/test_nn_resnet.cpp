@@ -11,36 +11,13 @@
 #include <vector>
 
 #include "nn/resnet.h"
+#include "support/formula_weights.h"
 #include "support/test_support.h"
 
 namespace {
 namespace tt = tasn::test;
 namespace nn = tasn::nn;
 using T = double;
-
-std::uint64_t fnv1a64(const std::string& s) {
-  std::uint64_t h = 0xCBF29CE484222325ull;
-  for (unsigned char c : s) h = (h ^ c) * 0x100000001B3ull;
-  return h;
-}
-
-// gen_golden.py: formula_value
-std::vector<double> formula_values(const std::string& name, const std::vector<std::int64_t>& shape) {
-  std::int64_t n = 1;
-  for (auto d : shape) n *= d;
-  double lo, hi;
-  const bool ends_var = name.size() >= 11 && name.compare(name.size() - 11, 11, "running_var") == 0;
-  const bool ends_weight = name.size() >= 7 && name.compare(name.size() - 7, 7, ".weight") == 0;
-  if (ends_var || (ends_weight && shape.size() == 1)) {
-    lo = 0.5, hi = 1.5;
-  } else if (shape.size() == 1) {
-    lo = -0.1, hi = 0.1;
-  } else {
-    const double a = std::pow(3.0 / static_cast<double>(n / shape[0]), 0.5);
-    lo = -a, hi = a;
-  }
-  return tt::random_tensor(n, fnv1a64(name), lo, hi);
-}
 
 std::vector<std::string> read_names(const std::string& file) {
   std::ifstream in(tt::golden_path(file));
@@ -64,7 +41,7 @@ void check_against_torchvision(const char* arch, const nn::ResNetConfig& cfg_in)
   for (auto& [name, p] : ps.all())
     if (p.trainable) ours.insert(name);
   EXPECT_EQ(ours, theirs);
-  for (auto& [name, p] : ps.all()) p.value.data = formula_values(name, p.value.shape);
+  for (auto& [name, p] : ps.all()) p.value.data = tt::formula_values(name, p.value.shape);
 
   nn::Tensor<T> x({2, 3, 64, 64});
   x.data = tt::random_tensor(x.numel(), 900, -1.0, 1.0);

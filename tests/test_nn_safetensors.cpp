@@ -6,6 +6,7 @@
 #include <string>
 
 #include "nn/safetensors.h"
+#include "support/formula_weights.h"
 #include "support/test_support.h"
 
 namespace {
@@ -114,6 +115,18 @@ TEST(Safetensors, LoadChecksNamesAndShapesBeforeWriting) {
   st::save(deeper, deeper_path);
   const std::string u = tt::invalid_argument_message([&] { st::load(ps, deeper_path); });
   EXPECT_NE(u.find("unexpected tensor layer2.1."), std::string::npos) << u;
+}
+
+TEST(Safetensors, ReadsFilesFromTheConverterScript) {
+  // written by scripts/convert_torchvision.py's writer (tests/golden/gen_golden.py)
+  const auto f = st::read(tt::golden_path("converter_sample.safetensors"));
+  EXPECT_EQ(f.metadata.at("arch"), "sample");
+  ASSERT_EQ(f.tensors.size(), 5u);
+  for (const auto& [name, e] : f.tensors) {
+    EXPECT_EQ(e.dtype, "F32") << name;
+    EXPECT_EQ(e.values, tt::formula_values(name, e.shape)) << name;  // float-rounded on both sides
+  }
+  EXPECT_EQ(f.tensors.at("conv1.weight").shape, (std::vector<std::int64_t>{4, 3, 7, 7}));
 }
 
 }  // namespace

@@ -251,6 +251,20 @@ def resnet_case(arch):
         f.write("\n".join(names) + "\n")
 
 
+def converter_case():
+    """A small file written by scripts/convert_torchvision.py's writer (format compatibility)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "convert_torchvision", os.path.join(HERE, "..", "..", "scripts", "convert_torchvision.py"))
+    conv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conv)
+    names = {"conv1.weight": (4, 3, 7, 7), "bn1.weight": (4,), "bn1.bias": (4,),
+             "bn1.running_mean": (4,), "bn1.running_var": (4,)}
+    conv.write_safetensors(os.path.join(HERE, "converter_sample.safetensors"),
+                           {n: formula_value(n, s) for n, s in names.items()}, {"arch": "sample"})
+    print("wrote tests/golden/converter_sample.safetensors")
+
+
 def main():
     torch.set_default_dtype(torch.float64)
     print("torch", torch.__version__, file=sys.stderr)
@@ -263,6 +277,7 @@ def main():
     nn_layers_case()
     resnet_case("resnet18")
     resnet_case("resnet50")
+    converter_case()
 
 
 if __name__ == "__main__":
