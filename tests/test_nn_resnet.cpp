@@ -80,3 +80,74 @@ TEST(NnResNet, ResNet18EqualsTorchvision) { check_against_torchvision("resnet18"
 TEST(NnResNet, ResNet50EqualsTorchvision) { check_against_torchvision("resnet50", nn::ResNetConfig::resnet50()); }
 
 }  // namespace
+
+#include "nn/attention_net.h"
+
+namespace {
+
+TEST(NnAttentionNet, EqualsPyTorchTransliteration) {
+  const tt::GoldenFile g(tt::golden_path("attention_net.bin"));
+  nn::ParamStore<T> ps;
+  nn::AttentionNetConfig cfg;
+  cfg.num_classes = 10;
+  nn::AttentionNet<T> net(ps, cfg);
+  for (auto& [name, p] : ps.all()) p.value.data = tt::formula_values(name, p.value.shape);
+  nn::Tensor<T> x({2, 3, 64, 64});
+  x.data = tt::random_tensor(x.numel(), 910, -1.0, 1.0);
+  nn::Tensor<T> w({2, 10});
+  w.data = tt::random_tensor(w.numel(), 911, -1.0, 1.0);
+  const auto logits = net.forward(x, nn::BatchNormState{});
+  auto r = tt::compare(logits.data, g.at("logits_train").data, 1e-10, 1e-9);
+  EXPECT_TRUE(r.ok) << "logits: " << r.message();
+  const auto& f = net.feature_map();
+  EXPECT_EQ(f.shape, (std::vector<std::int64_t>{2, 512, 8, 8}));  // 64 / 8: the TASN 224 -> 28 pattern
+  std::vector<double> fsum(2 * 8 * 8, 0.0);
+  for (std::int64_t n = 0; n < 2; ++n)
+    for (std::int64_t c = 0; c < 512; ++c)
+      for (std::int64_t p = 0; p < 64; ++p) fsum[n * 64 + p] += f.data[(n * 512 + c) * 64 + p];
+  r = tt::compare(fsum, g.at("feature_sum").data, 1e-9, 1e-9);
+  EXPECT_TRUE(r.ok) << "feature map: " << r.message();
+  ps.zero_grad();
+  const auto dx = net.backward(w);
+  r = tt::compare(dx.data, g.at("dx").data, 1e-12 * tt::max_abs(g.at("dx").data), 1e-8);
+  EXPECT_TRUE(r.ok) << "input gradient: " << r.message();
+  auto norm = [&](const char* n) {
+    double s = 0;
+    for (double v : ps.at(n).grad.data) s += v * v;
+    return std::sqrt(s);
+  };
+  EXPECT_NEAR(norm("head.conv1.weight"), g.scalar("head_conv1_grad_norm"), 1e-8 * g.scalar("head_conv1_grad_norm"));
+  EXPECT_NEAR(norm("head.conv2.weight"), g.scalar("head_conv2_grad_norm"), 1e-8 * g.scalar("head_conv2_grad_norm"));
+  EXPECT_NEAR(norm("conv1.weight"), g.scalar("conv1_grad_norm"), 1e-8 * g.scalar("conv1_grad_norm"));
+}
+
+TEST(NnResNet, TorchvisionInitialisation) {
+  nn::ParamStore<float> ps;
+  nn::ResNet<float> net(ps, nn::ResNetConfig::resnet50());
+  nn::init_torchvision(ps, 42, /*zero_init_residual=*/true, ".bn3.weight");
+  auto stats = [](const std::vector<float>& v) {
+    double m = 0, q = 0;
+    for (float x : v) m += x;
+    m /= v.size();
+    for (float x : v) q += (x - m) * (x - m);
+    return std::pair<double, double>{m, std::sqrt(q / v.size())};
+  };
+  const auto& w = ps.at("layer3.0.conv2.weight").value;  // (256, 256, 3, 3): fan_out 2304
+  const auto [m, sd] = stats(w.data);
+  EXPECT_NEAR(m, 0.0, 0.002);
+  EXPECT_NEAR(sd, std::sqrt(2.0 / 2304), 0.02 * std::sqrt(2.0 / 2304));
+  for (float v : ps.at("bn1.weight").value.data) EXPECT_EQ(v, 1.f);
+  for (float v : ps.at("layer1.0.bn3.weight").value.data) EXPECT_EQ(v, 0.f);  // zero-init residual
+  for (float v : ps.at("layer1.0.bn2.weight").value.data) EXPECT_EQ(v, 1.f);
+  for (float v : ps.at("layer1.0.bn1.bias").value.data) EXPECT_EQ(v, 0.f);
+  const float bound = 1.f / std::sqrt(2048.f);
+  for (float v : ps.at("fc.weight").value.data) ASSERT_LE(std::fabs(v), bound);
+  for (float v : ps.at("fc.bias").value.data) ASSERT_LE(std::fabs(v), bound);
+  // deterministic per seed
+  nn::ParamStore<float> ps2;
+  nn::ResNet<float> net2(ps2, nn::ResNetConfig::resnet50());
+  nn::init_torchvision(ps2, 42, true, ".bn3.weight");
+  EXPECT_EQ(ps2.at("layer4.2.conv3.weight").value.data, ps.at("layer4.2.conv3.weight").value.data);
+}
+
+}  // namespace

@@ -10,6 +10,7 @@
 
 #include <map>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -232,5 +233,38 @@ class ResNet {
   Tensor<T> stem_out_, feat_, pooled_;
   std::vector<std::int64_t> argmax_;
 };
+
+// torchvision's initialisation: convolutions Kaiming normal (fan_out, ReLU gain: std =
+// sqrt(2 / (cout * kh * kw))), BN weight 1 and bias 0, running statistics 0 / 1, linear layers
+// U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias; optionally the last BN weight of every
+// residual branch 0 (zero_init_residual; `last_bn` is ".bn3.weight" for bottleneck nets, ".bn2.weight"
+// for basic ones). Deterministic for a seed.
+template <class T>
+void init_torchvision(ParamStore<T>& ps, std::uint64_t seed, bool zero_init_residual = false,
+                      const std::string& last_bn = ".bn2.weight") {
+  std::mt19937_64 rng(seed);
+  auto ends_with = [](const std::string& s, const std::string& e) {
+    return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0;
+  };
+  for (auto& [name, p] : ps.all()) {  // sorted by name: a stable order for the generator
+    auto& v = p.value;
+    if (v.shape.size() == 4) {
+      std::normal_distribution<double> nd(0.0, std::sqrt(2.0 / double(v.dim(0) * v.dim(2) * v.dim(3))));
+      for (auto& x : v.data) x = static_cast<T>(nd(rng));
+    } else if (v.shape.size() == 2 || (ends_with(name, ".bias") && ps.all().count(name.substr(0, name.size() - 5) + ".weight") &&
+                                       ps.at(name.substr(0, name.size() - 5) + ".weight").value.shape.size() == 2)) {
+      const std::string wname = v.shape.size() == 2 ? name : name.substr(0, name.size() - 5) + ".weight";
+      const double bound = 1.0 / std::sqrt(double(ps.at(wname).value.dim(1)));
+      std::uniform_real_distribution<double> ud(-bound, bound);
+      for (auto& x : v.data) x = static_cast<T>(ud(rng));
+    } else if (ends_with(name, "running_var") || ends_with(name, ".weight")) {
+      std::fill(v.data.begin(), v.data.end(), T(1));
+      if (zero_init_residual && ends_with(name, last_bn) && name.rfind("layer", 0) != std::string::npos)
+        std::fill(v.data.begin(), v.data.end(), T(0));
+    } else {
+      std::fill(v.data.begin(), v.data.end(), T(0));  // BN bias, running mean, conv biases
+    }
+  }
+}
 
 }  // namespace tasn::nn

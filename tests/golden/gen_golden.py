@@ -251,6 +251,48 @@ def resnet_case(arch):
         f.write("\n".join(names) + "\n")
 
 
+def attention_net_case():
+    """TASN attention net in PyTorch: torchvision resnet18 with stage strides (1, 1, 2, 1), a
+    multi-dilation head (conv1 shared over dilations 1, 2; conv2 over 1, 2, 3; ReLU each, summed),
+    BN, ReLU, average pool, FC (10 classes); formula weights; float64; input 2x3x64x64."""
+    import torchvision
+    import torch.nn.functional as F
+    model = torchvision.models.resnet18(num_classes=10).double()
+    for layer, stride in ((model.layer2, 1), (model.layer3, 2), (model.layer4, 1)):
+        layer[0].conv1.stride = (stride, stride)
+        layer[0].downsample[0].stride = (stride, stride)
+    c = 512
+    head = {"head.conv1.weight": (c, c, 3, 3), "head.conv1.bias": (c,), "head.conv2.weight": (c, c, 3, 3),
+            "head.conv2.bias": (c,), "head.bn.weight": (c,), "head.bn.bias": (c,),
+            "head.bn.running_mean": (c,), "head.bn.running_var": (c,), "head.fc.weight": (10, c), "head.fc.bias": (10,)}
+    hp = {n: formula_value(n, s).clone().requires_grad_(not ("running" in n)) for n, s in head.items()}
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if not name.endswith("num_batches_tracked"):
+                t.copy_(formula_value(name, tuple(t.shape)))
+
+    def forward(x, training):
+        m = model
+        h = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+        h = m.layer4(m.layer3(m.layer2(m.layer1(h))))
+        h1 = sum(F.relu(F.conv2d(h, hp["head.conv1.weight"], hp["head.conv1.bias"], padding=d, dilation=d)) for d in (1, 2))
+        h2 = sum(F.relu(F.conv2d(h1, hp["head.conv2.weight"], hp["head.conv2.bias"], padding=d, dilation=d)) for d in (1, 2, 3))
+        f = F.relu(F.batch_norm(h2, hp["head.bn.running_mean"], hp["head.bn.running_var"], hp["head.bn.weight"],
+                                hp["head.bn.bias"], training=training, momentum=0.1, eps=1e-5))
+        return F.linear(f.mean(dim=(2, 3)), hp["head.fc.weight"], hp["head.fc.bias"]), f
+
+    x = uniform(910, 2 * 3 * 64 * 64, -1.0, 1.0).reshape(2, 3, 64, 64).requires_grad_(True)
+    w = uniform(911, 2 * 10, -1.0, 1.0).reshape(2, 10)
+    model.train()
+    logits, feat = forward(x, True)
+    (logits * w).sum().backward()
+    write(os.path.join(HERE, "attention_net.bin"), {
+        "logits_train": logits.detach(), "feature_sum": feat.detach().sum(dim=1).reshape(-1),
+        "dx": x.grad, "head_conv1_grad_norm": hp["head.conv1.weight"].grad.norm().reshape(1),
+        "head_conv2_grad_norm": hp["head.conv2.weight"].grad.norm().reshape(1),
+        "conv1_grad_norm": model.conv1.weight.grad.norm().reshape(1)})
+
+
 def converter_case():
     """A small file written by scripts/convert_torchvision.py's writer (format compatibility)."""
     import importlib.util
@@ -278,6 +320,7 @@ def main():
     resnet_case("resnet18")
     resnet_case("resnet50")
     converter_case()
+    attention_net_case()
 
 
 if __name__ == "__main__":
