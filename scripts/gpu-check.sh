@@ -22,7 +22,8 @@ log() { echo "[gpu-check $(date +%H:%M:%S)] $*" | tee -a "$results/summary.txt";
 : >"$results/summary.txt"
 start=$SECONDS
 
-if [ ! -f "$deps/eigen3/Eigen/Core" ] || [ ! -f "$deps/googletest/CMakeLists.txt" ] || [ ! -f "$deps/benchmark/CMakeLists.txt" ]; then
+if [ ! -f "$deps/eigen3/Eigen/Core" ] || [ ! -f "$deps/googletest/CMakeLists.txt" ] || [ ! -f "$deps/benchmark/CMakeLists.txt" ] ||
+   [ ! -f "$deps/nlohmann_json/nlohmann/json.hpp" ]; then
   log "missing dependencies in $deps: run scripts/prepare-deps.sh on a Debian machine and carry the folder"
   exit 2
 fi
