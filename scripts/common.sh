@@ -2,7 +2,7 @@
 
 # Installs the Debian packages the build needs when any is missing (Debian 12).
 tasn_install_deps() {
-  local pkgs=(cmake ninja-build g++ libeigen3-dev libgtest-dev googletest libbenchmark-dev nlohmann-json3-dev)
+  local pkgs=(cmake ninja-build g++ libeigen3-dev libgtest-dev googletest libbenchmark-dev nlohmann-json3-dev libstb-dev)
   local missing=()
   for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
