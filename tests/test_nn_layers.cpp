@@ -34,9 +34,15 @@ void expect_grad(const std::function<nn::Tensor<T>(const nn::Tensor<T>&)>& f, co
 }
 
 TEST(NnLayers, Conv2dGradients) {
-  for (const auto& a : {nn::Conv2dArgs{1, 0, 1}, nn::Conv2dArgs{2, 1, 1}, nn::Conv2dArgs{1, 2, 2}, nn::Conv2dArgs{2, 3, 3}}) {
-    SCOPED_TRACE(::testing::Message() << "stride " << a.stride << " pad " << a.padding << " dilation " << a.dilation);
-    const auto x = rnd({2, 3, 7, 6}, 1), wt = rnd({4, 3, 3, 3}, 2), b = rnd({4}, 3);
+  struct Case {
+    nn::Conv2dArgs a;
+    std::int64_t k;
+  };
+  // 3x3 through im2col; 1x1 stride 1 through the per-sample GEMM path, 1x1 stride 2 through im2col
+  for (const auto& [a, k] : {Case{{1, 0, 1}, 3}, Case{{2, 1, 1}, 3}, Case{{1, 2, 2}, 3}, Case{{2, 3, 3}, 3},
+                             Case{{1, 0, 1}, 1}, Case{{2, 0, 1}, 1}}) {
+    SCOPED_TRACE(::testing::Message() << "k " << k << " stride " << a.stride << " pad " << a.padding << " dilation " << a.dilation);
+    const auto x = rnd({2, 3, 7, 6}, 1), wt = rnd({4, 3, k, k}, 2), b = rnd({4}, 3);
     const auto y = nn::conv2d_forward(x, wt, &b, a);
     const auto w = rnd(y.shape, 4);
     nn::Tensor<T> dx(x.shape), dw(wt.shape), db(b.shape);

@@ -93,6 +93,11 @@ ConvGeometry conv_geometry(const Tensor<T>& x, const Tensor<T>& weight, const Co
   return g;
 }
 
+// 1x1, stride 1, no padding: the convolution is a plain GEMM per sample.
+inline bool is_pointwise(const ConvGeometry& g, const Conv2dArgs& a) {
+  return g.kh == 1 && g.kw == 1 && a.stride == 1 && a.padding == 0;
+}
+
 // col (cin*kh*kw, n*ho*wo): column j = (sample, output pixel), row r = (channel, ky, kx).
 template <class T>
 void im2col(const T* x, const ConvGeometry& g, const Conv2dArgs& a, T* col) {
@@ -139,6 +144,16 @@ template <class T>
 Tensor<T> conv2d_forward(const Tensor<T>& x, const Tensor<T>& weight, OptConst<T> bias, const Conv2dArgs& a) {
   const ConvGeometry g = conv_geometry(x, weight, a, "conv2d_forward");
   const std::int64_t K = g.cin * g.kh * g.kw, P = g.ho * g.wo, cols = g.n * P;
+  if (is_pointwise(g, a)) {  // 1x1, stride 1, no padding: y_n = W x_n, no im2col
+    Tensor<T> out({g.n, g.cout, g.ho, g.wo});
+    Eigen::Map<const Mat<T>> W(weight.ptr(), g.cout, g.cin);
+    for (std::int64_t n = 0; n < g.n; ++n) {
+      Eigen::Map<Mat<T>> Y(out.ptr() + n * g.cout * P, g.cout, P);
+      Y.noalias() = W * Eigen::Map<const Mat<T>>(x.ptr() + n * g.cin * P, g.cin, P);
+      if (bias) Y.colwise() += Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(bias->ptr(), g.cout);
+    }
+    return out;
+  }
   std::vector<T> col(static_cast<std::size_t>(K * cols));
   im2col(x.ptr(), g, a, col.data());
   Mat<T> y(g.cout, cols);
@@ -161,6 +176,16 @@ void conv2d_backward(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<T
   TASN_CHECK_ARG(dy.shape == std::vector<std::int64_t>({g.n, g.cout, g.ho, g.wo}), op, ": dy has shape ",
                  dy.shape_str(), " but the output is (", g.n, ", ", g.cout, ", ", g.ho, ", ", g.wo, ")");
   const std::int64_t K = g.cin * g.kh * g.kw, P = g.ho * g.wo, cols = g.n * P;
+  if (is_pointwise(g, a)) {  // dW += dy_n x_n^T, dx_n += W^T dy_n, per sample, no im2col
+    Eigen::Map<const Mat<T>> W(weight.ptr(), g.cout, g.cin);
+    for (std::int64_t n = 0; n < g.n; ++n) {
+      Eigen::Map<const Mat<T>> dY(dy.ptr() + n * g.cout * P, g.cout, P), X(x.ptr() + n * g.cin * P, g.cin, P);
+      if (dbias) Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>(dbias->ptr(), g.cout) += dY.rowwise().sum();
+      if (dweight) Eigen::Map<Mat<T>>(dweight->ptr(), g.cout, g.cin).noalias() += dY * X.transpose();
+      if (dx) Eigen::Map<Mat<T>>(dx->ptr() + n * g.cin * P, g.cin, P).noalias() += W.transpose() * dY;
+    }
+    return;
+  }
   Mat<T> dyc(g.cout, cols);  // dy as (cout, n*P)
   cpu::parallel_for(0, g.n * g.cout, [&](std::int64_t nc) {
     const std::int64_t n = nc / g.cout, o = nc % g.cout;
