@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_common.h"
 #include "tasn/core/device_buffer.cuh"
 #include "tasn/core/dtype.cuh"
 
@@ -35,14 +36,12 @@ inline bool device_ok(std::string* reason) {
     }                                             \
   } while (0)
 
-// n values uniform in [lo, hi) (LCG), converted to T and uploaded.
+// n values uniform in [lo, hi) (bench_common.h's filled), converted to T and uploaded.
 template <class T>
 tasn::cuda::DeviceBuffer<T> random_device(std::int64_t n, float lo, float hi, std::uint64_t seed) {
-  std::vector<T> h(static_cast<std::size_t>(n));
-  for (auto& v : h) {
-    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-    v = tasn::cuda::from_float<T>(lo + (hi - lo) * static_cast<float>((seed >> 40) * 0x1.0p-24));
-  }
+  const auto f = filled<float>(n, seed, lo, hi);
+  std::vector<T> h(f.size());
+  for (std::size_t i = 0; i < f.size(); ++i) h[i] = tasn::cuda::from_float<T>(f[i]);
   return tasn::cuda::DeviceBuffer<T>::from_host(h);
 }
 
@@ -104,11 +103,5 @@ inline double memcpy_seconds(EventTimer& timer, cudaStream_t s, double bytes) {
   return timer.best_of(5, [&] { TASN_CUDA_CHECK(cudaMemcpyAsync(b.get(), a.get(), half, cudaMemcpyDeviceToDevice, s)); });
 }
 
-// GB/s and x_memcpy (copy time / kernel time: 1.0 = at the traffic bound) counters.
-inline void set_bandwidth_counters(benchmark::State& state, double bytes, double sec, double copy_sec) {
-  state.counters["GB/s"] = bytes / sec * 1e-9;
-  state.counters["memcpy_GB/s"] = bytes / copy_sec * 1e-9;
-  state.counters["x_memcpy"] = copy_sec / sec;
-}
 
 }  // namespace tasn::bench

@@ -24,14 +24,19 @@ void write_raw(const std::string& path, const std::string& header, const std::ve
   out.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
 }
 
-nn::ParamStore<float> small_store() {
-  nn::ParamStore<float> ps;
+// A two-stage ResNet small enough to write and read in a test.
+nn::ResNetConfig small_config(double width) {
   nn::ResNetConfig cfg;
   cfg.depth = {1, 1};
   cfg.stride = {1, 2};
-  cfg.width = 0.125;
+  cfg.width = width;
   cfg.num_classes = 3;
-  nn::ResNet<float> net(ps, cfg);
+  return cfg;
+}
+
+nn::ParamStore<float> small_store() {
+  nn::ParamStore<float> ps;
+  nn::ResNet<float> net(ps, small_config(0.125));
   std::uint64_t seed = 1;
   for (auto& [name, p] : ps.all()) p.value.data = tt::cast_vector<float>(tt::random_tensor(p.value.numel(), seed++));
   return ps;
@@ -88,11 +93,7 @@ TEST(Safetensors, LoadChecksNamesAndShapesBeforeWriting) {
   st::save(ps, path);
   // a model with another width: shapes differ
   nn::ParamStore<float> wide;
-  nn::ResNetConfig cfg;
-  cfg.depth = {1, 1};
-  cfg.stride = {1, 2};
-  cfg.width = 0.25;
-  cfg.num_classes = 3;
+  nn::ResNetConfig cfg = small_config(0.25);
   nn::ResNet<float> net(wide, cfg);
   const auto before = wide.at("conv1.weight").value.data;
   const std::string m = tt::invalid_argument_message([&] { st::load(wide, path); });

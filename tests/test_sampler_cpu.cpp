@@ -146,7 +146,7 @@ TEST(SamplerMarginals, FusedEqualsMaterialised) {
   tasn::cpu::attention_marginals<float>(map.data(), N, h, w, Hs, Ws, my2.data(), mx2.data());
   EXPECT_EQ(my1, my2);
   EXPECT_EQ(mx1, mx2);
-  // normalised, and a maximum of the map really is a maximum
+  // normalised
   EXPECT_NEAR(std::accumulate(my2.begin(), my2.begin() + Hs, 0.0), 1.0, 1e-5);
   // upsampling with align_corners keeps the corners
   EXPECT_EQ(up[0], map[0]);

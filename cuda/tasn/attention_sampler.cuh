@@ -22,6 +22,7 @@
 #include "tasn/core/context.cuh"
 #include "tasn/core/cuda_check.cuh"
 #include "tasn/core/dtype.cuh"
+#include "tasn/core/row_softmax.cuh"
 
 namespace tasn::cuda {
 
@@ -32,10 +33,8 @@ constexpr int kBlock = 256;
 // room for their static shared memory (CUB temp storage etc., 2.5 KiB for the grid kernel).
 constexpr std::size_t kMaxSharedBytes = 40 * 1024;
 
-inline unsigned blocks_for(std::int64_t n, int per_block = kBlock) {
-  const std::int64_t b = (n + per_block - 1) / per_block;
-  return static_cast<unsigned>(b < (std::int64_t(1) << 30) ? b : (std::int64_t(1) << 30));
-}
+// Blocks for n threads' work (grid-stride loops cover the rest): the row kernels' grid_for.
+inline unsigned blocks_for(std::int64_t n, int per_block = kBlock) { return kernels::grid_for(n, per_block); }
 
 #define TASN_GRID_STRIDE(i, n)                                                                 \
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
@@ -298,31 +297,32 @@ struct TapLists {
 
 static __global__ void tap_lists_kernel(const float* __restrict__ g, std::int64_t N, std::int64_t O, std::int64_t S,
                                  TapLists lists) {
-  const std::int64_t n = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (n >= N) return;
-  int* off = lists.offsets + n * (S + 1);
-  int* outs = lists.outputs + n * 2 * O;
-  float* ws = lists.weights + n * 2 * O;
-  for (std::int64_t s = 0; s <= S; ++s) off[s] = 0;
-  for (std::int64_t o = 0; o < O; ++o) {
-    const auto t = sampler::taps_of<float>(g[n * O + o], S);
-    if (sampler::tap_in(t.i0, S)) ++off[t.i0 + 1];
-    if (sampler::tap_in(t.i0 + 1, S)) ++off[t.i0 + 2];
-  }
-  for (std::int64_t s = 0; s < S; ++s) off[s + 1] += off[s];
-  for (std::int64_t o = 0; o < O; ++o) {  // fill in output order; off[s] advances as a cursor
-    const auto t = sampler::taps_of<float>(g[n * O + o], S);
-    if (sampler::tap_in(t.i0, S)) {
-      outs[off[t.i0]] = static_cast<int>(o);
-      ws[off[t.i0]++] = t.w0;
+  for (std::int64_t n = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; n < N;
+       n += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    int* off = lists.offsets + n * (S + 1);
+    int* outs = lists.outputs + n * 2 * O;
+    float* ws = lists.weights + n * 2 * O;
+    for (std::int64_t s = 0; s <= S; ++s) off[s] = 0;
+    for (std::int64_t o = 0; o < O; ++o) {
+      const auto t = sampler::taps_of<float>(g[n * O + o], S);
+      if (sampler::tap_in(t.i0, S)) ++off[t.i0 + 1];
+      if (sampler::tap_in(t.i0 + 1, S)) ++off[t.i0 + 2];
     }
-    if (sampler::tap_in(t.i0 + 1, S)) {
-      outs[off[t.i0 + 1]] = static_cast<int>(o);
-      ws[off[t.i0 + 1]++] = t.w1;
+    for (std::int64_t s = 0; s < S; ++s) off[s + 1] += off[s];
+    for (std::int64_t o = 0; o < O; ++o) {  // fill in output order; off[s] advances as a cursor
+      const auto t = sampler::taps_of<float>(g[n * O + o], S);
+      if (sampler::tap_in(t.i0, S)) {
+        outs[off[t.i0]] = static_cast<int>(o);
+        ws[off[t.i0]++] = t.w0;
+      }
+      if (sampler::tap_in(t.i0 + 1, S)) {
+        outs[off[t.i0 + 1]] = static_cast<int>(o);
+        ws[off[t.i0 + 1]++] = t.w1;
+      }
     }
+    for (std::int64_t s = S; s > 0; --s) off[s] = off[s - 1];  // restore the starts
+    off[0] = 0;
   }
-  for (std::int64_t s = S; s > 0; --s) off[s] = off[s - 1];  // restore the starts
-  off[0] = 0;
 }
 
 // rows[n, c, y, xi] = sum over the x-tap list of xi of w * dout[n, c, y, o]

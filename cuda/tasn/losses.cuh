@@ -396,8 +396,7 @@ inline void check_label_status(const std::int64_t* status, std::int64_t k, std::
   std::int64_t h[2] = {0, 0};
   TASN_CUDA_CHECK(cudaMemcpyAsync(h, status, sizeof(h), cudaMemcpyDeviceToHost, stream));
   TASN_CUDA_CHECK(cudaStreamSynchronize(stream));
-  TASN_CHECK_ARG(h[0] == 0, "cuda::softmax_cross_entropy: labels[", h[0] - 1, "] = ", h[1],
-                 " is out of range [0, ", k, ") and is not ignore_index (", ignore_index, ")");
+  TASN_CHECK_ARG(h[0] == 0, tasn::detail::bad_label_message("cuda::softmax_cross_entropy", h[0] - 1, h[1], k, ignore_index));
 }
 
 }  // namespace tasn::cuda

@@ -15,7 +15,7 @@
 #include <utility>
 #include <vector>
 
-#include "tasn/attention_sampler_common.h"  // sampler::mix64
+#include "tasn/core/random.h"
 #include "tasn/core/common.h"
 
 namespace tasn::data {
@@ -37,9 +37,9 @@ inline std::vector<std::int64_t> epoch_order(std::int64_t n, std::uint64_t seed,
   std::vector<std::int64_t> order(static_cast<std::size_t>(n));
   std::iota(order.begin(), order.end(), 0);
   if (!shuffle) return order;
-  const std::uint64_t key = sampler::mix64(sampler::mix64(seed) ^ static_cast<std::uint64_t>(epoch) * 0x9E3779B97F4A7C15ull);
+  const std::uint64_t key = mix64(mix64(seed) ^ static_cast<std::uint64_t>(epoch) * 0x9E3779B97F4A7C15ull);
   for (std::int64_t i = n - 1; i > 0; --i) {
-    const auto j = static_cast<std::int64_t>(sampler::mix64(key + static_cast<std::uint64_t>(i)) % static_cast<std::uint64_t>(i + 1));
+    const auto j = static_cast<std::int64_t>(mix64(key + static_cast<std::uint64_t>(i)) % static_cast<std::uint64_t>(i + 1));
     std::swap(order[i], order[j]);
   }
   return order;

@@ -21,7 +21,8 @@
 #include <string>
 #include <vector>
 
-#include "data/synthetic.h"  // detail_synthetic::Stream for augmentation draws
+#include "data/synthetic.h"  // sample_key
+#include "tasn/core/random.h"
 #include "tasn/core/common.h"
 
 namespace tasn::data {
@@ -161,7 +162,7 @@ inline std::vector<float> preprocess(const RgbImage& img, const Preprocess& p, s
   const double scale = double(p.resize_shorter) / double(std::min(img.h, img.w));
   const std::int64_t H = std::max<std::int64_t>(p.crop, std::llround(img.h * scale));
   const std::int64_t W = std::max<std::int64_t>(p.crop, std::llround(img.w * scale));
-  detail_synthetic::Stream r(seed, Split::Train, index);
+  CounterRng r(sample_key(seed, Split::Train, index));
   std::int64_t y0 = (H - p.crop) / 2, x0 = (W - p.crop) / 2;
   bool flip = false;
   if (p.train) {

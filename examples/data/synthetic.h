@@ -13,7 +13,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "tasn/attention_sampler_common.h"  // sampler::mix64
+#include "tasn/core/random.h"
 #include "tasn/core/common.h"
 
 namespace tasn::data {
@@ -38,26 +38,10 @@ struct SyntheticSample {
 
 enum class Split : std::uint64_t { Train = 1, Test = 2 };
 
-namespace detail_synthetic {
-
-// Counter-based uniform numbers: the k-th draw of stream (seed, split, index).
-class Stream {
- public:
-  Stream(std::uint64_t seed, Split split, std::int64_t index)
-      : key_(sampler::mix64(sampler::mix64(seed) ^ (static_cast<std::uint64_t>(split) << 60) ^
-                            static_cast<std::uint64_t>(index))) {}
-  double uniform() { return static_cast<double>(sampler::mix64(key_ + counter_++) >> 11) * 0x1.0p-53; }
-  double uniform(double lo, double hi) { return lo + (hi - lo) * uniform(); }
-  double normal() {  // Box-Muller
-    const double u1 = std::max(uniform(), 1e-300), u2 = uniform();
-    return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
-  }
-
- private:
-  std::uint64_t key_, counter_ = 0;
-};
-
-}  // namespace detail_synthetic
+// Key of the draws of sample `index` of `split`.
+inline std::uint64_t sample_key(std::uint64_t seed, Split split, std::int64_t index) {
+  return mix64(mix64(seed) ^ (static_cast<std::uint64_t>(split) << 60) ^ static_cast<std::uint64_t>(index));
+}
 
 // Stripe class k: orientation (k % 4) * 45 degrees, period 2 (k < 4) or 6 (k >= 4) pixels.
 inline double stripe_period(std::int64_t label) { return label < 4 ? 2.0 : 6.0; }
@@ -67,7 +51,7 @@ inline SyntheticSample make_sample(const SyntheticConfig& c, Split split, std::i
   TASN_CHECK_ARG(c.classes >= 1 && c.classes <= 8, "synthetic data: classes must be in [1, 8], got ", c.classes);
   TASN_CHECK_ARG(c.size >= 4 * c.patch && c.patch >= 4, "synthetic data: size ", c.size,
                  " must be at least 4 x patch ", c.patch, " (patch >= 4)");
-  detail_synthetic::Stream r(c.seed, split, index);
+  CounterRng r(sample_key(c.seed, split, index));
   const std::int64_t S = c.size;
   SyntheticSample out;
   out.label = static_cast<std::int64_t>(r.uniform() * static_cast<double>(c.classes)) % c.classes;

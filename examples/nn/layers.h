@@ -22,6 +22,12 @@
 
 namespace tasn::nn {
 
+inline std::string shape_string(const std::vector<std::int64_t>& shape) {
+  std::string s = "(";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + ")";
+}
+
 template <class T>
 struct Tensor {
   std::vector<std::int64_t> shape;
@@ -37,11 +43,7 @@ struct Tensor {
   std::int64_t dim(std::size_t i) const { return shape.at(i); }
   T* ptr() { return data.data(); }
   const T* ptr() const { return data.data(); }
-  std::string shape_str() const {
-    std::string s = "(";
-    for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-    return s + ")";
-  }
+  std::string shape_str() const { return shape_string(shape); }
 };
 
 // Keeps a parameter out of template deduction, so nullptr can be passed for optional tensors.

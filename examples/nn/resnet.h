@@ -246,15 +246,19 @@ void init_torchvision(ParamStore<T>& ps, std::uint64_t seed, bool zero_init_resi
   auto ends_with = [](const std::string& s, const std::string& e) {
     return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0;
   };
+  // fan_in of a linear layer's weight (2-d) or of the bias beside it; 0 for anything else
+  auto linear_fan_in = [&](const std::string& name) -> std::int64_t {
+    const std::string weight = ends_with(name, ".bias") ? name.substr(0, name.size() - 5) + ".weight" : name;
+    const auto it = ps.all().find(weight);
+    return it != ps.all().end() && it->second.value.shape.size() == 2 ? it->second.value.dim(1) : 0;
+  };
   for (auto& [name, p] : ps.all()) {  // sorted by name: a stable order for the generator
     auto& v = p.value;
     if (v.shape.size() == 4) {
       std::normal_distribution<double> nd(0.0, std::sqrt(2.0 / double(v.dim(0) * v.dim(2) * v.dim(3))));
       for (auto& x : v.data) x = static_cast<T>(nd(rng));
-    } else if (v.shape.size() == 2 || (ends_with(name, ".bias") && ps.all().count(name.substr(0, name.size() - 5) + ".weight") &&
-                                       ps.at(name.substr(0, name.size() - 5) + ".weight").value.shape.size() == 2)) {
-      const std::string wname = v.shape.size() == 2 ? name : name.substr(0, name.size() - 5) + ".weight";
-      const double bound = 1.0 / std::sqrt(double(ps.at(wname).value.dim(1)));
+    } else if (const std::int64_t fan_in = linear_fan_in(name); fan_in > 0) {
+      const double bound = 1.0 / std::sqrt(double(fan_in));
       std::uniform_real_distribution<double> ud(-bound, bound);
       for (auto& x : v.data) x = static_cast<T>(ud(rng));
     } else if (ends_with(name, "running_var") || ends_with(name, ".weight")) {

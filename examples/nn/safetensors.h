@@ -186,9 +186,8 @@ void load(ParamStore<T>& ps, const std::string& path, const LoadOptions& opt = {
       continue;
     }
     used.insert(it->first);
-    const Tensor<T> probe(it->second.shape);
     TASN_CHECK_ARG(it->second.shape == p.value.shape, "safetensors: ", path, ": ", name, " has shape ",
-                   probe.shape_str(), " in the file but ", p.value.shape_str(), " in the model");
+                   shape_string(it->second.shape), " in the file but ", p.value.shape_str(), " in the model");
   }
   if (opt.strict) {
     TASN_CHECK_ARG(missing.empty(), "safetensors: ", path, ": missing ", missing.size(), " tensor(s), first: ",

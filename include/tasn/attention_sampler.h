@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <numeric>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -164,20 +165,12 @@ void attention_marginals(const T* map, std::int64_t N, std::int64_t h, std::int6
         ry[y] = std::max(ry[y], v);  // starts at 0: negatives count as 0
         rx[x] = std::max(rx[x], v);
       }
-    bool fell_back = false;
-    for (auto [r, len] : {std::pair<T*, std::int64_t>{ry, Hs}, std::pair<T*, std::int64_t>{rx, Ws}}) {
-      double mass = 0.0;
-      for (std::int64_t i = 0; i < len; ++i) mass += static_cast<double>(r[i]);
-      if (!finite || !(mass > 0.0) || !std::isfinite(mass)) {
-        std::fill(r, r + len, static_cast<T>(1.0 / double(len)));
-        fell_back = true;
-      } else {
-        for (std::int64_t i = 0; i < len; ++i) r[i] = static_cast<T>(static_cast<double>(r[i]) / mass);
-      }
-    }
-    if (fell_back) {  // both axes fall back together: the grid becomes the identity
-      std::fill(ry, ry + Hs, static_cast<T>(1.0 / double(Hs)));
-      std::fill(rx, rx + Ws, static_cast<T>(1.0 / double(Ws)));
+    const double mass_y = std::accumulate(ry, ry + Hs, 0.0), mass_x = std::accumulate(rx, rx + Ws, 0.0);
+    // Either axis degenerate: both fall back together, so the grid becomes the identity.
+    const bool fell_back = !finite || !(mass_y > 0.0 && std::isfinite(mass_y)) || !(mass_x > 0.0 && std::isfinite(mass_x));
+    for (auto [r, len, mass] : {std::tuple<T*, std::int64_t, double>{ry, Hs, mass_y}, std::tuple<T*, std::int64_t, double>{rx, Ws, mass_x}}) {
+      for (std::int64_t i = 0; i < len; ++i)
+        r[i] = static_cast<T>(fell_back ? 1.0 / double(len) : static_cast<double>(r[i]) / mass);
     }
     if (fallback) fallback[n] = fell_back ? 1 : 0;
   });

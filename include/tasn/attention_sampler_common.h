@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "tasn/core/common.h"
+#include "tasn/core/random.h"
 #include "tasn/core/softmax_math.h"
 
 namespace tasn {
@@ -170,11 +171,16 @@ TASN_HD std::int64_t lower_bound(const double* c, std::int64_t n, double t) {
   return lo;
 }
 
+// linspace(-1, 1, O)[i]; 0 for O = 1 (the centre).
+TASN_HD double linspace_value(std::int64_t O, std::int64_t i) {
+  return O > 1 ? -1.0 + 2.0 * static_cast<double>(i) / static_cast<double>(O - 1) : 0.0;
+}
+
 // Exact mode, output i of O for the knot CDF c[0..S-1] (c[0] = 0, c[k] = c[k-1] + (m[k-1]+m[k])/2).
 TASN_HD double exact_grid_value(const double* c, std::int64_t S, std::int64_t O, std::int64_t i) {
-  if (O == 1) return 0.0;
+  if (O == 1 || S == 1) return linspace_value(O, i);  // a single input pixel: any grid samples it
   if (i == 0) return -1.0;
-  if (i == O - 1 || S == 1) return S == 1 ? -1.0 + 2.0 * static_cast<double>(i) / static_cast<double>(O - 1) : 1.0;
+  if (i == O - 1) return 1.0;
   const double t = static_cast<double>(i) / static_cast<double>(O - 1) * c[S - 1];
   std::int64_t k = lower_bound(c, S, t);
   if (k >= S) k = S - 1;
@@ -189,7 +195,7 @@ TASN_HD double exact_grid_value(const double* c, std::int64_t S, std::int64_t O,
 
 // Official mode, output i of O for c[0] = 1, c[j] = c[j-1] + m[j]; c[-1] taken as 0.
 TASN_HD double official_grid_value(const double* c, std::int64_t S, std::int64_t O, std::int64_t i) {
-  if (S == 1) return O > 1 ? -1.0 + 2.0 * static_cast<double>(i) / static_cast<double>(O - 1) : 0.0;
+  if (S == 1) return linspace_value(O, i);
   const double step = c[S - 1] / static_cast<double>(O);
   const double target = static_cast<double>(i) * step;
   std::int64_t j = lower_bound(c, S, target);
@@ -200,13 +206,6 @@ TASN_HD double official_grid_value(const double* c, std::int64_t S, std::int64_t
 }
 
 // ---- counter-based channel choice (SPEC 2) ---------------------------------------------------
-
-TASN_HD std::uint64_t mix64(std::uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
 
 // Which of `count` candidates sample n picks for `seed`: the same on CPU and GPU.
 TASN_HD std::int64_t pick_index(std::uint64_t seed, std::int64_t n, std::int64_t count) {

@@ -27,25 +27,6 @@ namespace detail_losses {
 
 constexpr std::int64_t kRowsPerTask = 8;
 
-// Softmax of scale * x over one row: writes q = softmax (one exp per element) and returns the
-// row's maximum m and log of the exp-sum, so log q_j = scale (x_j - m) - log_sum without another
-// exp or log per element.
-template <class T>
-struct RowSoftmax {
-  T m, log_sum;
-};
-
-template <class T>
-RowSoftmax<T> softmax_row_stats(const T* x, T scale, std::int64_t k, T* q) {
-  Eigen::Map<const RowArray<T>> xa(x, k);
-  Eigen::Map<RowArray<T>> qa(q, k);
-  const T m = xa.maxCoeff();
-  qa = ((xa - m) * scale).exp();
-  const T sum = qa.sum();
-  qa *= T(1) / sum;
-  return {m, std::log(sum)};
-}
-
 // Runs row(i, scratch) for all rows, kRowsPerTask rows per task, each task with its own scratch.
 template <class T, class Row>
 void for_rows(std::int64_t n, std::int64_t scratch_elems, Row&& row) {
@@ -108,8 +89,8 @@ void distillation_loss(const T* student, const T* teacher, std::int64_t n, std::
   detail_losses::for_rows<T>(n, 2 * k, [&](std::int64_t i, T* scratch) {
     const T* zs = student + i * k;
     const T* zt = teacher + i * k;
-    const auto ss = detail_losses::softmax_row_stats(zs, inv_t, k, scratch);      // q
-    const auto st = detail_losses::softmax_row_stats(zt, inv_t, k, scratch + k);  // p
+    const auto ss = softmax_row(zs, scratch, k, inv_t);      // q
+    const auto st = softmax_row(zt, scratch + k, k, inv_t);  // p
     Eigen::Map<const RowArray<T>> q(scratch, k), p(scratch + k, k), xs(zs, k), xt(zt, k);
     const auto logq = (xs - ss.m) * inv_t - ss.log_sum;
     const auto logp = (xt - st.m) * inv_t - st.log_sum;
@@ -139,8 +120,7 @@ inline void check_labels(const std::int64_t* labels, std::int64_t n, std::int64_
                          std::int64_t ignore_index, const char* op) {
   for (std::int64_t i = 0; i < n; ++i) {
     const std::int64_t y = labels[i];
-    TASN_CHECK_ARG(y == ignore_index || (y >= 0 && y < k), op, ": labels[", i, "] = ", y,
-                   " is out of range [0, ", k, ") and is not ignore_index (", ignore_index, ")");
+    TASN_CHECK_ARG(y == ignore_index || (y >= 0 && y < k), tasn::detail::bad_label_message(op, i, y, k, ignore_index));
   }
 }
 
@@ -177,7 +157,7 @@ void softmax_cross_entropy(const T* logits, const std::int64_t* labels, std::int
       return;
     }
     const T* z = logits + i * k;
-    const auto st = detail_losses::softmax_row_stats(z, T(1), k, q);
+    const auto st = softmax_row(z, q, k, T(1));
     const T nll = -(z[y] - st.m - st.log_sum);
     // -(1/K) sum_j log q_j = -(mean(z) - m - log_sum)
     const T smooth = eps > 0 ? -(Eigen::Map<const RowArray<T>>(z, k).mean() - st.m - st.log_sum) : T(0);

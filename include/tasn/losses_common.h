@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <string>
 
 #include "tasn/core/common.h"
 #include "tasn/core/view.h"
@@ -63,6 +64,13 @@ inline void validate_logits_shape(std::int64_t n, std::int64_t k, const char* op
 inline std::int64_t loss_elems(std::int64_t n, Reduction r) { return r == Reduction::None ? n : 1; }
 
 namespace detail {
+
+// The message for a label that is neither ignore_index nor in [0, k) (CPU check and GPU status).
+inline std::string bad_label_message(const char* op, std::int64_t row, std::int64_t label, std::int64_t k,
+                                     std::int64_t ignore_index) {
+  return concat(op, ": labels[", row, "] = ", label, " is out of range [0, ", k, ") and is not ignore_index (",
+                ignore_index, ")");
+}
 
 inline const char* loss_size_reason(Reduction r) {
   return r == Reduction::None ? "reduction none: one per row" : "reduction sum/mean: one value";

@@ -33,7 +33,8 @@ std::string invalid_argument_message(F&& f) {
 
 // ---- deterministic data ----------------------------------------------------------------------
 // splitmix64 of (seed, index): the same generator is written in tests/golden/gen_golden.py, so
-// golden inputs are regenerated here bit for bit instead of being stored.
+// golden inputs are regenerated here bit for bit instead of being stored. Deliberately a copy of
+// tasn::mix64: test data must not change when library code does.
 inline std::uint64_t splitmix64(std::uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
   std::uint64_t z = x;

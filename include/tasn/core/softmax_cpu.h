@@ -23,14 +23,23 @@ using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMaj
 template <class T>
 using RowArray = Eigen::Array<T, 1, Eigen::Dynamic>;
 
-// out[r, :] = softmax(scale * in[r, :]) for r in [0, rows). in and out may alias.
+// The row's maximum m and log of its exp-sum: log softmax_j = scale (x_j - m) - log_sum.
 template <class T>
-void softmax_row(const T* in, T* out, std::int64_t len, T scale) {
+struct SoftmaxRowStats {
+  T m, log_sum;
+};
+
+// out = softmax(scale * in) over one row of len elements (one exp per element); in and out may
+// alias. Returns the statistics, so log-probabilities need no further exp or log.
+template <class T>
+SoftmaxRowStats<T> softmax_row(const T* in, T* out, std::int64_t len, T scale) {
   Eigen::Map<const RowArray<T>> x(in, len);
   Eigen::Map<RowArray<T>> y(out, len);
   const T m = x.maxCoeff();
   y = ((x - m) * scale).exp();
-  y *= T(1) / y.sum();
+  const T sum = y.sum();
+  y *= T(1) / sum;
+  return {m, std::log(sum)};
 }
 
 template <class T>
