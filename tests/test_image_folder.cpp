@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "data/image_folder.h"
+#include "train/folder_data.h"
+#include "train/presets.h"
 #include "png.h"
 #include "support/test_support.h"
 
@@ -109,3 +111,33 @@ TEST(ImageFolder, ClearErrorsNamingTheFile) {
 }
 
 }  // namespace
+
+// The trainer's real-data path: CUB records -> data sets decoded on the loader thread -> training;
+// a corrupt training image stops training with an error naming the file.
+TEST(ImageFolder, TrainerReadsRealImagesAndNamesACorruptOne) {
+  namespace tr = tasn::train;
+  TinyCub cub;
+  const auto recs = td::read_cub(cub.root.string(), 2);
+  auto splits = tr::folder_datasets(recs, 16, 1, false);
+  ASSERT_EQ(splits.train->size(), 2);
+  ASSERT_EQ(splits.eval->size(), 2);
+  EXPECT_THROW(tr::folder_datasets(recs, 16, 1, true), tasn::InvalidArgument);  // 2 training images: no validation split
+  tr::NetConfig n;
+  n.classes = 2;
+  n.image = n.att_input = n.out = 16;
+  n.master_backbone = tr::demo_backbone();
+  n.master_backbone.width = 0.125;
+  tr::BaselineNet m(n);
+  tr::init_model(m, 1);
+  tr::TrainConfig c;
+  c.epochs = 2;
+  c.batch = 2;
+  c.progress = false;
+  const tr::TrainResult r = tr::train_model(m, *splits.train, splits.eval.get(), c, "baseline");
+  EXPECT_EQ(r.step_losses.size(), 2u);
+  EXPECT_EQ(r.final_eval.n, 2);
+  std::ofstream(cub.root / "images" / "001.A" / "img1.png") << "not a png any more";
+  const auto msg = tt::invalid_argument_message([&] { tr::train_model(m, *splits.train, splits.eval.get(), c, "baseline"); });
+  EXPECT_NE(msg.find("cannot decode image"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("img1.png"), std::string::npos) << msg;
+}

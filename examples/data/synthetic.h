@@ -36,7 +36,7 @@ struct SyntheticSample {
   Box patch;                 // where the detail is (for diagnostics only; never a training input)
 };
 
-enum class Split : std::uint64_t { Train = 1, Test = 2 };
+enum class Split : std::uint64_t { Train = 1, Test = 2, Val = 3 };  // Val: for tuning, never the test split
 
 // Key of the draws of sample `index` of `split`.
 inline std::uint64_t sample_key(std::uint64_t seed, Split split, std::int64_t index) {
@@ -78,9 +78,10 @@ inline SyntheticSample make_sample(const SyntheticConfig& c, Split split, std::i
   const double ey = r.uniform(0.4, 0.6) * S, ex = r.uniform(0.4, 0.6) * S;
   const double ay = r.uniform(0.28, 0.4) * S, ax = r.uniform(0.28, 0.4) * S, th = r.uniform(0, 3.141592653589793);
   const double obj[3] = {r.uniform(0.3, 1.0), r.uniform(0.3, 1.0), r.uniform(0.3, 1.0)};
+  const double cth = std::cos(th), sth = std::sin(th);
   auto inside = [&](double y, double x) {
     const double dy = y - ey, dx = x - ex;
-    const double u = dy * std::cos(th) + dx * std::sin(th), v = -dy * std::sin(th) + dx * std::cos(th);
+    const double u = dy * cth + dx * sth, v = -dy * sth + dx * cth;
     return (u * u) / (ay * ay) + (v * v) / (ax * ax) < 1.0;
   };
   for (std::int64_t y = 0; y < S; ++y)

@@ -100,21 +100,38 @@ inline bool is_pointwise(const ConvGeometry& g, const Conv2dArgs& a) {
   return g.kh == 1 && g.kw == 1 && a.stride == 1 && a.padding == 0;
 }
 
+// Output columns [lo, hi) whose input column ox * stride + off lies inside [0, size).
+inline void valid_range(std::int64_t off, std::int64_t size, std::int64_t stride, std::int64_t out, std::int64_t& lo,
+                        std::int64_t& hi) {
+  lo = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  hi = size - 1 - off < 0 ? 0 : std::min(out, (size - 1 - off) / stride + 1);
+  if (hi < lo) hi = lo;
+}
+
 // col (cin*kh*kw, n*ho*wo): column j = (sample, output pixel), row r = (channel, ky, kx).
 template <class T>
 void im2col(const T* x, const ConvGeometry& g, const Conv2dArgs& a, T* col) {
   const std::int64_t P = g.ho * g.wo, cols = g.n * P;
   cpu::parallel_for(0, g.cin * g.kh * g.kw, [&](std::int64_t r) {
     const std::int64_t c = r / (g.kh * g.kw), ky = (r / g.kw) % g.kh, kx = r % g.kw;
+    const std::int64_t offx = kx * a.dilation - a.padding;
+    std::int64_t lo, hi;
+    valid_range(offx, g.w, a.stride, g.wo, lo, hi);
     T* out = col + r * cols;
     for (std::int64_t n = 0; n < g.n; ++n)
       for (std::int64_t oy = 0; oy < g.ho; ++oy) {
         const std::int64_t iy = oy * a.stride - a.padding + ky * a.dilation;
-        for (std::int64_t ox = 0; ox < g.wo; ++ox) {
-          const std::int64_t ix = ox * a.stride - a.padding + kx * a.dilation;
-          out[n * P + oy * g.wo + ox] =
-              (iy >= 0 && iy < g.h && ix >= 0 && ix < g.w) ? x[((n * g.cin + c) * g.h + iy) * g.w + ix] : T(0);
+        T* o = out + n * P + oy * g.wo;
+        if (iy < 0 || iy >= g.h) {
+          std::fill(o, o + g.wo, T(0));
+          continue;
         }
+        const T* in = x + ((n * g.cin + c) * g.h + iy) * g.w;  // input row; column ox * stride + offx
+        std::fill(o, o + lo, T(0));
+        if (a.stride == 1) std::copy(in + lo + offx, in + hi + offx, o + lo);
+        else
+          for (std::int64_t ox = lo; ox < hi; ++ox) o[ox] = in[ox * a.stride + offx];
+        std::fill(o + hi, o + g.wo, T(0));
       }
   });
 }
@@ -129,13 +146,15 @@ void col2im_add(const T* dcol, const ConvGeometry& g, const Conv2dArgs& a, T* dx
     for (std::int64_t ky = 0; ky < g.kh; ++ky)
       for (std::int64_t kx = 0; kx < g.kw; ++kx) {
         const T* in = dcol + ((c * g.kh + ky) * g.kw + kx) * cols + n * P;
+        const std::int64_t offx = kx * a.dilation - a.padding;
+        std::int64_t lo, hi;
+        valid_range(offx, g.w, a.stride, g.wo, lo, hi);
         for (std::int64_t oy = 0; oy < g.ho; ++oy) {
           const std::int64_t iy = oy * a.stride - a.padding + ky * a.dilation;
           if (iy < 0 || iy >= g.h) continue;
-          for (std::int64_t ox = 0; ox < g.wo; ++ox) {
-            const std::int64_t ix = ox * a.stride - a.padding + kx * a.dilation;
-            if (ix >= 0 && ix < g.w) plane[iy * g.w + ix] += in[oy * g.wo + ox];
-          }
+          T* row = plane + iy * g.w;
+          const T* src = in + oy * g.wo;
+          for (std::int64_t ox = lo; ox < hi; ++ox) row[ox * a.stride + offx] += src[ox];
         }
       }
   });
@@ -301,7 +320,8 @@ void batchnorm2d_backward(const Tensor<T>& x, const Tensor<T>& gamma, const Tens
 template <class T>
 Tensor<T> relu_forward(const Tensor<T>& x) {
   Tensor<T> y(x.shape);
-  for (std::int64_t i = 0; i < x.numel(); ++i) y.data[i] = x.data[i] > T(0) ? x.data[i] : T(0);
+  // NaN propagates (x <= 0 is false for NaN), as in PyTorch: a diverged layer must not look healthy
+  for (std::int64_t i = 0; i < x.numel(); ++i) y.data[i] = x.data[i] <= T(0) ? T(0) : x.data[i];
   return y;
 }
 
@@ -324,7 +344,7 @@ struct PoolArgs {
   std::int64_t kernel = 3, stride = 2, padding = 1;
 };
 
-// Max pooling (padding never wins); argmax (flat input index per output) for backward.
+// Max pooling (padding never wins, NaN propagates); argmax (flat input index per output) for backward.
 template <class T>
 Tensor<T> maxpool2d_forward(const Tensor<T>& x, const PoolArgs& a, std::vector<std::int64_t>* argmax = nullptr) {
   constexpr const char* op = "maxpool2d_forward";
@@ -344,7 +364,7 @@ Tensor<T> maxpool2d_forward(const Tensor<T>& x, const PoolArgs& a, std::vector<s
             const std::int64_t iy = oy * a.stride - a.padding + ky, ix = ox * a.stride - a.padding + kx;
             if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
             const std::int64_t i = (nc * H + iy) * W + ix;
-            if (x.data[i] > best || at < 0) {
+            if (x.data[i] > best || at < 0 || std::isnan(x.data[i])) {  // NaN wins, as in PyTorch
               best = x.data[i];
               at = i;
             }

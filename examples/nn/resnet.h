@@ -160,6 +160,10 @@ struct ResNetConfig {
   std::vector<std::int64_t> stride = {1, 2, 2, 2};   // first-unit stride per stage
   double width = 1.0;                                // channels per stage: 64, 128, 256, 512 x width
   std::int64_t num_classes = 1000;                   // 0: no fc (features only)
+  // Stem: conv1 k x k with this stride (padding k / 2), then max-pool 3/2 when stem_pool.
+  // torchvision: 7, 2, true; small-image nets (the CPU demo): e.g. 3, 1, false.
+  std::int64_t stem_kernel = 7, stem_stride = 2;
+  bool stem_pool = true;
 
   static ResNetConfig resnet18() { return {}; }
   static ResNetConfig resnet34() { return {false, {3, 4, 6, 3}}; }
@@ -173,7 +177,12 @@ class ResNet {
  public:
   ResNet(ParamStore<T>& ps, const ResNetConfig& cfg, const std::string& prefix = "") : cfg_(cfg) {
     const auto ch = [&](std::int64_t base) { return std::max<std::int64_t>(1, std::int64_t(base * cfg.width + 0.5)); };
-    stem_ = std::make_unique<ConvBN<T>>(ps, prefix + "conv1", prefix + "bn1", 3, ch(64), 7, Conv2dArgs{2, 3, 1}, true);
+    TASN_CHECK_ARG(cfg.stem_kernel >= 1 && cfg.stem_stride >= 1 && cfg.depth.size() == cfg.stride.size() &&
+                       !cfg.depth.empty() && cfg.depth.size() <= 4,
+                   "ResNet: need stem kernel and stride >= 1 and 1..4 stages with one stride each, got ",
+                   cfg.depth.size(), " depths and ", cfg.stride.size(), " strides");
+    stem_ = std::make_unique<ConvBN<T>>(ps, prefix + "conv1", prefix + "bn1", 3, ch(64), cfg.stem_kernel,
+                                        Conv2dArgs{cfg.stem_stride, cfg.stem_kernel / 2, 1}, true);
     std::int64_t cin = ch(64);
     const std::int64_t base[4] = {64, 128, 256, 512};
     for (std::size_t s = 0; s < cfg.depth.size(); ++s) {
@@ -197,13 +206,14 @@ class ResNet {
   Tensor<T> forward_features(const Tensor<T>& x, const BatchNormState& s) {
     Tensor<T> h = stem_->forward(x, s);
     stem_out_ = h;
-    h = maxpool2d_forward(h, PoolArgs{3, 2, 1}, &argmax_);
+    if (cfg_.stem_pool) h = maxpool2d_forward(h, PoolArgs{3, 2, 1}, &argmax_);
     for (auto& b : blocks_) h = b->forward(h, s);
     return h;
   }
   Tensor<T> backward_features(const Tensor<T>& dfeat) {
     Tensor<T> d = dfeat;
     for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) d = (*it)->backward(d);
+    if (!cfg_.stem_pool) return stem_->backward(d);
     Tensor<T> dstem(stem_out_.shape);
     maxpool2d_backward(d, argmax_, dstem);
     return stem_->backward(dstem);

@@ -1,0 +1,464 @@
+// examples/train/trainer.h - the training loop of the example trainer: data sets (the generated
+// fine-grained set, image folders), SGD steps over a background batch loader, evaluation of every
+// head each epoch, a progress bar, a JSON-lines metrics log, safetensors checkpoints with the
+// optimiser state and a bit-exact resume, a non-finite-loss stop, and attention dumps (PNG).
+//
+// Determinism: the epoch order comes from (seed, epoch), the detail-map channel of a step from
+// (seed, global step), the generated images from (seed, split, index) and augmentation from
+// (seed, epoch, index); the CPU layers have no order-dependent reductions across threads. So a run
+// resumed from the checkpoint of epoch e repeats, bit for bit, the losses of an uninterrupted run.
+#pragma once
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "data/batch_loader.h"
+#include "data/synthetic.h"
+#include "nn/safetensors.h"
+#include "png.h"
+#include "tasn/core/parallel.h"
+#include "train/model.h"
+#include "train/optim.h"
+
+namespace tasn::train {
+
+// ---- data sets ------------------------------------------------------------------------------------
+
+// A split of images (3, side, side), already normalised for the network.
+class Dataset {
+ public:
+  virtual ~Dataset() = default;
+  virtual std::int64_t size() const = 0;
+  virtual std::int64_t side() const = 0;
+  // Example i; `epoch` varies the augmentation of training splits (ignored elsewhere).
+  virtual data::Example get(std::int64_t i, std::int64_t epoch) const = 0;
+  // Where the fine-grained detail is, when the data set knows (the generated set does).
+  virtual bool detail_box(std::int64_t, data::Box&) const { return false; }
+};
+
+// The generated set, made once (in parallel) and kept as 8-bit pixels; values (x - 0.5) / 0.25.
+class SyntheticDataset : public Dataset {
+ public:
+  SyntheticDataset(const data::SyntheticConfig& c, data::Split split, std::int64_t n) : side_(c.size) {
+    TASN_CHECK_ARG(n >= 1, "synthetic data: the split must hold >= 1 images, got ", n);
+    const std::int64_t per = 3 * c.size * c.size;
+    pixels_.resize(static_cast<std::size_t>(n * per));
+    labels_.resize(static_cast<std::size_t>(n));
+    boxes_.resize(static_cast<std::size_t>(n));
+    cpu::parallel_for(0, n, [&](std::int64_t i) {
+      const data::SyntheticSample s = data::make_sample(c, split, i);
+      for (std::int64_t k = 0; k < per; ++k)
+        pixels_[i * per + k] = static_cast<unsigned char>(std::lround(s.image[k] * 255.0f));
+      labels_[i] = s.label;
+      boxes_[i] = s.patch;
+    });
+  }
+  std::int64_t size() const override { return static_cast<std::int64_t>(labels_.size()); }
+  std::int64_t side() const override { return side_; }
+  data::Example get(std::int64_t i, std::int64_t) const override {
+    const std::int64_t per = 3 * side_ * side_;
+    data::Example e;
+    e.label = labels_.at(static_cast<std::size_t>(i));
+    e.image.resize(static_cast<std::size_t>(per));
+    for (std::int64_t k = 0; k < per; ++k) e.image[k] = (pixels_[i * per + k] / 255.0f - 0.5f) * 4.0f;
+    return e;
+  }
+  bool detail_box(std::int64_t i, data::Box& b) const override {
+    b = boxes_.at(static_cast<std::size_t>(i));
+    return true;
+  }
+
+ private:
+  std::int64_t side_;
+  std::vector<unsigned char> pixels_;
+  std::vector<std::int64_t> labels_;
+  std::vector<data::Box> boxes_;
+};
+
+// Any data set given as a loader function (real images: see tasn_train.cpp).
+class FunctionDataset : public Dataset {
+ public:
+  FunctionDataset(std::int64_t n, std::int64_t side, std::function<data::Example(std::int64_t, std::int64_t)> f)
+      : n_(n), side_(side), f_(std::move(f)) {}
+  std::int64_t size() const override { return n_; }
+  std::int64_t side() const override { return side_; }
+  data::Example get(std::int64_t i, std::int64_t epoch) const override { return f_(i, epoch); }
+
+ private:
+  std::int64_t n_, side_;
+  std::function<data::Example(std::int64_t, std::int64_t)> f_;
+};
+
+// ---- configuration and results --------------------------------------------------------------------
+
+struct TrainConfig {
+  std::int64_t epochs = 5;
+  std::int64_t batch = 32;
+  std::int64_t eval_batch = 100;
+  LrSchedule lr;
+  SgdOptions sgd;
+  std::uint64_t seed = 1;
+  std::string out_dir;          // metrics log + checkpoints ("" : none written)
+  std::string resume;           // checkpoint to continue from
+  bool progress = true;         // progress bar on stderr
+  std::int64_t eval_every = 1;  // epochs between evaluations (the last epoch is always evaluated)
+  std::int64_t stop_after_epoch = 0;  // > 0: stop after this epoch (an interruption, for tests)
+  std::int64_t max_steps = 0;         // > 0: stop after this many steps of this run (smoke tests)
+};
+
+struct EvalResult {
+  std::vector<std::string> heads;
+  std::vector<double> accuracy;  // per head, in [0, 1]
+  std::int64_t n = 0;
+  double detail_rows = -1;  // TASN on data with known detail boxes: structure-grid rows + columns on the detail
+  double uniform_rows = -1;  // the same count for the uniform grid
+  double reported() const { return accuracy.empty() ? 0.0 : accuracy.front(); }
+};
+
+struct TrainResult {
+  std::vector<double> step_losses;  // total loss per image of every step of this run
+  EvalResult final_eval;            // last evaluation (reported head first... see report_head)
+  double report_accuracy = 0;       // accuracy of the model's reported head
+  double seconds = 0;               // training + evaluation wall time of this run
+  std::int64_t epochs_done = 0, global_step = 0;
+  bool stopped_nonfinite = false;
+  std::string message;
+};
+
+// ---- helpers ------------------------------------------------------------------------------------
+
+inline std::string format_seconds(double s) {
+  const auto t = static_cast<long>(s + 0.5);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%ld:%02ld", t / 60, t % 60);
+  return buf;
+}
+
+inline std::uint64_t step_seed(std::uint64_t seed, std::int64_t global_step) {
+  return mix64(mix64(seed ^ 0x7A5Bu) + static_cast<std::uint64_t>(global_step));
+}
+
+// Initialises every store with torchvision's scheme, from the run's seed.
+inline void init_model(Model& m, std::uint64_t seed) {
+  std::uint64_t k = 0;
+  for (auto& [prefix, ps] : m.stores()) nn::init_torchvision(*ps, mix64(seed + (++k) * 0x9E37u));
+}
+
+// A string that must agree between a checkpoint and the model that resumes from it.
+inline std::string model_signature(Model& m) {
+  std::ostringstream s;
+  s << m.name();
+  for (auto& [prefix, ps] : m.stores())
+    for (auto& [name, p] : ps->all()) s << ";" << prefix << "." << name << nn::shape_string(p.value.shape);
+  return std::to_string(std::hash<std::string>{}(s.str()));
+}
+
+// Backbone from converted torchvision weights: every backbone tensor must be in the file (the
+// attention head "head.*" is not a torchvision tensor); tensors the backbone lacks (fc.*) are ignored.
+inline void load_backbone(nn::ParamStore<float>& ps, const std::string& file) {
+  const auto f = nn::safetensors::read(file);
+  for (auto& [name, p] : ps.all())
+    TASN_CHECK_ARG(name.rfind("head.", 0) == 0 || f.tensors.count(name), "--weights ", file, ": tensor ", name,
+                   " of the backbone is not in the file (a converted torchvision ResNet of the same depth?)");
+  nn::safetensors::LoadOptions o;
+  o.strict = false;
+  nn::safetensors::load(ps, file, o);
+}
+
+// Checkpoint: "<store>.<name>" values (parameters and BN statistics), "optim.<store>.<name>"
+// momentum buffers, metadata epoch / global_step / model / signature.
+inline void save_checkpoint(const std::string& path, Model& m, Sgd* opt, std::int64_t epoch, std::int64_t step) {
+  std::map<std::string, const Tensor<float>*> t;
+  for (auto& [prefix, ps] : m.stores())
+    for (auto& [name, p] : ps->all()) t[prefix + "." + name] = &p.value;
+  if (opt)
+    for (auto& [name, b] : opt->buffers()) t["optim." + name] = &b;
+  nn::safetensors::write(path, t,
+                         {{"epoch", std::to_string(epoch)}, {"global_step", std::to_string(step)}, {"model", m.name()},
+                          {"signature", model_signature(m)}});
+}
+
+struct CheckpointInfo {
+  std::int64_t epoch = 0, global_step = 0;
+};
+
+// Loads values (and momentum buffers when opt is given); checks everything before changing anything.
+inline CheckpointInfo load_checkpoint(const std::string& path, Model& m, Sgd* opt) {
+  const nn::safetensors::File f = nn::safetensors::read(path);
+  const auto meta = [&](const std::string& k) {
+    auto it = f.metadata.find(k);
+    TASN_CHECK_ARG(it != f.metadata.end(), "checkpoint ", path, ": metadata \"", k, "\" missing (not a tasn checkpoint?)");
+    return it->second;
+  };
+  TASN_CHECK_ARG(meta("model") == m.name(), "checkpoint ", path, " holds a ", meta("model"), " model, not ", m.name());
+  TASN_CHECK_ARG(meta("signature") == model_signature(m), "checkpoint ", path,
+                 ": its parameter names or shapes differ from this configuration (other preset or sizes?)");
+  std::vector<std::pair<Tensor<float>*, const nn::safetensors::Entry*>> todo;
+  auto need = [&](const std::string& name, Tensor<float>& dst) {
+    auto it = f.tensors.find(name);
+    TASN_CHECK_ARG(it != f.tensors.end(), "checkpoint ", path, ": tensor ", name, " missing");
+    TASN_CHECK_ARG(it->second.shape == dst.shape, "checkpoint ", path, ": ", name, " has shape ",
+                   nn::shape_string(it->second.shape), ", the model ", dst.shape_str());
+    todo.push_back({&dst, &it->second});
+  };
+  for (auto& [prefix, ps] : m.stores())
+    for (auto& [name, p] : ps->all()) need(prefix + "." + name, p.value);
+  if (opt)
+    for (auto& [name, b] : opt->buffers()) need("optim." + name, b);
+  for (auto& [dst, e] : todo)
+    for (std::size_t i = 0; i < e->values.size(); ++i) dst->data[i] = static_cast<float>(e->values[i]);
+  CheckpointInfo info;
+  info.epoch = std::stoll(meta("epoch"));
+  info.global_step = std::stoll(meta("global_step"));
+  return info;
+}
+
+// Progress line: "tasn  epoch 2/5 [#####.....] 60/125  loss 1.234  acc 45.3%  210 img/s  ETA 0:32"
+class Progress {
+ public:
+  Progress(bool on, std::string label) : on_(on), tty_(isatty(2) != 0), label_(std::move(label)) {}
+  void update(std::int64_t epoch, std::int64_t epochs, std::int64_t step, std::int64_t steps, double loss, double acc,
+              double ips, double eta) {
+    if (!on_) return;
+    if (!tty_ && step != steps && step % std::max<std::int64_t>(1, steps / 4) != 0) return;
+    const int width = 20, filled = static_cast<int>(width * step / std::max<std::int64_t>(1, steps));
+    std::fprintf(stderr, "%s%-9s epoch %lld/%lld [%s%s] %lld/%lld  loss %.3f  acc %5.1f%%  %.0f img/s  ETA %s%s",
+                 tty_ ? "\r" : "", label_.c_str(), (long long)epoch, (long long)epochs, std::string(filled, '#').c_str(),
+                 std::string(width - filled, '.').c_str(), (long long)step, (long long)steps, loss, 100 * acc, ips,
+                 format_seconds(eta).c_str(), tty_ ? "\x1b[K" : "\n");
+    if (tty_ && step == steps) std::fprintf(stderr, "\n");
+    std::fflush(stderr);
+  }
+  void line(const std::string& s) {  // always shown (stdout), with or without the bar
+    std::printf("%s\n", s.c_str());
+    std::fflush(stdout);
+  }
+
+ private:
+  bool on_, tty_;
+  std::string label_;
+};
+
+// ---- evaluation ---------------------------------------------------------------------------------
+
+// Accuracy of every head over a split (eval-mode BN, plain-sum detail map).
+inline EvalResult evaluate(Model& m, const Dataset& d, std::int64_t batch) {
+  EvalResult r;
+  r.heads = m.head_names();
+  std::vector<std::int64_t> correct(r.heads.size(), 0);
+  data::BatchLoader::Options lo;
+  lo.batch = batch;
+  lo.shuffle = false;
+  data::BatchLoader loader(d.size(), [&](std::int64_t i) { return d.get(i, 0); }, lo);
+  loader.start_epoch(0);
+  data::Batch b;
+  double rows = 0, uniform = 0;
+  std::int64_t boxed = 0;
+  auto* tasn_net = dynamic_cast<TasnNet*>(&m);
+  while (loader.next(b)) {
+    const auto logits = m.predict(b.images, b.size());
+    for (std::size_t h = 0; h < logits.size(); ++h) correct[h] += detail_model::top1(logits[h], b.labels);
+    if (!tasn_net) continue;
+    // DEMO-NOTES diagnostic: output rows + columns of the structure image on the detail patch
+    const TasnViews& v = tasn_net->last_views();
+    const std::int64_t O = tasn_net->config().out, S = d.side();
+    for (std::int64_t i = 0; i < b.size(); ++i) {
+      data::Box box;
+      if (!d.detail_box(b.indices[i], box)) continue;
+      ++boxed;
+      for (std::int64_t o = 0; o < O; ++o) {
+        const double y = (v.gy_structure[i * O + o] + 1.0) * double(S - 1) / 2, x = (v.gx_structure[i * O + o] + 1.0) * double(S - 1) / 2;
+        const double uy = (double(o) / double(O - 1)) * double(S - 1);
+        rows += (y >= box.y0 && y <= box.y1 - 1) + (x >= box.x0 && x <= box.x1 - 1);
+        uniform += (uy >= box.y0 && uy <= box.y1 - 1) + (uy >= box.x0 && uy <= box.x1 - 1);
+      }
+    }
+  }
+  r.n = d.size();
+  for (auto c : correct) r.accuracy.push_back(double(c) / double(d.size()));
+  if (boxed) {
+    r.detail_rows = rows / double(boxed);
+    r.uniform_rows = uniform / double(boxed);
+  }
+  return r;
+}
+
+// ---- training -----------------------------------------------------------------------------------
+
+inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset* eval_set, const TrainConfig& c,
+                         const std::string& label) {
+  TASN_CHECK_ARG(c.epochs >= 1 && c.batch >= 2, "train: need epochs >= 1 and batch >= 2 (batch norm), got ", c.epochs,
+                 " and ", c.batch);
+  TASN_CHECK_ARG(train_set.size() >= c.batch, "train: the training split holds ", train_set.size(),
+                 " images, fewer than one batch of ", c.batch);
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto since = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+  TrainResult res;
+  Sgd opt(m.stores(), c.sgd);
+  std::int64_t first_epoch = 1;
+  if (!c.resume.empty()) {
+    const CheckpointInfo info = load_checkpoint(c.resume, m, &opt);
+    first_epoch = info.epoch + 1;
+    res.global_step = info.global_step;
+  }
+  res.epochs_done = first_epoch - 1;
+  if (!c.out_dir.empty()) std::filesystem::create_directories(c.out_dir);
+  const std::string ckpt = c.out_dir.empty() ? "" : c.out_dir + "/" + m.name() + "-last.safetensors";
+  std::ofstream log;
+  if (!c.out_dir.empty()) log.open(c.out_dir + "/" + m.name() + "-metrics.jsonl", first_epoch > 1 ? std::ios::app : std::ios::trunc);
+
+  data::BatchLoader::Options lo;
+  lo.batch = c.batch;
+  lo.drop_last = true;  // every step sees a full batch (batch statistics)
+  lo.seed = c.seed;
+  std::int64_t cur_epoch = 0;
+  data::BatchLoader loader(train_set.size(), [&](std::int64_t i) { return train_set.get(i, cur_epoch); }, lo);
+  const std::int64_t steps = loader.batches_per_epoch();
+  Progress bar(c.progress, label);
+  std::int64_t run_steps = 0;
+  for (std::int64_t epoch = first_epoch; epoch <= c.epochs; ++epoch) {
+    cur_epoch = epoch;
+    loader.start_epoch(epoch);
+    const auto te = std::chrono::steady_clock::now();
+    double loss_sum = 0;
+    std::map<std::string, double> parts;
+    std::int64_t seen = 0, correct = 0, step = 0;
+    data::Batch b;
+    while (loader.next(b)) {
+      ++step;
+      const double lr = c.lr.at(double(epoch - 1) + double(step - 1) / double(steps), double(c.epochs));
+      const StepStats st = m.train_step(b.images, b.labels, step_seed(c.seed, res.global_step));
+      if (!std::isfinite(st.total)) {
+        std::ostringstream msg;
+        msg << label << ": non-finite loss at epoch " << epoch << ", step " << step << " (";
+        for (const auto& [n, l] : st.losses) msg << n << " " << l << " ";
+        msg << "); training stopped, the last good checkpoint is "
+            << (ckpt.empty() || (epoch == 1) ? std::string("none (no epoch finished)") : ckpt);
+        res.stopped_nonfinite = true;
+        res.message = msg.str();
+        res.seconds = since();
+        return res;
+      }
+      opt.step(lr, 1.0 / double(st.n));
+      ++res.global_step;
+      ++run_steps;
+      res.step_losses.push_back(st.total / double(st.n));
+      loss_sum += st.total;
+      for (const auto& [n, l] : st.losses) parts[n] += l;
+      seen += st.n;
+      correct += st.correct;
+      const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
+      const double ips = double(seen) / std::max(el, 1e-9);
+      const double left = double((c.epochs - epoch) * steps + (steps - step)) * double(c.batch) / std::max(ips, 1e-9);
+      bar.update(epoch, c.epochs, step, steps, loss_sum / double(seen), double(correct) / double(seen), ips, left);
+      if (c.max_steps > 0 && run_steps >= c.max_steps) break;
+    }
+    const double epoch_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
+    res.epochs_done = epoch;
+    const bool last = epoch == c.epochs || (c.stop_after_epoch > 0 && epoch >= c.stop_after_epoch) ||
+                      (c.max_steps > 0 && run_steps >= c.max_steps);
+    nlohmann::json j = {{"model", m.name()}, {"epoch", epoch}, {"global_step", res.global_step},
+                        {"lr", c.lr.at(double(epoch), double(c.epochs))}, {"train_loss", loss_sum / double(std::max<std::int64_t>(seen, 1))},
+                        {"train_acc", double(correct) / double(std::max<std::int64_t>(seen, 1))},
+                        {"epoch_seconds", epoch_s}, {"images_per_second", double(seen) / std::max(epoch_s, 1e-9)}};
+    for (const auto& [n, l] : parts) j["train_loss_" + n] = l / double(std::max<std::int64_t>(seen, 1));
+    if (eval_set && (last || (c.eval_every > 0 && epoch % c.eval_every == 0))) {
+      res.final_eval = evaluate(m, *eval_set, c.eval_batch);
+      std::ostringstream s;
+      s << label << " epoch " << epoch << " eval:";
+      for (std::size_t h = 0; h < res.final_eval.heads.size(); ++h) {
+        j["eval_acc_" + res.final_eval.heads[h]] = res.final_eval.accuracy[h];
+        char buf[64];
+        std::snprintf(buf, sizeof buf, " %s %.1f%%", res.final_eval.heads[h].c_str(), 100 * res.final_eval.accuracy[h]);
+        s << buf;
+      }
+      if (res.final_eval.detail_rows >= 0) {
+        j["detail_rows_structure"] = res.final_eval.detail_rows;
+        j["detail_rows_uniform"] = res.final_eval.uniform_rows;
+      }
+      res.report_accuracy = res.final_eval.accuracy[m.reported_head()];
+      bar.line(s.str());
+    }
+    if (log.is_open()) log << j.dump() << "\n" << std::flush;
+    if (!ckpt.empty()) save_checkpoint(ckpt, m, &opt, epoch, res.global_step);
+    if (last) break;
+  }
+  res.seconds = since();
+  return res;
+}
+
+// ---- attention dumps ----------------------------------------------------------------------------
+
+namespace detail_dump {
+
+// (3, h, w) network-normalised floats -> RGB bytes, stretched to the image's own range.
+inline std::vector<unsigned char> to_rgb(const float* x, std::int64_t h, std::int64_t w) {
+  const auto [lo, hi] = std::minmax_element(x, x + 3 * h * w);
+  const float a = *lo, s = *hi > *lo ? 255.0f / (*hi - *lo) : 0.0f;
+  std::vector<unsigned char> rgb(static_cast<std::size_t>(3 * h * w));
+  for (std::int64_t p = 0; p < h * w; ++p)
+    for (int c = 0; c < 3; ++c) rgb[p * 3 + c] = static_cast<unsigned char>(std::lround((x[c * h * w + p] - a) * s));
+  return rgb;
+}
+
+// (h, w) map -> grey RGB, nearest-neighbour enlarged to (H, W).
+inline std::vector<unsigned char> map_rgb(const float* m, std::int64_t h, std::int64_t w, std::int64_t H, std::int64_t W) {
+  const auto [lo, hi] = std::minmax_element(m, m + h * w);
+  const float s = *hi > *lo ? 255.0f / (*hi - *lo) : 0.0f;
+  std::vector<unsigned char> rgb(static_cast<std::size_t>(3 * H * W));
+  for (std::int64_t y = 0; y < H; ++y)
+    for (std::int64_t x = 0; x < W; ++x) {
+      const auto v = static_cast<unsigned char>(std::lround((m[(y * h / H) * w + x * w / W] - *lo) * s));
+      for (int c = 0; c < 3; ++c) rgb[(y * W + x) * 3 + c] = v;
+    }
+  return rgb;
+}
+
+}  // namespace detail_dump
+
+// For the first `count` images of the split: NNN-input.png, NNN-structure-map.png,
+// NNN-detail-map.png, NNN-structure.png, NNN-detail.png (evaluation mode).
+inline std::vector<std::string> dump_attention(TasnNet& m, const Dataset& d, std::int64_t count, const std::string& dir) {
+  std::filesystem::create_directories(dir);
+  const std::int64_t n = std::min(count, d.size());
+  std::vector<float> images;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const auto e = d.get(i, 0);
+    images.insert(images.end(), e.image.begin(), e.image.end());
+  }
+  m.predict(images, n);
+  const TasnViews& v = m.last_views();
+  const std::int64_t S = d.side(), O = m.config().out, h = v.structure_map.dim(1), w = v.structure_map.dim(2);
+  std::vector<std::string> files;
+  for (std::int64_t i = 0; i < n; ++i) {
+    char pre[32];
+    std::snprintf(pre, sizeof pre, "%03lld-", (long long)i);
+    auto put = [&](const std::string& name, const std::vector<unsigned char>& rgb, std::int64_t W, std::int64_t H) {
+      files.push_back(dir + "/" + pre + name + ".png");
+      tasn::examples::write_png(files.back(), rgb, static_cast<int>(W), static_cast<int>(H));
+    };
+    put("input", detail_dump::to_rgb(images.data() + i * 3 * S * S, S, S), S, S);
+    put("structure-map", detail_dump::map_rgb(v.structure_map.ptr() + i * h * w, h, w, S, S), S, S);
+    put("detail-map", detail_dump::map_rgb(v.detail_map.ptr() + i * h * w, h, w, S, S), S, S);
+    put("structure", detail_dump::to_rgb(v.structure_image.ptr() + i * 3 * O * O, O, O), O, O);
+    put("detail", detail_dump::to_rgb(v.detail_image.ptr() + i * 3 * O * O, O, O), O, O);
+  }
+  return files;
+}
+
+}  // namespace tasn::train

@@ -1,0 +1,365 @@
+// The example trainer (examples/train): training lowers the loss, a resumed run repeats an
+// uninterrupted one bit for bit, checkpoints refuse other configurations, a non-finite loss stops
+// training and keeps the last good checkpoint, and the paper preset builds the full-size network
+// and runs a forward/backward step.
+#include <gtest/gtest.h>
+#include <sys/resource.h>
+
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <string>
+
+#include "train/presets.h"
+#include "train/trainer.h"
+
+namespace {
+
+using namespace tasn;
+using namespace tasn::train;
+namespace fs = std::filesystem;
+
+// A tiny TASN: 48 px images, 16 px network input, width-8/16 CNNs.
+NetConfig tiny_net() {
+  NetConfig n;
+  n.image = 48;
+  n.att_input = 16;
+  n.out = 16;
+  n.att_backbone = n.master_backbone = demo_backbone();
+  n.att_backbone.width = n.master_backbone.width = 0.125;
+  return n;
+}
+
+data::SyntheticConfig tiny_data() {
+  data::SyntheticConfig c;
+  c.size = 48;
+  c.patch = 12;
+  c.clutter = 2;
+  return c;
+}
+
+TrainConfig tiny_train(const std::string& out) {
+  TrainConfig t;
+  t.epochs = 3;
+  t.batch = 16;
+  t.eval_batch = 32;
+  t.lr.kind = Schedule::Cosine;
+  t.lr.base = 0.05;
+  t.progress = false;
+  t.out_dir = out;
+  return t;
+}
+
+fs::path temp_dir(const std::string& name) {
+  const fs::path p = fs::temp_directory_path() / ("tasn_trainer_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+double mean(const std::vector<double>& v, std::size_t b, std::size_t e) {
+  double s = 0;
+  for (std::size_t i = b; i < e; ++i) s += v[i];
+  return s / double(e - b);
+}
+
+TEST(Trainer, FewStepsLowerTheLoss) {
+  // one batch of 16 images, seen in every step: the loss must fall steadily
+  const SyntheticDataset train_set(tiny_data(), data::Split::Train, 16);
+  for (const bool tasn_model : {true, false}) {
+    std::unique_ptr<Model> m;
+    if (tasn_model) m = std::make_unique<TasnNet>(tiny_net());
+    else m = std::make_unique<BaselineNet>(tiny_net());
+    init_model(*m, 3);
+    TrainConfig c = tiny_train("");
+    c.epochs = 15;
+    c.lr.kind = Schedule::Step;  // constant 0.2
+    c.lr.base = 0.2;
+    const TrainResult r = train_model(*m, train_set, nullptr, c, m->name());
+    ASSERT_EQ(r.step_losses.size(), 15u);
+    for (double l : r.step_losses) ASSERT_TRUE(std::isfinite(l));
+    const double first = r.step_losses.front(), last = mean(r.step_losses, 12, 15);
+    EXPECT_LT(last, 0.6 * first) << m->name() << ": loss " << first << " -> " << last;
+  }
+}
+
+TEST(Trainer, ResumeRepeatsAnUninterruptedRunBitForBit) {
+  const SyntheticDataset train_set(tiny_data(), data::Split::Train, 48);
+  const SyntheticDataset eval_set(tiny_data(), data::Split::Test, 32);
+  const fs::path dir = temp_dir("resume");
+  // uninterrupted: 3 epochs
+  TasnNet a(tiny_net());
+  init_model(a, 5);
+  const TrainResult ra = train_model(a, train_set, &eval_set, tiny_train((dir / "a").string()), "a");
+  // interrupted after epoch 1, then resumed in a fresh process-like model (other initial weights)
+  TasnNet b(tiny_net());
+  init_model(b, 5);
+  TrainConfig cb = tiny_train((dir / "b").string());
+  cb.stop_after_epoch = 1;
+  const TrainResult rb = train_model(b, train_set, &eval_set, cb, "b");
+  ASSERT_EQ(rb.epochs_done, 1);
+  TasnNet c(tiny_net());
+  init_model(c, 99);  // overwritten by the checkpoint
+  TrainConfig cc = tiny_train((dir / "c").string());
+  cc.resume = (dir / "b" / "tasn-last.safetensors").string();
+  const TrainResult rc = train_model(c, train_set, &eval_set, cc, "c");
+
+  ASSERT_EQ(ra.step_losses.size(), 9u);
+  ASSERT_EQ(rb.step_losses.size(), 3u);
+  ASSERT_EQ(rc.step_losses.size(), 6u);
+  for (std::size_t i = 0; i < 3; ++i) EXPECT_EQ(rb.step_losses[i], ra.step_losses[i]) << "step " << i;
+  for (std::size_t i = 0; i < 6; ++i) EXPECT_EQ(rc.step_losses[i], ra.step_losses[i + 3]) << "step " << i + 3;
+  EXPECT_EQ(rc.global_step, ra.global_step);
+  // same parameters, BN statistics and momentum at the end
+  auto sa = a.stores(), sc = c.stores();
+  for (std::size_t k = 0; k < sa.size(); ++k)
+    for (auto& [name, p] : sa[k].second->all())
+      ASSERT_EQ(p.value.data, sc[k].second->at(name).value.data) << sa[k].first << "." << name;
+  EXPECT_EQ(rc.final_eval.accuracy, ra.final_eval.accuracy);
+  // and the loss did change over the run (the comparison is not between constants)
+  EXPECT_NE(ra.step_losses.front(), ra.step_losses.back());
+  fs::remove_all(dir);
+}
+
+TEST(Trainer, CheckpointRefusesAnotherConfiguration) {
+  const fs::path dir = temp_dir("ckpt");
+  TasnNet a(tiny_net());
+  init_model(a, 1);
+  save_checkpoint((dir / "a.safetensors").string(), a, nullptr, 1, 4);
+  NetConfig other = tiny_net();
+  other.classes = 5;
+  TasnNet b(other);
+  try {
+    load_checkpoint((dir / "a.safetensors").string(), b, nullptr);
+    FAIL() << "expected an error";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("differ"), std::string::npos) << e.what();
+  }
+  BaselineNet base(tiny_net());
+  EXPECT_THROW(load_checkpoint((dir / "a.safetensors").string(), base, nullptr), InvalidArgument);
+  // no optimiser state in this file: resuming (which needs it) names the missing tensor
+  Sgd opt(a.stores(), {});
+  try {
+    load_checkpoint((dir / "a.safetensors").string(), a, &opt);
+    FAIL() << "expected an error";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("optim."), std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
+}
+
+// A model that reports a non-finite loss from global step `bad` on (a diverging run).
+class Diverging : public Model {
+ public:
+  Diverging(Model& m, std::int64_t bad) : m_(m), bad_(bad) {}
+  std::string name() const override { return m_.name(); }
+  std::vector<std::pair<std::string, nn::ParamStore<float>*>> stores() override { return m_.stores(); }
+  StepStats train_step(const std::vector<float>& im, const std::vector<std::int64_t>& l, std::uint64_t s) override {
+    StepStats st = m_.train_step(im, l, s);
+    if (step_++ >= bad_) st.total = std::numeric_limits<double>::infinity();
+    return st;
+  }
+  std::vector<Tensor<float>> predict(const std::vector<float>& im, std::int64_t n) override { return m_.predict(im, n); }
+  std::vector<std::string> head_names() const override { return m_.head_names(); }
+  std::size_t reported_head() const override { return m_.reported_head(); }
+
+ private:
+  Model& m_;
+  std::int64_t bad_, step_ = 0;
+};
+
+// --weights / --att-weights: a converted torchvision file (backbone names + fc) loads into a backbone.
+TEST(Trainer, TorchvisionWeightsLoadIntoTheBackbones) {
+  NetConfig n = tiny_net();
+  n.att_backbone = nn::AttentionNetConfig{}.backbone;
+  n.att_backbone.width = 0.125;
+  TasnNet m(n);
+  init_model(m, 1);
+  const auto head_before = m.att_store().at("head.conv1.weight").value.data;
+  nn::ParamStore<float> tv;
+  nn::ResNetConfig rc = n.att_backbone;
+  rc.num_classes = 10;
+  nn::ResNet<float> resnet(tv, rc);
+  nn::init_torchvision(tv, 77);
+  const fs::path dir = temp_dir("weights");
+  std::map<std::string, const Tensor<float>*> all, partial;
+  for (auto& [name, p] : tv.all()) {
+    all[name] = &p.value;
+    if (name != "layer3.0.downsample.0.weight") partial[name] = &p.value;
+  }
+  nn::safetensors::write((dir / "tv.safetensors").string(), all);
+  nn::safetensors::write((dir / "partial.safetensors").string(), partial);
+  load_backbone(m.att_store(), (dir / "tv.safetensors").string());
+  std::int64_t compared = 0;
+  for (auto& [name, p] : tv.all()) {
+    if (name.rfind("fc.", 0) == 0) continue;
+    ASSERT_EQ(m.att_store().at(name).value.data, p.value.data) << name;
+    ++compared;
+  }
+  EXPECT_EQ(compared, 100);  // 60 parameters + 40 BN statistics: a ResNet-18 without its fc
+  EXPECT_EQ(m.att_store().at("head.conv1.weight").value.data, head_before);
+  try {
+    load_backbone(m.master_store(), (dir / "tv.safetensors").string());  // the demo backbone is no ResNet-18
+    FAIL() << "expected an error";
+  } catch (const InvalidArgument&) {
+  }
+  try {
+    load_backbone(m.att_store(), (dir / "partial.safetensors").string());
+    FAIL() << "expected an error";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("layer3.0.downsample.0.weight"), std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
+}
+
+TEST(Trainer, NonFiniteLossStopsAndKeepsTheLastGoodCheckpoint) {
+  const SyntheticDataset train_set(tiny_data(), data::Split::Train, 32);  // 2 steps per epoch
+  const fs::path dir = temp_dir("nonfinite");
+  BaselineNet base(tiny_net());
+  init_model(base, 2);
+  Diverging m(base, 3);  // the second step of epoch 2
+  const TrainResult r = train_model(m, train_set, nullptr, tiny_train(dir.string()), "baseline");
+  EXPECT_TRUE(r.stopped_nonfinite);
+  EXPECT_EQ(r.epochs_done, 1);
+  EXPECT_NE(r.message.find("epoch 2, step 2"), std::string::npos) << r.message;
+  EXPECT_NE(r.message.find("baseline-last.safetensors"), std::string::npos) << r.message;
+  const auto f = nn::safetensors::read((dir / "baseline-last.safetensors").string());
+  EXPECT_EQ(f.metadata.at("epoch"), "1");
+  EXPECT_EQ(f.metadata.at("global_step"), "2");
+
+  // a real divergence: a NaN weight gives a non-finite forward pass; no operator is fed NaN
+  TasnNet t(tiny_net());
+  init_model(t, 2);
+  t.att_store().at("conv1.weight").value.data[0] = std::numeric_limits<float>::quiet_NaN();
+  const TrainResult rt = train_model(t, train_set, nullptr, tiny_train(""), "tasn");
+  EXPECT_TRUE(rt.stopped_nonfinite);
+  EXPECT_NE(rt.message.find("non-finite attention-net output"), std::string::npos) << rt.message;
+  fs::remove_all(dir);
+}
+
+TEST(Trainer, EvaluationCountsEveryHeadAndTheDetailRows) {
+  const SyntheticDataset eval_set(tiny_data(), data::Split::Test, 40);
+  TasnNet m(tiny_net());
+  init_model(m, 4);
+  const EvalResult e = evaluate(m, eval_set, 16);  // 16 + 16 + 8: a partial last batch
+  ASSERT_EQ(e.heads.size(), 6u);
+  EXPECT_EQ(e.n, 40);
+  for (double a : e.accuracy) {
+    EXPECT_GE(a, 0.0);
+    EXPECT_LE(a, 1.0);
+    EXPECT_EQ(std::round(a * 40), a * 40);  // a count of 40
+  }
+  // uniform 16-px grid over 48 px with a 12-px patch: 4 rows and 4 columns fall on it (+-1 each)
+  EXPECT_GE(e.uniform_rows, 6.0);
+  EXPECT_LE(e.uniform_rows, 10.0);
+  EXPECT_GE(e.detail_rows, 0.0);
+}
+
+TEST(Trainer, AttentionDumpWritesPngs) {
+  const SyntheticDataset eval_set(tiny_data(), data::Split::Test, 4);
+  TasnNet m(tiny_net());
+  init_model(m, 4);
+  const fs::path dir = temp_dir("dump");
+  const auto files = dump_attention(m, eval_set, 3, dir.string());
+  ASSERT_EQ(files.size(), 15u);
+  for (const auto& f : files) {
+    ASSERT_TRUE(fs::exists(f)) << f;
+    EXPECT_GT(fs::file_size(f), 100u) << f;
+  }
+  fs::remove_all(dir);
+}
+
+TEST(Trainer, LearningRateSchedules) {
+  LrSchedule s;
+  s.base = 0.1;
+  s.milestones = {100, 200};
+  EXPECT_DOUBLE_EQ(s.at(0, 300), 0.1);
+  EXPECT_DOUBLE_EQ(s.at(99.9, 300), 0.1);
+  EXPECT_NEAR(s.at(100, 300), 0.01, 1e-15);
+  EXPECT_NEAR(s.at(250, 300), 0.001, 1e-15);
+  s.kind = Schedule::Cosine;
+  EXPECT_DOUBLE_EQ(s.at(0, 10), 0.1);
+  EXPECT_NEAR(s.at(5, 10), 0.05, 1e-15);
+  EXPECT_NEAR(s.at(10, 10), 0.0, 1e-15);
+  s.kind = Schedule::OneCycle;
+  EXPECT_NEAR(s.at(0, 10), 0.004, 1e-15);
+  EXPECT_NEAR(s.at(3, 10), 0.1, 1e-15);  // peak after 30 %
+  EXPECT_LT(s.at(10, 10), 1e-6);
+  EXPECT_THROW(parse_schedule("linear"), InvalidArgument);
+}
+
+TEST(Trainer, SgdMatchesTheFormula) {
+  nn::ParamStore<float> ps;
+  auto& p = ps.add("w", {2});
+  p.value.data = {1.0f, -2.0f};
+  Sgd opt({{"s", &ps}}, {0.9, 0.01});
+  p.grad.data = {4.0f, 2.0f};
+  opt.step(0.1, 0.5);  // v = g * 0.5 + 0.01 w = (2.01, 0.98); w -= 0.1 v
+  EXPECT_FLOAT_EQ(p.value.data[0], 1.0f - 0.201f);
+  EXPECT_FLOAT_EQ(p.value.data[1], -2.0f - 0.098f);
+  opt.step(0.1, 0.5);  // v = 0.9 v + g * 0.5 + 0.01 w
+  const float v0 = 0.9f * 2.01f + 2.0f + 0.01f * (1.0f - 0.201f);
+  EXPECT_FLOAT_EQ(p.value.data[0], 1.0f - 0.201f - 0.1f * v0);
+}
+
+long peak_rss_mib() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss / 1024;
+}
+
+// SPEC 5 at full size: 512 px images, 224 px sampler output, ResNet-18 attention net (28 x 28 x 512
+// feature map), ResNet-50 part/master net, 200 classes; one training step at batch 2 on the CPU.
+TEST(Trainer, PaperPresetBuildsTheFullNetworkAndSteps) {
+  Preset s = preset("paper");
+  TasnNet m(s.net);
+  init_model(m, 1);
+  // torchvision parameter counts without the fc: ResNet-18 11,176,512, ResNet-50 23,508,032
+  auto count = [](nn::ParamStore<float>& ps, bool head) {
+    std::int64_t n = 0;
+    for (auto& [name, p] : ps.all())
+      if (p.trainable && (name.rfind("head.", 0) == 0) == head) n += p.value.numel();
+    return n;
+  };
+  EXPECT_EQ(count(m.att_store(), false), 11176512);
+  EXPECT_EQ(count(m.master_store(), false), 23508032);
+  EXPECT_EQ(count(m.att_store(), true), 2 * (512 * 512 * 9 + 512) + 2 * 512 + 200 * 512 + 200);
+
+  data::SyntheticConfig dc;
+  dc.size = 512;
+  dc.patch = 64;
+  std::vector<float> images;
+  std::vector<std::int64_t> labels;
+  for (std::int64_t i = 0; i < 2; ++i) {
+    const auto smp = data::make_sample(dc, data::Split::Train, i);
+    images.insert(images.end(), smp.image.begin(), smp.image.end());
+    labels.push_back(smp.label * 20 + 3);  // any of the 200 classes
+  }
+  const StepStats st = m.train_step(images, labels, 7);
+  ASSERT_TRUE(std::isfinite(st.total));
+  ASSERT_EQ(st.losses.size(), 6u);
+  for (const auto& [name, l] : st.losses) EXPECT_GT(l, 0.0) << name;
+  // cross-entropies of a fresh 200-way net are near 2 ln 200 (two images); the four heads x 0.5
+  EXPECT_NEAR(st.losses[0].second, 2 * std::log(200.0), 2.0);
+  const TasnViews& v = m.last_views();
+  EXPECT_EQ(m.attention_net().feature_map().shape, (std::vector<std::int64_t>{2, 512, 28, 28}));
+  EXPECT_EQ(v.structure_map.shape, (std::vector<std::int64_t>{2, 28, 28}));
+  EXPECT_EQ(v.structure_image.shape, (std::vector<std::int64_t>{2, 3, 224, 224}));
+  EXPECT_EQ(v.detail_image.shape, (std::vector<std::int64_t>{2, 3, 224, 224}));
+  // gradients reached both backbones and the attention head
+  auto grad_norm = [](nn::Param<float>& p) {
+    double s2 = 0;
+    for (float g : p.grad.data) s2 += double(g) * g;
+    return std::sqrt(s2);
+  };
+  EXPECT_GT(grad_norm(m.master_store().at("conv1.weight")), 0.0);
+  EXPECT_GT(grad_norm(m.master_store().at("layer4.2.conv3.weight")), 0.0);
+  EXPECT_GT(grad_norm(m.att_store().at("conv1.weight")), 0.0);
+  EXPECT_GT(grad_norm(m.att_store().at("head.conv1.weight")), 0.0);
+  // memory: 40 M parameters + gradients (0.3 GB), activations of 2 x 512 px + 4 x 224 px images
+  const long rss = peak_rss_mib();
+  std::printf("paper preset, batch 2: peak RSS %ld MiB\n", rss);
+  EXPECT_LT(rss, 3 * 1024);  // measured 1116 MiB
+}
+
+}  // namespace
