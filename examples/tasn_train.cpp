@@ -4,6 +4,7 @@
 // explains them.
 #include <malloc.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -28,10 +29,11 @@ const char* kUsage = R"(usage: tasn_train [options]
 
 With no options: train TASN and the baseline on the built-in generated data (CPU) and compare.
 
-  --preset demo|paper        demo (default): 96 px images, 32 px network input, small CNNs, 5 epochs.
+  --preset demo|paper        demo (default): 96 px images, 32 px network input, small CNNs, 4 epochs.
                              paper: SPEC 5 / official (512 input, 224 sampler output, ResNet-18
                              attention net, ResNet-50 part/master net, SGD lr 0.1, batch 96, 300
-                             epochs, lr x 0.1 at epochs 100 and 200).
+                             epochs, lr x 0.1 at epochs 100 and 200); give it --data cub and
+                             --weights / --att-weights (ImageNet) for the published setting.
   --model both|tasn|baseline which networks to train (default both)
   --data synthetic|cub|list  built-in generated data (default), CUB-200-2011 layout, or a list file
   --data-root DIR            CUB root, or the root of the list file's relative paths
@@ -86,7 +88,7 @@ Args parse(int argc, char** argv) {
     if (flag_names.count(k)) {
       a.flags.insert(k);
     } else if (value_names.count(k)) {
-      TASN_CHECK_ARG(i + 1 < argc, "option ", k, " needs a value");
+      TASN_CHECK_ARG(i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0, "option ", k, " needs a value");
       a.kv[k] = argv[++i];
     } else {
       throw InvalidArgument("unknown option \"" + k + "\" (see --help)");
@@ -221,13 +223,24 @@ int run(const Args& a) {
   tc.max_steps = to_int(a, "--max-steps", 0);
   s.train_size = to_int(a, "--train-size", s.train_size);
   s.test_size = to_int(a, "--test-size", s.test_size);
-  if (a.has("--threads")) cpu::set_num_threads(static_cast<int>(to_int(a, "--threads", 1)));
+  TASN_CHECK_ARG(std::isfinite(tc.lr.base) && tc.lr.base > 0, "--lr must be finite and > 0, got ", tc.lr.base);
+  TASN_CHECK_ARG(tc.sgd.momentum >= 0 && tc.sgd.momentum < 1, "--momentum must be in [0, 1), got ", tc.sgd.momentum);
+  TASN_CHECK_ARG(tc.sgd.weight_decay >= 0 && std::isfinite(tc.sgd.weight_decay), "--wd must be finite and >= 0, got ",
+                 tc.sgd.weight_decay);
+  TASN_CHECK_ARG(to_int(a, "--dump-count", 8) >= 1, "--dump-count must be >= 1");
+  if (a.has("--threads")) {
+    const std::int64_t t = to_int(a, "--threads", 1);
+    TASN_CHECK_ARG(t >= 1, "--threads must be >= 1, got ", t);
+    cpu::set_num_threads(static_cast<int>(t));
+  }
   const std::string which = a.get("--model", "both");
   TASN_CHECK_ARG(which == "both" || which == "tasn" || which == "baseline", "--model must be both, tasn or baseline, got \"",
                  which, "\"");
   TASN_CHECK_ARG(tc.resume.empty() || which != "both", "--resume FILE needs --model tasn or --model baseline");
   TASN_CHECK_ARG(!a.has("--eval-only") || !tc.resume.empty(), "--eval-only needs --resume FILE (the checkpoint to evaluate)");
 
+  TASN_CHECK_ARG(!(a.has("--seeds") && a.has("--seed")), "give --seed or --seeds, not both");
+  TASN_CHECK_ARG(!(a.has("--seeds") && !tc.resume.empty()), "--resume continues one run: use --seed, not --seeds");
   std::vector<std::uint64_t> seeds;
   if (a.has("--seeds"))
     for (auto v : to_ints("--seeds", a.get("--seeds", ""))) seeds.push_back(static_cast<std::uint64_t>(v));
@@ -280,7 +293,8 @@ int run(const Args& a) {
       rows.push_back(std::move(row));
     }
     // the table
-    std::printf("\nseed %llu: %s accuracy (%s)\n", (unsigned long long)seed, a.has("--eval-only") ? "evaluation" : "test",
+    std::printf("\nseed %llu: accuracy on the %s split%s (%s)\n", (unsigned long long)seed,
+                a.get("--eval-split", "test").c_str(), a.has("--eval-only") ? " of the checkpoint" : "",
                 d.description.c_str());
     std::printf("| model | accuracy | time | heads |\n|---|---|---|---|\n");
     for (const auto& r : rows) {

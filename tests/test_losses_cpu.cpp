@@ -2,6 +2,8 @@
 // every error path.
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include <cmath>
 #include <string>
 #include <vector>
@@ -267,6 +269,14 @@ TEST(LossesCpu, TopkCorrect) {
   std::vector<std::int64_t> c(5, -1);
   tasn::cpu::topk_correct<float>(z.data(), y.data(), 5, 5, 5, -100, c.data());
   EXPECT_EQ(c, (std::vector<std::int64_t>{2, 2, 3, 3, 4}));
+  // NaN: at the label the row is never correct; elsewhere it ranks above the label
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<float> zn = {nan, 1, 2,  //
+                                 3, nan, 1};
+  const std::vector<std::int64_t> yn = {0, 0};
+  std::vector<std::int64_t> cn(3, -1);
+  tasn::cpu::topk_correct<float>(zn.data(), yn.data(), 2, 3, 3, -100, cn.data());
+  EXPECT_EQ(cn, (std::vector<std::int64_t>{0, 1, 1}));
 }
 
 // ---- errors ---------------------------------------------------------------------------------

@@ -110,14 +110,53 @@ TEST(Trainer, ResumeRepeatsAnUninterruptedRunBitForBit) {
   for (std::size_t i = 0; i < 3; ++i) EXPECT_EQ(rb.step_losses[i], ra.step_losses[i]) << "step " << i;
   for (std::size_t i = 0; i < 6; ++i) EXPECT_EQ(rc.step_losses[i], ra.step_losses[i + 3]) << "step " << i + 3;
   EXPECT_EQ(rc.global_step, ra.global_step);
-  // same parameters, BN statistics and momentum at the end
+  // same parameters and BN statistics at the end
   auto sa = a.stores(), sc = c.stores();
   for (std::size_t k = 0; k < sa.size(); ++k)
     for (auto& [name, p] : sa[k].second->all())
       ASSERT_EQ(p.value.data, sc[k].second->at(name).value.data) << sa[k].first << "." << name;
   EXPECT_EQ(rc.final_eval.accuracy, ra.final_eval.accuracy);
+  // the final checkpoints agree in every tensor, momentum buffers (optim.*) included
+  const auto fa = nn::safetensors::read((dir / "a" / "tasn-last.safetensors").string());
+  const auto fc = nn::safetensors::read((dir / "c" / "tasn-last.safetensors").string());
+  ASSERT_EQ(fa.tensors.size(), fc.tensors.size());
+  std::int64_t optim = 0;
+  for (const auto& [name, e] : fa.tensors) {
+    ASSERT_EQ(e.values, fc.tensors.at(name).values) << name;
+    optim += name.rfind("optim.", 0) == 0;
+  }
+  EXPECT_GT(optim, 0);
+  EXPECT_EQ(fa.metadata.at("epoch"), "3");
+  // resuming needs the same training configuration, and something left to train
+  TrainConfig other = cc;
+  other.lr.base = 0.06;
+  EXPECT_THROW(train_model(c, train_set, &eval_set, other, "c"), InvalidArgument);
+  TrainConfig done = tiny_train((dir / "d").string());
+  done.resume = (dir / "a" / "tasn-last.safetensors").string();
+  try {
+    train_model(c, train_set, &eval_set, done, "d");
+    FAIL() << "expected an error";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("nothing left to train"), std::string::npos) << e.what();
+  }
   // and the loss did change over the run (the comparison is not between constants)
   EXPECT_NE(ra.step_losses.front(), ra.step_losses.back());
+  fs::remove_all(dir);
+}
+
+TEST(Trainer, UnfinishedEpochIsNotCheckpointed) {
+  const SyntheticDataset train_set(tiny_data(), data::Split::Train, 48);  // 3 steps per epoch
+  const fs::path dir = temp_dir("partial");
+  BaselineNet m(tiny_net());
+  init_model(m, 1);
+  TrainConfig c = tiny_train(dir.string());
+  c.max_steps = 5;  // epoch 1 and 2 of epoch 2's 3 steps
+  const TrainResult r = train_model(m, train_set, nullptr, c, "baseline");
+  EXPECT_EQ(r.step_losses.size(), 5u);
+  EXPECT_EQ(r.epochs_done, 1);
+  const auto f = nn::safetensors::read((dir / "baseline-last.safetensors").string());
+  EXPECT_EQ(f.metadata.at("epoch"), "1");
+  EXPECT_EQ(f.metadata.at("global_step"), "3");
   fs::remove_all(dir);
 }
 
@@ -134,6 +173,15 @@ TEST(Trainer, CheckpointRefusesAnotherConfiguration) {
     FAIL() << "expected an error";
   } catch (const InvalidArgument& e) {
     EXPECT_NE(std::string(e.what()).find("differ"), std::string::npos) << e.what();
+  }
+  NetConfig sizes = tiny_net();  // same parameter shapes, another sampler output size
+  sizes.out = 24;
+  TasnNet s(sizes);
+  try {
+    load_checkpoint((dir / "a.safetensors").string(), s, nullptr);
+    FAIL() << "expected an error";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("out=24"), std::string::npos) << e.what();
   }
   BaselineNet base(tiny_net());
   EXPECT_THROW(load_checkpoint((dir / "a.safetensors").string(), base, nullptr), InvalidArgument);
@@ -162,6 +210,7 @@ class Diverging : public Model {
   std::vector<Tensor<float>> predict(const std::vector<float>& im, std::int64_t n) override { return m_.predict(im, n); }
   std::vector<std::string> head_names() const override { return m_.head_names(); }
   std::size_t reported_head() const override { return m_.reported_head(); }
+  std::string config_string() const override { return m_.config_string(); }
 
  private:
   Model& m_;

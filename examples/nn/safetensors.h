@@ -158,7 +158,8 @@ void write(const std::string& path, const std::map<std::string, const Tensor<T>*
       out.write(reinterpret_cast<const char*>(t->ptr()), static_cast<std::streamsize>(t->numel() * sizeof(T)));
     if (!out) throw InvalidArgument("safetensors: writing " + tmp + " failed");
   }
-  std::rename(tmp.c_str(), path.c_str());  // never leave a half-written file under the final name
+  // never leave a half-written file under the final name
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw InvalidArgument("safetensors: cannot rename " + tmp + " to " + path);
 }
 
 template <class T>

@@ -35,7 +35,7 @@ inline FolderSplits folder_datasets(const std::vector<data::ImageRecord>& recs, 
       p.train = train;
       data::Example e;
       const auto& r = v.at(static_cast<std::size_t>(i));
-      e.image = data::preprocess(data::decode_image(r.path), p, mix64(seed + static_cast<std::uint64_t>(epoch)), i);
+      e.image = data::preprocess(data::decode_image(r.path), p, mix64(mix64(seed) ^ static_cast<std::uint64_t>(epoch)), i);
       e.label = r.label;
       return e;
     };

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -84,7 +85,19 @@ class Model {
   virtual std::vector<Tensor<float>> predict(const std::vector<float>& images, std::int64_t n) = 0;
   virtual std::vector<std::string> head_names() const = 0;
   virtual std::size_t reported_head() const = 0;  // the head whose accuracy is "the" accuracy
+  // Everything besides parameter shapes that a checkpoint of this model depends on.
+  virtual std::string config_string() const = 0;
 };
+
+inline std::string net_config_string(const NetConfig& c) {
+  std::ostringstream s;
+  s << "classes=" << c.classes << " image=" << c.image << " att_input=" << c.att_input << " out=" << c.out
+    << " beta=" << c.beta << " dense=" << c.dense << " iters=" << c.iters << " mode=" << to_string(c.mode)
+    << " squared=" << c.structure_squared << " distinct=" << c.distinct << " T=" << c.temperature
+    << " head_scale=" << c.head_grad_scale << " att_scale=" << c.att_grad_scale << " distill=" << c.distill_weight
+    << " teacher_grad=" << c.teacher_grad;
+  return s.str();
+}
 
 namespace detail_model {
 
@@ -179,6 +192,7 @@ class TasnNet : public Model {
     return {"attention", "part", "master", "part_aux", "master_aux", "combined"};
   }
   std::size_t reported_head() const override { return 4; }  // master image through the shared FC
+  std::string config_string() const override { return net_config_string(cfg_); }
   const NetConfig& config() const { return cfg_; }
   nn::AttentionNet<float>& attention_net() { return *att_; }
   nn::ResNet<float>& master_backbone() { return *master_; }
@@ -300,6 +314,8 @@ class TasnNet : public Model {
     const Tensor<float> f_part = nn::slice_batch(pooled, 0, n), f_master = nn::slice_batch(pooled, n, n);
     std::vector<Tensor<float>> out = {z_att, part_fc_.forward(f_part), master_fc_.forward(f_master),
                                       shared_fc_.forward(f_part), shared_fc_.forward(f_master)};
+    for (const auto& z : out)
+      TASN_CHECK_ARG(detail_model::finite(z), "TasnNet::predict: non-finite logits (a diverged model?)");
     out.push_back(combined(out));
     return out;
   }
@@ -347,6 +363,9 @@ class BaselineNet : public Model {
   }
   std::vector<std::string> head_names() const override { return {"uniform"}; }
   std::size_t reported_head() const override { return 0; }
+  std::string config_string() const override {
+    return "classes=" + std::to_string(cfg_.classes) + " image=" + std::to_string(cfg_.image) + " out=" + std::to_string(cfg_.out);
+  }
   nn::ResNet<float>& master_backbone() { return *master_; }
   nn::ParamStore<float>& master_store() { return master_ps_; }
 
@@ -377,7 +396,9 @@ class BaselineNet : public Model {
     TASN_CHECK_ARG(img.dim(0) == n, "BaselineNet::predict: ", img.dim(0), " images, expected ", n);
     nn::BatchNormState bn;
     bn.training = false;
-    return {fc_.forward(master_->forward(nn::resize_bilinear_forward(img, cfg_.out, cfg_.out, true), bn))};
+    Tensor<float> z = fc_.forward(master_->forward(nn::resize_bilinear_forward(img, cfg_.out, cfg_.out, true), bn));
+    TASN_CHECK_ARG(detail_model::finite(z), "BaselineNet::predict: non-finite logits (a diverged model?)");
+    return {z};
   }
 
  private:

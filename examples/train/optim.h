@@ -73,7 +73,16 @@ class Sgd {
         if (p.trainable) buf_[prefix + "." + name] = nn::Tensor<float>(p.value.shape);
   }
 
-  void step(double lr, double rescale) {
+  // Applies one update; returns false (and changes nothing) when a gradient is not finite.
+  bool step(double lr, double rescale) {
+    for (auto& [prefix, ps] : stores_)
+      for (auto& [name, p] : ps->all())
+        if (p.trainable)
+          for (float g : p.grad.data)
+            if (!std::isfinite(g)) {
+              bad_ = prefix + "." + name;
+              return false;
+            }
     const float mu = static_cast<float>(opt_.momentum), wd = static_cast<float>(opt_.weight_decay);
     const float r = static_cast<float>(rescale), a = static_cast<float>(lr);
     for (auto& [prefix, ps] : stores_)
@@ -87,7 +96,10 @@ class Sgd {
           w[i] -= a * v[i];
         }
       }
+    return true;
   }
+  // The parameter whose gradient stopped the last step().
+  const std::string& non_finite_gradient() const { return bad_; }
 
   // Momentum buffers by "<store>.<parameter>" name.
   std::map<std::string, nn::Tensor<float>>& buffers() { return buf_; }
@@ -96,6 +108,7 @@ class Sgd {
   std::vector<std::pair<std::string, nn::ParamStore<float>*>> stores_;
   SgdOptions opt_;
   std::map<std::string, nn::Tensor<float>> buf_;
+  std::string bad_;
 };
 
 }  // namespace tasn::train

@@ -6,12 +6,14 @@
 // Determinism: the epoch order comes from (seed, epoch), the detail-map channel of a step from
 // (seed, global step), the generated images from (seed, split, index) and augmentation from
 // (seed, epoch, index); the CPU layers have no order-dependent reductions across threads. So a run
-// resumed from the checkpoint of epoch e repeats, bit for bit, the losses of an uninterrupted run.
+// resumed from the checkpoint of epoch e repeats, bit for bit, the losses of an uninterrupted run
+// with the same thread count (Eigen's GEMM blocking depends on it).
 #pragma once
 
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -125,14 +127,13 @@ struct EvalResult {
   std::vector<std::string> heads;
   std::vector<double> accuracy;  // per head, in [0, 1]
   std::int64_t n = 0;
-  double detail_rows = -1;  // TASN on data with known detail boxes: structure-grid rows + columns on the detail
-  double uniform_rows = -1;  // the same count for the uniform grid
-  double reported() const { return accuracy.empty() ? 0.0 : accuracy.front(); }
+  double detail_rows = -1;   // TASN on data with known detail boxes: structure-grid rows + columns on the detail
+  double uniform_rows = -1;  // the same count for a uniform grid (the baseline's resize)
 };
 
 struct TrainResult {
   std::vector<double> step_losses;  // total loss per image of every step of this run
-  EvalResult final_eval;            // last evaluation (reported head first... see report_head)
+  EvalResult final_eval;            // the last evaluation, every head
   double report_accuracy = 0;       // accuracy of the model's reported head
   double seconds = 0;               // training + evaluation wall time of this run
   std::int64_t epochs_done = 0, global_step = 0;
@@ -153,19 +154,38 @@ inline std::uint64_t step_seed(std::uint64_t seed, std::int64_t global_step) {
   return mix64(mix64(seed ^ 0x7A5Bu) + static_cast<std::uint64_t>(global_step));
 }
 
-// Initialises every store with torchvision's scheme, from the run's seed.
-inline void init_model(Model& m, std::uint64_t seed) {
-  std::uint64_t k = 0;
-  for (auto& [prefix, ps] : m.stores()) nn::init_torchvision(*ps, mix64(seed + (++k) * 0x9E37u));
+// FNV-1a: a hash that is the same on every platform (checkpoints are portable).
+inline std::uint64_t fnv1a(const std::string& s) {
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
+  return h;
 }
 
-// A string that must agree between a checkpoint and the model that resumes from it.
+// Initialises every store with torchvision's scheme from (seed, store name): the "master" store
+// of TASN and of the baseline start from the same weights for the same seed.
+inline void init_model(Model& m, std::uint64_t seed) {
+  for (auto& [prefix, ps] : m.stores()) nn::init_torchvision(*ps, mix64(mix64(seed) ^ fnv1a(prefix)));
+}
+
+// A string that must agree between a checkpoint and the model that loads it: the model's
+// configuration and a hash of every parameter name and shape.
 inline std::string model_signature(Model& m) {
   std::ostringstream s;
-  s << m.name();
   for (auto& [prefix, ps] : m.stores())
     for (auto& [name, p] : ps->all()) s << ";" << prefix << "." << name << nn::shape_string(p.value.shape);
-  return std::to_string(std::hash<std::string>{}(s.str()));
+  char h[24];
+  std::snprintf(h, sizeof h, "%016llx", static_cast<unsigned long long>(fnv1a(s.str())));
+  return m.config_string() + " params=" + h;
+}
+
+// What a resumed run must share with the run that wrote the checkpoint (the step sequence).
+inline std::string train_signature(const TrainConfig& c, std::int64_t steps_per_epoch) {
+  std::ostringstream s;
+  s << "seed=" << c.seed << " epochs=" << c.epochs << " batch=" << c.batch << " steps_per_epoch=" << steps_per_epoch
+    << " schedule=" << to_string(c.lr.kind) << " lr=" << c.lr.base << " gamma=" << c.lr.gamma << " milestones=";
+  for (double m : c.lr.milestones) s << m << ",";
+  s << " momentum=" << c.sgd.momentum << " wd=" << c.sgd.weight_decay;
+  return s.str();
 }
 
 // Backbone from converted torchvision weights: every backbone tensor must be in the file (the
@@ -182,7 +202,8 @@ inline void load_backbone(nn::ParamStore<float>& ps, const std::string& file) {
 
 // Checkpoint: "<store>.<name>" values (parameters and BN statistics), "optim.<store>.<name>"
 // momentum buffers, metadata epoch / global_step / model / signature.
-inline void save_checkpoint(const std::string& path, Model& m, Sgd* opt, std::int64_t epoch, std::int64_t step) {
+inline void save_checkpoint(const std::string& path, Model& m, Sgd* opt, std::int64_t epoch, std::int64_t step,
+                            const std::string& train_sig = "") {
   std::map<std::string, const Tensor<float>*> t;
   for (auto& [prefix, ps] : m.stores())
     for (auto& [name, p] : ps->all()) t[prefix + "." + name] = &p.value;
@@ -190,11 +211,12 @@ inline void save_checkpoint(const std::string& path, Model& m, Sgd* opt, std::in
     for (auto& [name, b] : opt->buffers()) t["optim." + name] = &b;
   nn::safetensors::write(path, t,
                          {{"epoch", std::to_string(epoch)}, {"global_step", std::to_string(step)}, {"model", m.name()},
-                          {"signature", model_signature(m)}});
+                          {"signature", model_signature(m)}, {"train", train_sig}});
 }
 
 struct CheckpointInfo {
   std::int64_t epoch = 0, global_step = 0;
+  std::string train;  // the training configuration that wrote it (train_signature)
 };
 
 // Loads values (and momentum buffers when opt is given); checks everything before changing anything.
@@ -207,7 +229,8 @@ inline CheckpointInfo load_checkpoint(const std::string& path, Model& m, Sgd* op
   };
   TASN_CHECK_ARG(meta("model") == m.name(), "checkpoint ", path, " holds a ", meta("model"), " model, not ", m.name());
   TASN_CHECK_ARG(meta("signature") == model_signature(m), "checkpoint ", path,
-                 ": its parameter names or shapes differ from this configuration (other preset or sizes?)");
+                 ": its network configuration or parameter shapes differ from this one (other preset or sizes?): "
+                 "checkpoint \"", meta("signature"), "\", here \"", model_signature(m), "\"");
   std::vector<std::pair<Tensor<float>*, const nn::safetensors::Entry*>> todo;
   auto need = [&](const std::string& name, Tensor<float>& dst) {
     auto it = f.tensors.find(name);
@@ -225,6 +248,7 @@ inline CheckpointInfo load_checkpoint(const std::string& path, Model& m, Sgd* op
   CheckpointInfo info;
   info.epoch = std::stoll(meta("epoch"));
   info.global_step = std::stoll(meta("global_step"));
+  info.train = f.metadata.count("train") ? f.metadata.at("train") : "";
   return info;
 }
 
@@ -284,8 +308,9 @@ inline EvalResult evaluate(Model& m, const Dataset& d, std::int64_t batch) {
       for (std::int64_t o = 0; o < O; ++o) {
         const double y = (v.gy_structure[i * O + o] + 1.0) * double(S - 1) / 2, x = (v.gx_structure[i * O + o] + 1.0) * double(S - 1) / 2;
         const double uy = (double(o) / double(O - 1)) * double(S - 1);
-        rows += (y >= box.y0 && y <= box.y1 - 1) + (x >= box.x0 && x <= box.x1 - 1);
-        uniform += (uy >= box.y0 && uy <= box.y1 - 1) + (uy >= box.x0 && uy <= box.x1 - 1);
+        // pixel k covers [k - 0.5, k + 0.5): count samples inside the patch's pixel area
+        rows += (y >= box.y0 - 0.5 && y < box.y1 - 0.5) + (x >= box.x0 - 0.5 && x < box.x1 - 0.5);
+        uniform += (uy >= box.y0 - 0.5 && uy < box.y1 - 0.5) + (uy >= box.x0 - 0.5 && uy < box.x1 - 0.5);
       }
     }
   }
@@ -310,9 +335,22 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
   const auto since = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   TrainResult res;
   Sgd opt(m.stores(), c.sgd);
+  data::BatchLoader::Options lo;
+  lo.batch = c.batch;
+  lo.drop_last = true;  // every step sees a full batch (batch statistics)
+  lo.seed = c.seed;
+  std::atomic<std::int64_t> cur_epoch{0};  // read by the loader thread
+  data::BatchLoader loader(train_set.size(), [&](std::int64_t i) { return train_set.get(i, cur_epoch.load()); }, lo);
+  const std::int64_t steps = loader.batches_per_epoch();
+  const std::string train_sig = train_signature(c, steps);
   std::int64_t first_epoch = 1;
   if (!c.resume.empty()) {
     const CheckpointInfo info = load_checkpoint(c.resume, m, &opt);
+    TASN_CHECK_ARG(info.train == train_sig, "checkpoint ", c.resume,
+                   " was written by another training configuration; a resumed run must repeat it: checkpoint \"",
+                   info.train, "\", here \"", train_sig, "\"");
+    TASN_CHECK_ARG(info.epoch < c.epochs, "checkpoint ", c.resume, " has finished epoch ", info.epoch, " of ", c.epochs,
+                   ": nothing left to train (use --eval-only to evaluate it)");
     first_epoch = info.epoch + 1;
     res.global_step = info.global_step;
   }
@@ -322,39 +360,35 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
   std::ofstream log;
   if (!c.out_dir.empty()) log.open(c.out_dir + "/" + m.name() + "-metrics.jsonl", first_epoch > 1 ? std::ios::app : std::ios::trunc);
 
-  data::BatchLoader::Options lo;
-  lo.batch = c.batch;
-  lo.drop_last = true;  // every step sees a full batch (batch statistics)
-  lo.seed = c.seed;
-  std::int64_t cur_epoch = 0;
-  data::BatchLoader loader(train_set.size(), [&](std::int64_t i) { return train_set.get(i, cur_epoch); }, lo);
-  const std::int64_t steps = loader.batches_per_epoch();
   Progress bar(c.progress, label);
   std::int64_t run_steps = 0;
   for (std::int64_t epoch = first_epoch; epoch <= c.epochs; ++epoch) {
     cur_epoch = epoch;
     loader.start_epoch(epoch);
     const auto te = std::chrono::steady_clock::now();
-    double loss_sum = 0;
+    double loss_sum = 0, lr = 0;
     std::map<std::string, double> parts;
     std::int64_t seen = 0, correct = 0, step = 0;
     data::Batch b;
     while (loader.next(b)) {
       ++step;
-      const double lr = c.lr.at(double(epoch - 1) + double(step - 1) / double(steps), double(c.epochs));
+      lr = c.lr.at(double(epoch - 1) + double(step - 1) / double(steps), double(c.epochs));
       const StepStats st = m.train_step(b.images, b.labels, step_seed(c.seed, res.global_step));
-      if (!std::isfinite(st.total)) {
+      const bool finite_loss = std::isfinite(st.total);
+      if (!finite_loss || !opt.step(lr, 1.0 / double(st.n))) {
         std::ostringstream msg;
-        msg << label << ": non-finite loss at epoch " << epoch << ", step " << step << " (";
+        msg << label << ": non-finite " << (finite_loss ? "gradient of " + opt.non_finite_gradient() : std::string("loss"))
+            << " at epoch " << epoch << ", step " << step << " (";
         for (const auto& [n, l] : st.losses) msg << n << " " << l << " ";
-        msg << "); training stopped, the last good checkpoint is "
-            << (ckpt.empty() || (epoch == 1) ? std::string("none (no epoch finished)") : ckpt);
+        const std::string good = epoch > first_epoch && !ckpt.empty() ? ckpt
+                                 : !c.resume.empty()                  ? c.resume
+                                                                      : std::string("none (no epoch finished)");
+        msg << "); training stopped, the last good checkpoint is " << good;
         res.stopped_nonfinite = true;
         res.message = msg.str();
         res.seconds = since();
         return res;
       }
-      opt.step(lr, 1.0 / double(st.n));
       ++res.global_step;
       ++run_steps;
       res.step_losses.push_back(st.total / double(st.n));
@@ -369,11 +403,12 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
       if (c.max_steps > 0 && run_steps >= c.max_steps) break;
     }
     const double epoch_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
-    res.epochs_done = epoch;
+    const bool complete = step == steps;  // a --max-steps stop leaves the epoch unfinished
+    if (complete) res.epochs_done = epoch;
     const bool last = epoch == c.epochs || (c.stop_after_epoch > 0 && epoch >= c.stop_after_epoch) ||
                       (c.max_steps > 0 && run_steps >= c.max_steps);
     nlohmann::json j = {{"model", m.name()}, {"epoch", epoch}, {"global_step", res.global_step},
-                        {"lr", c.lr.at(double(epoch), double(c.epochs))}, {"train_loss", loss_sum / double(std::max<std::int64_t>(seen, 1))},
+                        {"lr_last_step", lr}, {"complete", complete}, {"train_loss", loss_sum / double(std::max<std::int64_t>(seen, 1))},
                         {"train_acc", double(correct) / double(std::max<std::int64_t>(seen, 1))},
                         {"epoch_seconds", epoch_s}, {"images_per_second", double(seen) / std::max(epoch_s, 1e-9)}};
     for (const auto& [n, l] : parts) j["train_loss_" + n] = l / double(std::max<std::int64_t>(seen, 1));
@@ -388,14 +423,15 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
         s << buf;
       }
       if (res.final_eval.detail_rows >= 0) {
-        j["detail_rows_structure"] = res.final_eval.detail_rows;
-        j["detail_rows_uniform"] = res.final_eval.uniform_rows;
+        j["detail_rows_cols_structure"] = res.final_eval.detail_rows;
+        j["detail_rows_cols_uniform"] = res.final_eval.uniform_rows;
       }
       res.report_accuracy = res.final_eval.accuracy[m.reported_head()];
       bar.line(s.str());
     }
     if (log.is_open()) log << j.dump() << "\n" << std::flush;
-    if (!ckpt.empty()) save_checkpoint(ckpt, m, &opt, epoch, res.global_step);
+    // only finished epochs are checkpointed: resuming continues with the next one
+    if (!ckpt.empty() && complete) save_checkpoint(ckpt, m, &opt, epoch, res.global_step, train_sig);
     if (last) break;
   }
   res.seconds = since();

@@ -197,7 +197,8 @@ void softmax_cross_entropy(MatrixView<const T> logits, VectorView<const std::int
 
 // Evaluation counts: correct[j] = number of rows (label != ignore_index) whose label is among
 // the top j+1 logits, for j < max_k. Rank of the label = number of logits strictly greater
-// than the label's logit, so ties count in the label's favour.
+// than the label's logit, so ties count in the label's favour; NaN logits rank above the label
+// (a row whose label logit is NaN is never counted).
 template <class T>
 void topk_correct(const T* logits, const std::int64_t* labels, std::int64_t n, std::int64_t k,
                   std::int64_t max_k, std::int64_t ignore_index, std::int64_t* correct) {
@@ -214,7 +215,7 @@ void topk_correct(const T* logits, const std::int64_t* labels, std::int64_t n, s
     if (y == ignore_index) return;
     const T* z = logits + i * k;
     std::int64_t r = 0;
-    for (std::int64_t j = 0; j < k; ++j) r += z[j] > z[y];
+    for (std::int64_t j = 0; j < k; ++j) r += ranks_above_label(z[j], z[y]);
     rank[i] = r;
   });
   std::fill(correct, correct + max_k, 0);

@@ -124,6 +124,13 @@ TASN_HD Acc smoothed_target(bool is_label, Acc eps, Acc inv_k) {
 }
 
 // d loss / d z_k for one row: w (q_k - t_k).
+// Top-k ranking: logit zj ranks above the label's logit zy unless zj <= zy (ties go to the label).
+// NaN counts as above, also for j = label, so a row with a NaN label logit is never correct.
+template <class Acc>
+TASN_HD bool ranks_above_label(Acc zj, Acc zy) {
+  return !(zj <= zy);
+}
+
 template <class Acc>
 TASN_HD Acc cross_entropy_grad(Acc q, Acc target, Acc w) {
   return w * (q - target);
