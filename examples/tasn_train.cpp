@@ -4,6 +4,7 @@
 // explains them.
 #include <malloc.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -150,6 +151,7 @@ Data make_data(const Args& a, Preset& s) {
   if (kind == "synthetic") {
     data::SyntheticConfig sc;
     sc.size = s.net.image;
+    sc.patch = std::max<std::int64_t>(4, s.net.image / 6);  // 16 px at the demo's 96
     sc.seed = s.train.seed;
     s.net.classes = sc.classes;
     d.train = std::make_unique<SyntheticDataset>(sc, data::Split::Train, s.train_size);

@@ -24,6 +24,12 @@ struct SyntheticConfig {
   std::int64_t clutter = 6;    // background discs
   std::int64_t classes = 8;    // 4 orientations x 2 periods (<= 8)
   std::uint64_t seed = 1;
+
+  void validate() const {
+    TASN_CHECK_ARG(classes >= 1 && classes <= 8, "synthetic data: classes must be in [1, 8], got ", classes);
+    TASN_CHECK_ARG(size >= 4 * patch && patch >= 4, "synthetic data: size ", size, " must be at least 4 x patch ", patch,
+                   " (patch >= 4)");
+  }
 };
 
 struct Box {
@@ -48,9 +54,7 @@ inline double stripe_period(std::int64_t label) { return label < 4 ? 2.0 : 6.0; 
 inline double stripe_angle(std::int64_t label) { return static_cast<double>(label % 4) * 0.7853981633974483; }
 
 inline SyntheticSample make_sample(const SyntheticConfig& c, Split split, std::int64_t index) {
-  TASN_CHECK_ARG(c.classes >= 1 && c.classes <= 8, "synthetic data: classes must be in [1, 8], got ", c.classes);
-  TASN_CHECK_ARG(c.size >= 4 * c.patch && c.patch >= 4, "synthetic data: size ", c.size,
-                 " must be at least 4 x patch ", c.patch, " (patch >= 4)");
+  c.validate();
   CounterRng r(sample_key(c.seed, split, index));
   const std::int64_t S = c.size;
   SyntheticSample out;

@@ -58,6 +58,7 @@ class SyntheticDataset : public Dataset {
  public:
   SyntheticDataset(const data::SyntheticConfig& c, data::Split split, std::int64_t n) : side_(c.size) {
     TASN_CHECK_ARG(n >= 1, "synthetic data: the split must hold >= 1 images, got ", n);
+    c.validate();  // before the parallel loop: an exception must not leave an OpenMP region
     const std::int64_t per = 3 * c.size * c.size;
     pixels_.resize(static_cast<std::size_t>(n * per));
     labels_.resize(static_cast<std::size_t>(n));
