@@ -1,6 +1,7 @@
 // Real-data loading for the example trainer (examples/data/image_folder.h) on a tiny generated
 // CUB-layout directory, with a corrupt image and bad labels.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -21,7 +22,10 @@ namespace tt = tasn::test;
 struct TinyCub {
   fs::path root;
   TinyCub() {
-    root = fs::path(::testing::TempDir()) / "tasn_tiny_cub";
+    // one directory per test and process: ctest runs the tests side by side
+    root = fs::path(::testing::TempDir()) /
+           ("tasn_tiny_cub_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "_" +
+            std::to_string(::getpid()));
     fs::remove_all(root);
     fs::create_directories(root / "images" / "001.A");
     fs::create_directories(root / "images" / "002.B");
@@ -38,6 +42,10 @@ struct TinyCub {
     write("images.txt", "1 001.A/img1.png\n2 001.A/img2.png\n3 002.B/img3.png\n4 002.B/img4.png\n");
     write("image_class_labels.txt", "1 1\n2 1\n3 2\n4 2\n");
     write("train_test_split.txt", "1 1\n2 0\n3 1\n4 0\n");
+  }
+  ~TinyCub() {
+    std::error_code ec;
+    fs::remove_all(root, ec);
   }
   void write(const std::string& name, const std::string& text) const { std::ofstream(root / name) << text; }
 };

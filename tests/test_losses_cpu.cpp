@@ -274,9 +274,9 @@ TEST(LossesCpu, TopkCorrect) {
   const std::vector<float> zn = {nan, 1, 2,  //
                                  3, nan, 1};
   const std::vector<std::int64_t> yn = {0, 0};
-  std::vector<std::int64_t> cn(3, -1);
-  tasn::cpu::topk_correct<float>(zn.data(), yn.data(), 2, 3, 3, -100, cn.data());
-  EXPECT_EQ(cn, (std::vector<std::int64_t>{0, 1, 1}));
+  std::vector<std::int64_t> cn(5, -1);  // max_k > k: the NaN row is still never counted
+  tasn::cpu::topk_correct<float>(zn.data(), yn.data(), 2, 3, 5, -100, cn.data());
+  EXPECT_EQ(cn, (std::vector<std::int64_t>{0, 1, 1, 1, 1}));
 }
 
 // ---- errors ---------------------------------------------------------------------------------

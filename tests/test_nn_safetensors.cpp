@@ -1,5 +1,6 @@
 // safetensors round trips and every malformed-file error (examples/nn/safetensors.h).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
@@ -14,7 +15,9 @@ namespace tt = tasn::test;
 namespace nn = tasn::nn;
 namespace st = tasn::nn::safetensors;
 
-std::string tmp_path(const std::string& name) { return ::testing::TempDir() + "tasn_st_" + name; }
+std::string tmp_path(const std::string& name) {  // per process: test runs may overlap
+  return ::testing::TempDir() + "tasn_st_" + std::to_string(::getpid()) + "_" + name;
+}
 
 void write_raw(const std::string& path, const std::string& header, const std::vector<unsigned char>& data) {
   std::ofstream out(path, std::ios::binary);

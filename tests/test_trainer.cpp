@@ -131,6 +131,8 @@ TEST(Trainer, ResumeRepeatsAnUninterruptedRunBitForBit) {
   TrainConfig other = cc;
   other.lr.base = 0.06;
   EXPECT_THROW(train_model(c, train_set, &eval_set, other, "c"), InvalidArgument);
+  for (auto& [name, p] : c.att_store().all())  // a refused resume changes nothing
+    ASSERT_EQ(p.value.data, a.att_store().at(name).value.data) << name;
   TrainConfig done = tiny_train((dir / "d").string());
   done.resume = (dir / "a" / "tasn-last.safetensors").string();
   try {
@@ -196,15 +198,18 @@ TEST(Trainer, CheckpointRefusesAnotherConfiguration) {
   fs::remove_all(dir);
 }
 
-// A model that reports a non-finite loss from global step `bad` on (a diverging run).
+// A model that diverges from global step `bad` on: a non-finite loss, or (poison_gradient) a
+// finite loss with a NaN gradient.
 class Diverging : public Model {
  public:
-  Diverging(Model& m, std::int64_t bad) : m_(m), bad_(bad) {}
+  Diverging(Model& m, std::int64_t bad, bool poison_gradient = false) : m_(m), bad_(bad), grad_(poison_gradient) {}
   std::string name() const override { return m_.name(); }
   std::vector<std::pair<std::string, nn::ParamStore<float>*>> stores() override { return m_.stores(); }
   StepStats train_step(const std::vector<float>& im, const std::vector<std::int64_t>& l, std::uint64_t s) override {
     StepStats st = m_.train_step(im, l, s);
-    if (step_++ >= bad_) st.total = std::numeric_limits<double>::infinity();
+    if (step_++ < bad_) return st;
+    if (grad_) m_.stores().front().second->at("conv1.weight").grad.data[3] = std::numeric_limits<float>::quiet_NaN();
+    else st.total = std::numeric_limits<double>::infinity();
     return st;
   }
   std::vector<Tensor<float>> predict(const std::vector<float>& im, std::int64_t n) override { return m_.predict(im, n); }
@@ -215,6 +220,7 @@ class Diverging : public Model {
  private:
   Model& m_;
   std::int64_t bad_, step_ = 0;
+  bool grad_;
 };
 
 // --weights / --att-weights: a converted torchvision file (backbone names + fc) loads into a backbone.
@@ -275,6 +281,21 @@ TEST(Trainer, NonFiniteLossStopsAndKeepsTheLastGoodCheckpoint) {
   const auto f = nn::safetensors::read((dir / "baseline-last.safetensors").string());
   EXPECT_EQ(f.metadata.at("epoch"), "1");
   EXPECT_EQ(f.metadata.at("global_step"), "2");
+
+  // a finite loss with a NaN gradient: the update is not applied, training stops
+  BaselineNet base2(tiny_net());
+  init_model(base2, 2);
+  Diverging g(base2, 1, true);
+  const fs::path dir2 = dir / "grad";
+  const TrainResult rg = train_model(g, train_set, nullptr, tiny_train(dir2.string()), "baseline");
+  EXPECT_TRUE(rg.stopped_nonfinite);
+  EXPECT_EQ(rg.step_losses.size(), 1u);
+  EXPECT_NE(rg.message.find("non-finite gradient of master.conv1.weight at epoch 1, step 2"), std::string::npos) << rg.message;
+  EXPECT_NE(rg.message.find("none (no checkpoint written)"), std::string::npos) << rg.message;
+  for (auto& [prefix, ps] : base2.stores())
+    for (auto& [name, p] : ps->all())
+      for (float v : p.value.data) ASSERT_TRUE(std::isfinite(v)) << prefix << "." << name;
+  EXPECT_FALSE(fs::exists(dir2 / "baseline-last.safetensors"));
 
   // a real divergence: a NaN weight gives a non-finite forward pass; no operator is fed NaN
   TasnNet t(tiny_net());

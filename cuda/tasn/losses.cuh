@@ -240,6 +240,7 @@ __global__ void __launch_bounds__(WarpRowGroup::kBlockThreads) topk_kernel(const
     const std::int64_t y = labels[row];
     if (y == ignore_index || y < 0 || y >= k) continue;  // warp-uniform
     const float zy = to_float(z[row * k + y]);
+    if (zy != zy) continue;  // a NaN label logit is never correct (warp-uniform)
     float greater = 0.f;
     for (std::int64_t j = g.rank(); j < k; j += g.size()) greater += ranks_above_label(to_float(z[row * k + j]), zy);
     const auto rank = static_cast<std::int64_t>(g.sum(greater));  // exact below 2^24 classes

@@ -42,7 +42,9 @@ inline FolderSplits folder_datasets(const std::vector<data::ImageRecord>& recs, 
   };
   FolderSplits s;
   const auto ntr = static_cast<std::int64_t>(tr.size()), nev = static_cast<std::int64_t>(ev.size());
-  s.train = std::make_unique<FunctionDataset>(ntr, side, loader(std::move(tr), true));
+  const std::string desc = "folder side=" + std::to_string(side) + " seed=" + std::to_string(seed) +
+                           " val=" + std::to_string(val) + " first=" + tr.front().path + " last=" + tr.back().path;
+  s.train = std::make_unique<FunctionDataset>(ntr, side, loader(std::move(tr), true), desc);
   s.eval = std::make_unique<FunctionDataset>(nev, side, loader(std::move(ev), false));
   return s;
 }

@@ -87,15 +87,29 @@ class Model {
   virtual std::size_t reported_head() const = 0;  // the head whose accuracy is "the" accuracy
   // Everything besides parameter shapes that a checkpoint of this model depends on.
   virtual std::string config_string() const = 0;
+  // Options that only change training (losses), part of a resumed run's training signature.
+  virtual std::string training_string() const { return ""; }
+};
+
+// Thrown by predict() when a (diverged) model's logits are not finite.
+class NonFinite : public InvalidArgument {
+ public:
+  using InvalidArgument::InvalidArgument;
 };
 
 inline std::string net_config_string(const NetConfig& c) {
   std::ostringstream s;
   s << "classes=" << c.classes << " image=" << c.image << " att_input=" << c.att_input << " out=" << c.out
     << " beta=" << c.beta << " dense=" << c.dense << " iters=" << c.iters << " mode=" << to_string(c.mode)
-    << " squared=" << c.structure_squared << " distinct=" << c.distinct << " T=" << c.temperature
-    << " head_scale=" << c.head_grad_scale << " att_scale=" << c.att_grad_scale << " distill=" << c.distill_weight
-    << " teacher_grad=" << c.teacher_grad;
+    << " squared=" << c.structure_squared << " distinct=" << c.distinct;
+  return s.str();
+}
+
+inline std::string loss_config_string(const NetConfig& c) {
+  std::ostringstream s;
+  s.precision(17);
+  s << "T=" << c.temperature << " head_scale=" << c.head_grad_scale << " att_scale=" << c.att_grad_scale
+    << " distill=" << c.distill_weight << " teacher_grad=" << c.teacher_grad;
   return s.str();
 }
 
@@ -193,6 +207,7 @@ class TasnNet : public Model {
   }
   std::size_t reported_head() const override { return 4; }  // master image through the shared FC
   std::string config_string() const override { return net_config_string(cfg_); }
+  std::string training_string() const override { return loss_config_string(cfg_); }
   const NetConfig& config() const { return cfg_; }
   nn::AttentionNet<float>& attention_net() { return *att_; }
   nn::ResNet<float>& master_backbone() { return *master_; }
@@ -307,7 +322,7 @@ class TasnNet : public Model {
     TASN_CHECK_ARG(img.dim(0) == n, "TasnNet::predict: ", img.dim(0), " images, expected ", n);
     TasnViews& v = views_;
     Tensor<float> z_att = attend(img, false, 0, v);
-    TASN_CHECK_ARG(!z_att.data.empty(), "TasnNet::predict: the attention net's output is not finite (a diverged model?)");
+    if (z_att.data.empty()) throw NonFinite("TasnNet::predict: the attention net's output is not finite (a diverged model?)");
     nn::BatchNormState bn;
     bn.training = false;
     const Tensor<float> pooled = master_->forward(nn::concat_batch(v.detail_image, v.structure_image), bn);
@@ -315,7 +330,7 @@ class TasnNet : public Model {
     std::vector<Tensor<float>> out = {z_att, part_fc_.forward(f_part), master_fc_.forward(f_master),
                                       shared_fc_.forward(f_part), shared_fc_.forward(f_master)};
     for (const auto& z : out)
-      TASN_CHECK_ARG(detail_model::finite(z), "TasnNet::predict: non-finite logits (a diverged model?)");
+      if (!detail_model::finite(z)) throw NonFinite("TasnNet::predict: non-finite logits (a diverged model?)");
     out.push_back(combined(out));
     return out;
   }
@@ -397,7 +412,7 @@ class BaselineNet : public Model {
     nn::BatchNormState bn;
     bn.training = false;
     Tensor<float> z = fc_.forward(master_->forward(nn::resize_bilinear_forward(img, cfg_.out, cfg_.out, true), bn));
-    TASN_CHECK_ARG(detail_model::finite(z), "BaselineNet::predict: non-finite logits (a diverged model?)");
+    if (!detail_model::finite(z)) throw NonFinite("BaselineNet::predict: non-finite logits (a diverged model?)");
     return {z};
   }
 

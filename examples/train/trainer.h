@@ -51,12 +51,17 @@ class Dataset {
   virtual data::Example get(std::int64_t i, std::int64_t epoch) const = 0;
   // Where the fine-grained detail is, when the data set knows (the generated set does).
   virtual bool detail_box(std::int64_t, data::Box&) const { return false; }
+  // What the data are (part of a resumed run's training signature).
+  virtual std::string describe() const { return ""; }
 };
 
 // The generated set, made once (in parallel) and kept as 8-bit pixels; values (x - 0.5) / 0.25.
 class SyntheticDataset : public Dataset {
  public:
   SyntheticDataset(const data::SyntheticConfig& c, data::Split split, std::int64_t n) : side_(c.size) {
+    desc_ = "synthetic seed=" + std::to_string(c.seed) + " split=" + std::to_string(static_cast<std::uint64_t>(split)) +
+            " size=" + std::to_string(c.size) + " patch=" + std::to_string(c.patch) + " clutter=" +
+            std::to_string(c.clutter) + " classes=" + std::to_string(c.classes);
     TASN_CHECK_ARG(n >= 1, "synthetic data: the split must hold >= 1 images, got ", n);
     c.validate();  // before the parallel loop: an exception must not leave an OpenMP region
     const std::int64_t per = 3 * c.size * c.size;
@@ -85,9 +90,11 @@ class SyntheticDataset : public Dataset {
     b = boxes_.at(static_cast<std::size_t>(i));
     return true;
   }
+  std::string describe() const override { return desc_; }
 
  private:
   std::int64_t side_;
+  std::string desc_;
   std::vector<unsigned char> pixels_;
   std::vector<std::int64_t> labels_;
   std::vector<data::Box> boxes_;
@@ -96,8 +103,10 @@ class SyntheticDataset : public Dataset {
 // Any data set given as a loader function (real images: see tasn_train.cpp).
 class FunctionDataset : public Dataset {
  public:
-  FunctionDataset(std::int64_t n, std::int64_t side, std::function<data::Example(std::int64_t, std::int64_t)> f)
-      : n_(n), side_(side), f_(std::move(f)) {}
+  FunctionDataset(std::int64_t n, std::int64_t side, std::function<data::Example(std::int64_t, std::int64_t)> f,
+                  std::string description = "")
+      : n_(n), side_(side), f_(std::move(f)), desc_(std::move(description)) {}
+  std::string describe() const override { return desc_; }
   std::int64_t size() const override { return n_; }
   std::int64_t side() const override { return side_; }
   data::Example get(std::int64_t i, std::int64_t epoch) const override { return f_(i, epoch); }
@@ -105,6 +114,7 @@ class FunctionDataset : public Dataset {
  private:
   std::int64_t n_, side_;
   std::function<data::Example(std::int64_t, std::int64_t)> f_;
+  std::string desc_;
 };
 
 // ---- configuration and results --------------------------------------------------------------------
@@ -179,13 +189,17 @@ inline std::string model_signature(Model& m) {
   return m.config_string() + " params=" + h;
 }
 
-// What a resumed run must share with the run that wrote the checkpoint (the step sequence).
-inline std::string train_signature(const TrainConfig& c, std::int64_t steps_per_epoch) {
+// What a resumed run must share with the run that wrote the checkpoint (the step sequence): the
+// optimiser and schedule, the training data, and the model's training-only options (losses).
+inline std::string train_signature(const TrainConfig& c, const Dataset& train_set, const Model& m) {
   std::ostringstream s;
-  s << "seed=" << c.seed << " epochs=" << c.epochs << " batch=" << c.batch << " steps_per_epoch=" << steps_per_epoch
-    << " schedule=" << to_string(c.lr.kind) << " lr=" << c.lr.base << " gamma=" << c.lr.gamma << " milestones=";
-  for (double m : c.lr.milestones) s << m << ",";
-  s << " momentum=" << c.sgd.momentum << " wd=" << c.sgd.weight_decay;
+  s.precision(17);
+  s << "seed=" << c.seed << " epochs=" << c.epochs << " batch=" << c.batch << " schedule=" << to_string(c.lr.kind)
+    << " lr=" << c.lr.base << " gamma=" << c.lr.gamma << " warmup=" << c.lr.warmup << " final_div=" << c.lr.final_div
+    << " milestones=";
+  for (double ms : c.lr.milestones) s << ms << ",";
+  s << " momentum=" << c.sgd.momentum << " wd=" << c.sgd.weight_decay << " | data: " << train_set.describe()
+    << " n=" << train_set.size() << " | " << m.training_string();
   return s.str();
 }
 
@@ -202,7 +216,7 @@ inline void load_backbone(nn::ParamStore<float>& ps, const std::string& file) {
 }
 
 // Checkpoint: "<store>.<name>" values (parameters and BN statistics), "optim.<store>.<name>"
-// momentum buffers, metadata epoch / global_step / model / signature.
+// momentum buffers, metadata epoch / global_step / model / signature / train.
 inline void save_checkpoint(const std::string& path, Model& m, Sgd* opt, std::int64_t epoch, std::int64_t step,
                             const std::string& train_sig = "") {
   std::map<std::string, const Tensor<float>*> t;
@@ -220,8 +234,10 @@ struct CheckpointInfo {
   std::string train;  // the training configuration that wrote it (train_signature)
 };
 
-// Loads values (and momentum buffers when opt is given); checks everything before changing anything.
-inline CheckpointInfo load_checkpoint(const std::string& path, Model& m, Sgd* opt) {
+// Loads values (and momentum buffers when opt is given); checks everything — the model, every
+// tensor, and `check` (called with the metadata) — before changing anything.
+inline CheckpointInfo load_checkpoint(const std::string& path, Model& m, Sgd* opt,
+                                      const std::function<void(const CheckpointInfo&)>& check = {}) {
   const nn::safetensors::File f = nn::safetensors::read(path);
   const auto meta = [&](const std::string& k) {
     auto it = f.metadata.find(k);
@@ -244,12 +260,13 @@ inline CheckpointInfo load_checkpoint(const std::string& path, Model& m, Sgd* op
     for (auto& [name, p] : ps->all()) need(prefix + "." + name, p.value);
   if (opt)
     for (auto& [name, b] : opt->buffers()) need("optim." + name, b);
-  for (auto& [dst, e] : todo)
-    for (std::size_t i = 0; i < e->values.size(); ++i) dst->data[i] = static_cast<float>(e->values[i]);
   CheckpointInfo info;
   info.epoch = std::stoll(meta("epoch"));
   info.global_step = std::stoll(meta("global_step"));
   info.train = f.metadata.count("train") ? f.metadata.at("train") : "";
+  if (check) check(info);
+  for (auto& [dst, e] : todo)
+    for (std::size_t i = 0; i < e->values.size(); ++i) dst->data[i] = static_cast<float>(e->values[i]);
   return info;
 }
 
@@ -343,15 +360,16 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
   std::atomic<std::int64_t> cur_epoch{0};  // read by the loader thread
   data::BatchLoader loader(train_set.size(), [&](std::int64_t i) { return train_set.get(i, cur_epoch.load()); }, lo);
   const std::int64_t steps = loader.batches_per_epoch();
-  const std::string train_sig = train_signature(c, steps);
+  const std::string train_sig = train_signature(c, train_set, m);
   std::int64_t first_epoch = 1;
   if (!c.resume.empty()) {
-    const CheckpointInfo info = load_checkpoint(c.resume, m, &opt);
-    TASN_CHECK_ARG(info.train == train_sig, "checkpoint ", c.resume,
-                   " was written by another training configuration; a resumed run must repeat it: checkpoint \"",
-                   info.train, "\", here \"", train_sig, "\"");
-    TASN_CHECK_ARG(info.epoch < c.epochs, "checkpoint ", c.resume, " has finished epoch ", info.epoch, " of ", c.epochs,
-                   ": nothing left to train (use --eval-only to evaluate it)");
+    const CheckpointInfo info = load_checkpoint(c.resume, m, &opt, [&](const CheckpointInfo& ci) {
+      TASN_CHECK_ARG(ci.train == train_sig, "checkpoint ", c.resume,
+                     " was written by another training configuration; a resumed run must repeat it: checkpoint \"",
+                     ci.train, "\", here \"", train_sig, "\"");
+      TASN_CHECK_ARG(ci.epoch < c.epochs, "checkpoint ", c.resume, " has finished epoch ", ci.epoch, " of ", c.epochs,
+                     ": nothing left to train (use --eval-only to evaluate it)");
+    });
     first_epoch = info.epoch + 1;
     res.global_step = info.global_step;
   }
@@ -362,6 +380,17 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
   if (!c.out_dir.empty()) log.open(c.out_dir + "/" + m.name() + "-metrics.jsonl", first_epoch > 1 ? std::ios::app : std::ios::trunc);
 
   Progress bar(c.progress, label);
+  // Ends the run after a non-finite loss, gradient or evaluation output in `epoch`, whose
+  // checkpoint is not written: the last good one is the previous epoch's (or the resumed one).
+  const auto stop_nonfinite = [&](const std::string& what, std::int64_t epoch) {
+    const std::string good = epoch > first_epoch && !ckpt.empty() ? ckpt
+                             : !c.resume.empty()                  ? c.resume
+                                                                  : std::string("none (no checkpoint written)");
+    res.stopped_nonfinite = true;
+    res.message = label + ": non-finite " + what + "; training stopped, the last good checkpoint is " + good;
+    res.seconds = since();
+    return res;
+  };
   std::int64_t run_steps = 0;
   for (std::int64_t epoch = first_epoch; epoch <= c.epochs; ++epoch) {
     cur_epoch = epoch;
@@ -377,18 +406,12 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
       const StepStats st = m.train_step(b.images, b.labels, step_seed(c.seed, res.global_step));
       const bool finite_loss = std::isfinite(st.total);
       if (!finite_loss || !opt.step(lr, 1.0 / double(st.n))) {
-        std::ostringstream msg;
-        msg << label << ": non-finite " << (finite_loss ? "gradient of " + opt.non_finite_gradient() : std::string("loss"))
-            << " at epoch " << epoch << ", step " << step << " (";
-        for (const auto& [n, l] : st.losses) msg << n << " " << l << " ";
-        const std::string good = epoch > first_epoch && !ckpt.empty() ? ckpt
-                                 : !c.resume.empty()                  ? c.resume
-                                                                      : std::string("none (no epoch finished)");
-        msg << "); training stopped, the last good checkpoint is " << good;
-        res.stopped_nonfinite = true;
-        res.message = msg.str();
-        res.seconds = since();
-        return res;
+        std::ostringstream what;
+        what << (finite_loss ? "gradient of " + opt.non_finite_gradient() : std::string("loss")) << " at epoch " << epoch
+             << ", step " << step << " (";
+        for (const auto& [n, l] : st.losses) what << n << " " << l << " ";
+        what << ")";
+        return stop_nonfinite(what.str(), epoch);
       }
       ++res.global_step;
       ++run_steps;
@@ -414,7 +437,11 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
                         {"epoch_seconds", epoch_s}, {"images_per_second", double(seen) / std::max(epoch_s, 1e-9)}};
     for (const auto& [n, l] : parts) j["train_loss_" + n] = l / double(std::max<std::int64_t>(seen, 1));
     if (eval_set && (last || (c.eval_every > 0 && epoch % c.eval_every == 0))) {
-      res.final_eval = evaluate(m, *eval_set, c.eval_batch);
+      try {
+        res.final_eval = evaluate(m, *eval_set, c.eval_batch);
+      } catch (const NonFinite& e) {
+        return stop_nonfinite("evaluation output after epoch " + std::to_string(epoch) + " (" + e.what() + ")", epoch);
+      }
       std::ostringstream s;
       s << label << " epoch " << epoch << " eval:";
       for (std::size_t h = 0; h < res.final_eval.heads.size(); ++h) {

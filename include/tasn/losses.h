@@ -198,7 +198,7 @@ void softmax_cross_entropy(MatrixView<const T> logits, VectorView<const std::int
 // Evaluation counts: correct[j] = number of rows (label != ignore_index) whose label is among
 // the top j+1 logits, for j < max_k. Rank of the label = number of logits strictly greater
 // than the label's logit, so ties count in the label's favour; NaN logits rank above the label
-// (a row whose label logit is NaN is never counted).
+// and a row whose label logit is NaN is never counted, for any max_k.
 template <class T>
 void topk_correct(const T* logits, const std::int64_t* labels, std::int64_t n, std::int64_t k,
                   std::int64_t max_k, std::int64_t ignore_index, std::int64_t* correct) {
@@ -212,8 +212,8 @@ void topk_correct(const T* logits, const std::int64_t* labels, std::int64_t n, s
   std::vector<std::int64_t> rank(static_cast<std::size_t>(n), -1);
   parallel_for(0, n, [&](std::int64_t i) {
     const std::int64_t y = labels[i];
-    if (y == ignore_index) return;
     const T* z = logits + i * k;
+    if (y == ignore_index || std::isnan(z[y])) return;  // a NaN label logit is never correct
     std::int64_t r = 0;
     for (std::int64_t j = 0; j < k; ++j) r += ranks_above_label(z[j], z[y]);
     rank[i] = r;

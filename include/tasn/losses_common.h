@@ -123,13 +123,15 @@ TASN_HD Acc smoothed_target(bool is_label, Acc eps, Acc inv_k) {
   return (is_label ? Acc(1) - eps : Acc(0)) + eps * inv_k;
 }
 
-// d loss / d z_k for one row: w (q_k - t_k).
-// Top-k ranking: logit zj ranks above the label's logit zy unless zj <= zy (ties go to the label).
-// NaN counts as above, also for j = label, so a row with a NaN label logit is never correct.
+// Top-k ranking: logit zj ranks above the label's logit zy unless zj <= zy (ties go to the label),
+// so a NaN elsewhere in the row ranks above the label. (Rows whose label logit is NaN are skipped
+// by the callers: never counted correct.)
 template <class Acc>
 TASN_HD bool ranks_above_label(Acc zj, Acc zy) {
   return !(zj <= zy);
 }
+
+// d loss / d z_k for one row: w (q_k - t_k).
 
 template <class Acc>
 TASN_HD Acc cross_entropy_grad(Acc q, Acc target, Acc w) {
