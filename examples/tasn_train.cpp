@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "data/parse.h"
 #include "train/presets.h"
 #include "train/trainer.h"
 #if defined(TASN_HAVE_STB)
@@ -100,41 +101,19 @@ Args parse(int argc, char** argv) {
 
 std::int64_t to_int(const Args& a, const std::string& k, std::int64_t d) {
   const std::string v = a.get(k, "");
-  if (v.empty()) return d;
-  std::size_t used = 0;
-  std::int64_t x = 0;
-  try {
-    x = std::stoll(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  TASN_CHECK_ARG(used == v.size(), "option ", k, ": \"", v, "\" is not an integer");
-  return x;
+  return v.empty() ? d : data::parse_int(v, "option " + k);
 }
 double to_double(const Args& a, const std::string& k, double d) {
   const std::string v = a.get(k, "");
-  if (v.empty()) return d;
-  std::size_t used = 0;
-  double x = 0;
-  try {
-    x = std::stod(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  TASN_CHECK_ARG(used == v.size(), "option ", k, ": \"", v, "\" is not a number");
-  return x;
+  return v.empty() ? d : data::parse_double(v, "option " + k);
 }
 std::vector<std::int64_t> to_ints(const std::string& k, const std::string& v) {
   std::vector<std::int64_t> out;
   std::stringstream ss(v);
   for (std::string t; std::getline(ss, t, ',');) {
-    std::size_t used = 0;
-    try {
-      out.push_back(std::stoll(t, &used));
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    TASN_CHECK_ARG(used == t.size() && !t.empty(), "option ", k, ": \"", v, "\" is not a comma-separated list of integers");
+    std::int64_t x = 0;
+    TASN_CHECK_ARG(data::parse_number(t, x), "option ", k, ": \"", v, "\" is not a comma-separated list of integers");
+    out.push_back(x);
   }
   return out;
 }
@@ -265,12 +244,10 @@ int run(const Args& a) {
       if (m == "tasn") model = std::make_unique<TasnNet>(net);
       else model = std::make_unique<BaselineNet>(net);
       init_model(*model, seed);
-      if (a.has("--weights")) {
-        if (auto* t = dynamic_cast<TasnNet*>(model.get())) load_backbone(t->master_store(), a.get("--weights", ""));
-        if (auto* b = dynamic_cast<BaselineNet*>(model.get())) load_backbone(b->master_store(), a.get("--weights", ""));
+      for (auto& [prefix, ps] : model->stores()) {  // "master": part/master or baseline backbone; "att": attention net
+        if (prefix == "master" && a.has("--weights")) load_backbone(*ps, a.get("--weights", ""));
+        if (prefix == "att" && a.has("--att-weights")) load_backbone(*ps, a.get("--att-weights", ""));
       }
-      if (a.has("--att-weights"))
-        if (auto* t = dynamic_cast<TasnNet*>(model.get())) load_backbone(t->att_store(), a.get("--att-weights", ""));
       TrainConfig run_cfg = tc;
       if (seeds.size() > 1) run_cfg.out_dir += "/seed-" + std::to_string(seed);
       RunRow row{m, {}};

@@ -10,6 +10,7 @@
 #include <limits>
 #include <string>
 
+#include "support/test_support.h"
 #include "train/presets.h"
 #include "train/trainer.h"
 
@@ -18,6 +19,7 @@ namespace {
 using namespace tasn;
 using namespace tasn::train;
 namespace fs = std::filesystem;
+namespace tt = tasn::test;
 
 // A tiny TASN: 48 px images, 16 px network input, width-8/16 CNNs.
 NetConfig tiny_net() {
@@ -135,12 +137,8 @@ TEST(Trainer, ResumeRepeatsAnUninterruptedRunBitForBit) {
     ASSERT_EQ(p.value.data, a.att_store().at(name).value.data) << name;
   TrainConfig done = tiny_train((dir / "d").string());
   done.resume = (dir / "a" / "tasn-last.safetensors").string();
-  try {
-    train_model(c, train_set, &eval_set, done, "d");
-    FAIL() << "expected an error";
-  } catch (const InvalidArgument& e) {
-    EXPECT_NE(std::string(e.what()).find("nothing left to train"), std::string::npos) << e.what();
-  }
+  std::string msg = tt::invalid_argument_message([&] { train_model(c, train_set, &eval_set, done, "d"); });
+  EXPECT_NE(msg.find("nothing left to train"), std::string::npos) << msg;
   // and the loss did change over the run (the comparison is not between constants)
   EXPECT_NE(ra.step_losses.front(), ra.step_losses.back());
   fs::remove_all(dir);
@@ -170,31 +168,19 @@ TEST(Trainer, CheckpointRefusesAnotherConfiguration) {
   NetConfig other = tiny_net();
   other.classes = 5;
   TasnNet b(other);
-  try {
-    load_checkpoint((dir / "a.safetensors").string(), b, nullptr);
-    FAIL() << "expected an error";
-  } catch (const InvalidArgument& e) {
-    EXPECT_NE(std::string(e.what()).find("differ"), std::string::npos) << e.what();
-  }
+  std::string msg = tt::invalid_argument_message([&] { load_checkpoint((dir / "a.safetensors").string(), b, nullptr); });
+  EXPECT_NE(msg.find("differ"), std::string::npos) << msg;
   NetConfig sizes = tiny_net();  // same parameter shapes, another sampler output size
   sizes.out = 24;
   TasnNet s(sizes);
-  try {
-    load_checkpoint((dir / "a.safetensors").string(), s, nullptr);
-    FAIL() << "expected an error";
-  } catch (const InvalidArgument& e) {
-    EXPECT_NE(std::string(e.what()).find("out=24"), std::string::npos) << e.what();
-  }
+  msg = tt::invalid_argument_message([&] { load_checkpoint((dir / "a.safetensors").string(), s, nullptr); });
+  EXPECT_NE(msg.find("out=24"), std::string::npos) << msg;
   BaselineNet base(tiny_net());
   EXPECT_THROW(load_checkpoint((dir / "a.safetensors").string(), base, nullptr), InvalidArgument);
   // no optimiser state in this file: resuming (which needs it) names the missing tensor
   Sgd opt(a.stores(), {});
-  try {
-    load_checkpoint((dir / "a.safetensors").string(), a, &opt);
-    FAIL() << "expected an error";
-  } catch (const InvalidArgument& e) {
-    EXPECT_NE(std::string(e.what()).find("optim."), std::string::npos) << e.what();
-  }
+  msg = tt::invalid_argument_message([&] { load_checkpoint((dir / "a.safetensors").string(), a, &opt); });
+  EXPECT_NE(msg.find("optim."), std::string::npos) << msg;
   fs::remove_all(dir);
 }
 
@@ -253,17 +239,10 @@ TEST(Trainer, TorchvisionWeightsLoadIntoTheBackbones) {
   }
   EXPECT_EQ(compared, 100);  // 60 parameters + 40 BN statistics: a ResNet-18 without its fc
   EXPECT_EQ(m.att_store().at("head.conv1.weight").value.data, head_before);
-  try {
-    load_backbone(m.master_store(), (dir / "tv.safetensors").string());  // the demo backbone is no ResNet-18
-    FAIL() << "expected an error";
-  } catch (const InvalidArgument&) {
-  }
-  try {
-    load_backbone(m.att_store(), (dir / "partial.safetensors").string());
-    FAIL() << "expected an error";
-  } catch (const InvalidArgument& e) {
-    EXPECT_NE(std::string(e.what()).find("layer3.0.downsample.0.weight"), std::string::npos) << e.what();
-  }
+  // the demo backbone is no ResNet-18
+  EXPECT_THROW(load_backbone(m.master_store(), (dir / "tv.safetensors").string()), InvalidArgument);
+  std::string msg = tt::invalid_argument_message([&] { load_backbone(m.att_store(), (dir / "partial.safetensors").string()); });
+  EXPECT_NE(msg.find("layer3.0.downsample.0.weight"), std::string::npos) << msg;
   fs::remove_all(dir);
 }
 

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "data/parse.h"
 #include "data/synthetic.h"  // sample_key
 #include "tasn/core/random.h"
 #include "tasn/core/common.h"
@@ -62,18 +63,6 @@ inline std::map<std::int64_t, std::string> read_id_table(const std::filesystem::
   return t;
 }
 
-inline std::int64_t parse_int(const std::string& s, const std::string& where) {
-  std::size_t used = 0;
-  std::int64_t v = 0;
-  try {
-    v = std::stoll(s, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  TASN_CHECK_ARG(used == s.size() && !s.empty(), "data: ", where, ": \"", s, "\" is not an integer");
-  return v;
-}
-
 inline void check_splits(const std::vector<ImageRecord>& r, const std::string& where) {
   const auto train = std::count_if(r.begin(), r.end(), [](const ImageRecord& x) { return x.train; });
   TASN_CHECK_ARG(train > 0, "data: ", where, ": the train split is empty");
@@ -96,10 +85,10 @@ inline std::vector<ImageRecord> read_cub(const std::string& root, std::int64_t n
     const auto l = labels.find(id), s = split.find(id);
     TASN_CHECK_ARG(l != labels.end(), "data: ", (r / "image_class_labels.txt").string(), ": no label for image id ", id);
     TASN_CHECK_ARG(s != split.end(), "data: ", (r / "train_test_split.txt").string(), ": no split for image id ", id);
-    const std::int64_t y = detail_folder::parse_int(l->second, (r / "image_class_labels.txt").string());
+    const std::int64_t y = parse_int(l->second, "data: " + (r / "image_class_labels.txt").string());
     TASN_CHECK_ARG(y >= 1 && (num_classes <= 0 || y <= num_classes), "data: ", (r / "image_class_labels.txt").string(),
                    ": image id ", id, " has label ", y, ", outside 1..", num_classes);
-    const std::int64_t t = detail_folder::parse_int(s->second, (r / "train_test_split.txt").string());
+    const std::int64_t t = parse_int(s->second, "data: " + (r / "train_test_split.txt").string());
     TASN_CHECK_ARG(t == 0 || t == 1, "data: ", (r / "train_test_split.txt").string(), ": image id ", id,
                    " has split ", t, " (expected 0 or 1)");
     out.push_back({(r / "images" / rel).string(), y - 1, t == 1});
@@ -122,7 +111,7 @@ inline std::vector<ImageRecord> read_list(const std::string& list_file, const st
     const std::string where = list_file + ":" + std::to_string(i + 1);
     TASN_CHECK_ARG(static_cast<bool>(ss >> path >> label >> split), "data: ", where,
                    ": expected \"path label train|test\", got \"", lines[i], "\"");
-    const std::int64_t y = detail_folder::parse_int(label, where);
+    const std::int64_t y = parse_int(label, "data: " + where);
     TASN_CHECK_ARG(y >= 0 && y < num_classes, "data: ", where, ": label ", y, " is outside 0..", num_classes - 1);
     TASN_CHECK_ARG(split == "train" || split == "test", "data: ", where, ": split \"", split, "\" is not train or test");
     out.push_back({(std::filesystem::path(root) / path).string(), y, split == "train"});

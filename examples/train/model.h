@@ -30,6 +30,7 @@
 #include "nn/attention_net.h"
 #include "nn/resnet.h"
 #include "tasn/attention_sampler.h"
+#include "tasn/core/softmax_cpu.h"
 #include "tasn/losses.h"
 #include "tasn/trilinear_attention.h"
 
@@ -210,7 +211,6 @@ class TasnNet : public Model {
   std::string training_string() const override { return loss_config_string(cfg_); }
   const NetConfig& config() const { return cfg_; }
   nn::AttentionNet<float>& attention_net() { return *att_; }
-  nn::ResNet<float>& master_backbone() { return *master_; }
   nn::ParamStore<float>& att_store() { return att_ps_; }
   nn::ParamStore<float>& master_store() { return master_ps_; }
   // Maps, sampled images and grid of the last train_step / predict call.
@@ -337,16 +337,11 @@ class TasnNet : public Model {
 
   // Mean of the heads' softmax probabilities (log of it, so argmax / top-k work as on logits).
   static Tensor<float> combined(const std::vector<Tensor<float>>& heads) {
-    Tensor<float> c(heads[0].shape);
-    const std::int64_t N = c.dim(0), K = c.dim(1);
-    for (const auto& z : heads)
-      for (std::int64_t i = 0; i < N; ++i) {
-        const float* r = z.ptr() + i * K;
-        const float m = *std::max_element(r, r + K);
-        double s = 0;
-        for (std::int64_t k = 0; k < K; ++k) s += std::exp(double(r[k] - m));
-        for (std::int64_t k = 0; k < K; ++k) c.data[i * K + k] += static_cast<float>(std::exp(double(r[k] - m)) / s);
-      }
+    Tensor<float> c(heads[0].shape), p(heads[0].shape);
+    for (const auto& z : heads) {
+      cpu::softmax_rows(z.ptr(), p.ptr(), z.dim(0), z.dim(1), 1.0f, true);
+      for (std::int64_t i = 0; i < c.numel(); ++i) c.data[i] += p.data[i];
+    }
     for (auto& x : c.data) x = std::log(std::max(x / float(heads.size()), 1e-30f));
     return c;
   }
@@ -381,8 +376,6 @@ class BaselineNet : public Model {
   std::string config_string() const override {
     return "classes=" + std::to_string(cfg_.classes) + " image=" + std::to_string(cfg_.image) + " out=" + std::to_string(cfg_.out);
   }
-  nn::ResNet<float>& master_backbone() { return *master_; }
-  nn::ParamStore<float>& master_store() { return master_ps_; }
 
   StepStats train_step(const std::vector<float>& images, const std::vector<std::int64_t>& labels,
                        std::uint64_t) override {
