@@ -248,13 +248,13 @@ inline CheckpointInfo load_checkpoint(const std::string& path, Model& m, Sgd* op
   TASN_CHECK_ARG(meta("signature") == model_signature(m), "checkpoint ", path,
                  ": its network configuration or parameter shapes differ from this one (other preset or sizes?): "
                  "checkpoint \"", meta("signature"), "\", here \"", model_signature(m), "\"");
-  std::vector<std::pair<Tensor<float>*, const nn::safetensors::Entry*>> todo;
+  std::vector<std::pair<Tensor<float>*, const nn::safetensors::Entry*>> pending;
   auto need = [&](const std::string& name, Tensor<float>& dst) {
     auto it = f.tensors.find(name);
     TASN_CHECK_ARG(it != f.tensors.end(), "checkpoint ", path, ": tensor ", name, " missing");
     TASN_CHECK_ARG(it->second.shape == dst.shape, "checkpoint ", path, ": ", name, " has shape ",
                    nn::shape_string(it->second.shape), ", the model ", dst.shape_str());
-    todo.push_back({&dst, &it->second});
+    pending.push_back({&dst, &it->second});
   };
   for (auto& [prefix, ps] : m.stores())
     for (auto& [name, p] : ps->all()) need(prefix + "." + name, p.value);
@@ -265,7 +265,7 @@ inline CheckpointInfo load_checkpoint(const std::string& path, Model& m, Sgd* op
   info.global_step = std::stoll(meta("global_step"));
   info.train = f.metadata.count("train") ? f.metadata.at("train") : "";
   if (check) check(info);
-  for (auto& [dst, e] : todo)
+  for (auto& [dst, e] : pending)
     for (std::size_t i = 0; i < e->values.size(); ++i) dst->data[i] = static_cast<float>(e->values[i]);
   return info;
 }
