@@ -2,10 +2,12 @@
 // every error path.
 #include <gtest/gtest.h>
 
+#include <cfloat>
 #include <limits>
 
 #include <cmath>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "support/reference_losses.h"
@@ -361,6 +363,159 @@ TEST(LossesCpuErrors, ShapeMismatchesThroughViews) {
   tasn::cpu::softmax_cross_entropy<float>(a.data(), y.data(), 4, 10, CrossEntropyOptions{}, &via_ptr, nullptr);
   EXPECT_EQ(via_view, via_ptr);
   EXPECT_NEAR(via_ptr, std::log(10.0), 1e-6);
+}
+
+// ---- robustness: finite-but-extreme options -------------------------------------------------------
+// Options that the computation uses as float (1/temperature, temperature^2 with t_squared,
+// grad_scale) must be finite in float, on the CPU as on the GPU; legal values whose intermediate
+// terms overflow are computed stably.
+
+TEST(LossesCpuErrors, OptionsMustBeFiniteInFloat) {
+  std::vector<double> z(12, 0.5), out(12);
+  std::vector<std::int64_t> y = {0, 1, 2, 0};
+  DistillationOptions d;
+  d.temperature = 1e-50;  // 1/T = 1e50: not a float
+  std::string msg = tt::invalid_argument_message([&] { tasn::cpu::distillation_loss<double>(z.data(), z.data(), 4, 3, d, out.data(), nullptr); });
+  EXPECT_NE(msg.find("distillation_loss: temperature must be >= 2.93874e-39 (1/temperature finite in float), got 1e-50"), std::string::npos) << msg;
+  d.temperature = 1e30;  // fine alone ...
+  EXPECT_NO_THROW(tasn::cpu::distillation_loss<double>(z.data(), z.data(), 4, 3, d, out.data(), nullptr));
+  d.t_squared = true;  // ... but T^2 = 1e60 is not a float
+  msg = tt::invalid_argument_message([&] { tasn::cpu::distillation_loss<float>(tt::cast_vector<float>(z).data(), tt::cast_vector<float>(z).data(), 4, 3, d, nullptr, nullptr); });
+  EXPECT_NE(msg.find("distillation_loss: temperature must be <= 1.84467e+19 with t_squared (temperature^2 finite in float), got 1e+30"), std::string::npos) << msg;
+  for (double s : {1e300, -1e300, 3.5e38}) {
+    CrossEntropyOptions ce;
+    ce.grad_scale = s;
+    msg = tt::invalid_argument_message([&] { tasn::cpu::softmax_cross_entropy<double>(z.data(), y.data(), 4, 3, ce, out.data(), nullptr); });
+    EXPECT_NE(msg.find("softmax_cross_entropy: grad_scale must be finite in float (|grad_scale| <= 3.40282e+38), got"), std::string::npos) << msg;
+  }
+}
+
+// The shared helper: 0 * anything = 0 (xlogy), NaN still propagates, otherwise the plain product.
+TEST(LossesMath, XlogyIsZeroWhereTheProbabilityIsZero) {
+  EXPECT_EQ(tasn::xlogy(0.0, -INFINITY), 0.0);
+  EXPECT_EQ(tasn::xlogy(-0.0, std::nan("")), 0.0);
+  EXPECT_EQ(tasn::xlogy(0.0, 1e300), 0.0);
+  EXPECT_EQ(tasn::xlogy(0.25, -8.0), -2.0);
+  EXPECT_EQ(tasn::xlogy(1e-300, -INFINITY), -INFINITY);  // p > 0: the honest product
+  EXPECT_TRUE(std::isnan(tasn::xlogy(std::nan(""), 1.0)));
+  EXPECT_TRUE(std::isnan(tasn::xlogy(0.5, std::nan(""))));
+  // the distillation term and the teacher gradient use it
+  EXPECT_EQ(tasn::distill_loss_term(0.0, -INFINITY, -INFINITY, false), 0.0);
+  EXPECT_EQ(tasn::distill_loss_term(0.0, -INFINITY, -INFINITY, true), 0.0);
+  EXPECT_EQ(tasn::distill_teacher_grad(0.0, -INFINITY, 3.0, 1e38, 1e38), 0.0);
+}
+
+// Far-apart logits for T = 1e-38: (z - max) / T overflows T's range, so log q = -inf where q = 0.
+template <class T>
+T far_logit() {
+  return std::is_same_v<T, float> ? T(-30) : T(-1e300);
+}
+
+TYPED_TEST(LossesCpu, ZeroProbabilityTimesMinusInfinityContributesZero) {
+  using T = TypeParam;
+  const std::int64_t n = 2, k = 3;
+  const std::vector<T> z = {T(0), far_logit<T>(), T(5), far_logit<T>(), T(1), T(0)};
+  for (bool kl : {false, true}) {
+    SCOPED_TRACE(::testing::Message() << "kl=" << kl);
+    DistillationOptions opt;
+    opt.temperature = 1e-38;
+    opt.kl = kl;
+    opt.reduction = Reduction::None;
+    std::vector<T> loss(n, T(9)), gs(n * k, T(9)), gt(n * k, T(9));
+    tasn::cpu::distillation_loss<T>(z.data(), z.data(), n, k, opt, loss.data(), gs.data(), gt.data());
+    // student == teacher, both one-hot: p log q is 0 log 0 = 0 where p = 0 (xlogy), 1 log 1 = 0 elsewhere
+    for (T v : loss) EXPECT_EQ(v, T(0));
+    for (T v : gs) EXPECT_EQ(v, T(0));
+    for (T v : gt) EXPECT_EQ(v, T(0));
+  }
+  // p = (1, 0), q = (0, 1): the loss is 5/T = 5e38 (inf in float), the teacher gradient exactly 0
+  // (r_0 - sum p r = 0, p_1 = 0), the student gradient (q - p)/T
+  const std::vector<T> zs = {T(0), T(5)}, zt = {T(5), T(0)};
+  for (bool kl : {false, true}) {
+    SCOPED_TRACE(::testing::Message() << "kl=" << kl);
+    DistillationOptions opt;
+    opt.temperature = 1e-38;
+    opt.kl = kl;
+    T loss = T(9);
+    std::vector<T> gs(2, T(9)), gt(2, T(9));
+    tasn::cpu::distillation_loss<T>(zs.data(), zt.data(), 1, 2, opt, &loss, gs.data(), gt.data());
+    if (std::is_same_v<T, float>) EXPECT_EQ(loss, T(INFINITY));
+    else EXPECT_NEAR(loss, 5e38, 5e38 * 1e-12);
+    EXPECT_EQ(gt[0], T(0));
+    EXPECT_EQ(gt[1], T(0));
+    const T inv_t = static_cast<T>(1.0 / 1e-38);
+    EXPECT_EQ(gs[0], -inv_t);
+    EXPECT_EQ(gs[1], inv_t);
+  }
+}
+
+TYPED_TEST(LossesCpu, GradientWeightsDoNotOverflowIntoNaN) {
+  using T = TypeParam;
+  // t_squared with T = 1e19 (T^2 = 1e38 is a float) and an upstream gradient of 100: the row
+  // weight T^2 * 100 overflows float, but the gradient T * 100 * (q - p) does not
+  const double temp = 1e19, up = 100.0;
+  const std::int64_t n = 2, k = 3;
+  const std::vector<double> zs = {0, 1e19, 2e19, 0, 0, 0}, zt = {2e19, 0, 1e19, 0, 0, 0};
+  DistillationOptions opt;
+  opt.temperature = temp;
+  opt.t_squared = true;
+  opt.reduction = Reduction::None;
+  const std::vector<T> dl(n, T(up));
+  std::vector<T> loss(n), gs(n * k), gt(n * k);
+  tasn::cpu::distillation_loss<T>(tt::cast_vector<T>(zs).data(), tt::cast_vector<T>(zt).data(), n, k, opt, loss.data(),
+                                  gs.data(), gt.data(), dl.data());
+  for (std::int64_t i = 0; i < n; ++i) {
+    const auto lq = tt::ref_log_softmax(&zs[i * k], k, 1.0 / temp), lp = tt::ref_log_softmax(&zt[i * k], k, 1.0 / temp);
+    for (std::int64_t j = 0; j < k; ++j) {
+      const double ref = (std::exp(lq[j]) - std::exp(lp[j])) * temp * up;
+      ASSERT_TRUE(std::isfinite(gs[i * k + j])) << i << "," << j;
+      ASSERT_TRUE(std::isfinite(gt[i * k + j])) << i << "," << j;
+      EXPECT_NEAR(gs[i * k + j], ref, 1e-5 * temp * up) << i << "," << j;
+    }
+  }
+  // cross-entropy: grad_scale 1e30 with an upstream gradient of 1e10; q - t = 0 where q underflows
+  CrossEntropyOptions ce;
+  ce.grad_scale = 1e30;
+  ce.reduction = Reduction::None;
+  const std::vector<T> z = {T(0), T(-1e4), T(5)}, d10 = {T(1e10)};
+  const std::vector<std::int64_t> y = {2};
+  std::vector<T> l(1), g(3);
+  tasn::cpu::softmax_cross_entropy<T>(z.data(), y.data(), 1, 3, ce, l.data(), g.data(), d10.data());
+  for (T v : g) EXPECT_FALSE(std::isnan(v));
+  EXPECT_EQ(g[1], T(0));  // q_1 = t_1 = 0
+  EXPECT_GT(g[0], T(0));
+  EXPECT_LT(g[2], T(0));
+}
+
+TYPED_TEST(LossesCpu, RowLossesAreScaledAndReducedInDouble) {
+  using T = TypeParam;
+  // Row 0's loss times T^2 (or grad_scale) exceeds the float range; the mean over 64 rows does not.
+  const std::int64_t n = 64, k = 2;
+  std::vector<double> zs(n * k, 0.0), zt(n * k, 0.0);
+  zs[1] = 1e20;  // row 0: q = (e^-10, 1), p = (1, e^-10) at T = 1e19
+  zt[0] = 1e20;
+  DistillationOptions opt;
+  opt.temperature = 1e19;
+  opt.t_squared = true;
+  opt.kl = true;
+  const auto rows = tt::ref_distillation_rows(zs, zt, n, k, 1e19, true, true);
+  ASSERT_GT(rows[0], double(FLT_MAX));
+  const double ref = tt::ref_reduce(rows, 2, double(n));
+  T loss = 0;
+  tasn::cpu::distillation_loss<T>(tt::cast_vector<T>(zs).data(), tt::cast_vector<T>(zt).data(), n, k, opt, &loss, nullptr);
+  EXPECT_NEAR(loss, ref, 1e-5 * ref);
+  // cross-entropy with grad_scale 1e30: row 0's loss 1e9 * 1e30
+  std::vector<double> z(n * k, 0.0);
+  std::vector<std::int64_t> y(n, 0);
+  for (std::int64_t i = 0; i < n; ++i) z[i * k + 1] = -1e9;
+  y[0] = 1;
+  CrossEntropyOptions ce;
+  ce.grad_scale = 1e30;
+  const auto ce_rows = tt::ref_cross_entropy_rows(z, y, n, k, 0.0, 1e30, -100);
+  ASSERT_GT(ce_rows[0], double(FLT_MAX));
+  const double ce_ref = tt::ref_reduce(ce_rows, 2, double(n));
+  tasn::cpu::softmax_cross_entropy<T>(tt::cast_vector<T>(z).data(), y.data(), n, k, ce, &loss, nullptr);
+  EXPECT_NEAR(loss, ce_ref, 1e-5 * ce_ref);
 }
 
 }  // namespace

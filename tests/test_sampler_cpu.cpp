@@ -2,7 +2,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -339,6 +341,327 @@ TEST(SamplerErrors, BadInputs) {
   EXPECT_NE(tt::invalid_argument_message([&] { tasn::cpu::sampling_grid<float>(m.data(), m.data(), 1, 4, 4, GridOptions{}, g.data(), g.data()); })
                 .find("my holds a non-finite value"),
             std::string::npos);
+}
+
+// ---- robustness: sizes ------------------------------------------------------------------------
+// Every size product an entry point forms is checked before anything is allocated or indexed:
+// overflow, negative sizes and allocations the machine cannot serve all become InvalidArgument.
+
+constexpr std::int64_t kHuge = std::int64_t(1) << 62;
+
+TEST(SamplerSizes, AttentionSampleRefusesOverflowingOutputSize) {
+  // out_h = 2^62 with N = 4: N * out_h overflows int64 (the grid buffer gy); was a segfault
+  std::vector<float> img(4 * 8 * 8, 1.f), att(4 * 4 * 4, 1.f), out(16);
+  tasn::AttentionSampleOptions opt;
+  opt.grid.out_h = kHuge;
+  opt.grid.out_w = 2;
+  const std::string msg = tt::invalid_argument_message([&] {
+    tasn::cpu::attention_sample<float>(img.data(), 4, 1, 8, 8, att.data(), 4, 4, opt, out.data());
+  });
+  EXPECT_NE(msg.find("attention_sample: "), std::string::npos) << msg;
+  EXPECT_NE(msg.find("gy"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("4 x 4611686018427387904"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("overflows 64-bit indexing"), std::string::npos) << msg;
+}
+
+TEST(SamplerSizes, SamplingGridRefusesOverflowingOutputSize) {
+  std::vector<float> m(4 * 4, 0.25f), g(16);
+  GridOptions opt;
+  opt.out_h = 2;
+  opt.out_w = kHuge;  // N * out_w overflows (gx)
+  const std::string msg = tt::invalid_argument_message([&] {
+    tasn::cpu::sampling_grid<float>(m.data(), m.data(), 4, 4, 4, opt, g.data(), g.data());
+  });
+  EXPECT_NE(msg.find("sampling_grid: gx"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("overflows 64-bit indexing"), std::string::npos) << msg;
+}
+
+TEST(SamplerSizes, AttentionSampleRefusesNegativeSizes) {
+  // were std::length_error from a std::vector of negative size
+  std::vector<float> buf(64, 1.f);
+  tasn::AttentionSampleOptions opt;
+  opt.grid.out_h = opt.grid.out_w = 2;
+  std::string msg = tt::invalid_argument_message([&] {
+    tasn::cpu::attention_sample<float>(buf.data(), -1, 1, 4, 4, buf.data(), 2, 2, opt, buf.data());
+  });
+  EXPECT_NE(msg.find("attention_sample: "), std::string::npos) << msg;
+  EXPECT_NE(msg.find("must have positive sizes, got (-1"), std::string::npos) << msg;
+  msg = tt::invalid_argument_message([&] {
+    tasn::cpu::attention_sample<float>(buf.data(), 1, 1, -3, 4, buf.data(), 2, 2, opt, buf.data());
+  });
+  EXPECT_NE(msg.find("attention_sample: img must have positive sizes, got (1, 1, -3, 4)"), std::string::npos) << msg;
+  opt.upsample_h = -5;
+  msg = tt::invalid_argument_message([&] {
+    tasn::cpu::attention_sample<float>(buf.data(), 1, 1, 4, 4, buf.data(), 2, 2, opt, buf.data());
+  });
+  EXPECT_NE(msg.find("attention_sample: upsample size must be >= 0 (0: the image size), got (-5, 0)"), std::string::npos) << msg;
+}
+
+TEST(SamplerSizes, AttentionSampleTurnsFailedAllocationIntoInvalidArgument) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "AddressSanitizer aborts on an allocation it cannot serve instead of throwing std::bad_alloc";
+#else
+  // squared: the upsampled map (N, Hs, Ws) is materialised: 2^48 floats = 1 PiB. Was std::bad_alloc.
+  std::vector<float> img(1, 1.f), att(4, 1.f), out(4);
+  tasn::AttentionSampleOptions opt;
+  opt.grid.out_h = opt.grid.out_w = 2;
+  opt.upsample_h = opt.upsample_w = std::int64_t(1) << 24;
+  opt.squared = true;
+  const std::string msg = tt::invalid_argument_message([&] {
+    tasn::cpu::attention_sample<float>(img.data(), 1, 1, 1, 1, att.data(), 2, 2, opt, out.data());
+  });
+  EXPECT_NE(msg.find("attention_sample: cannot allocate the upsampled attention map"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("281474976710656 elements, 1125899906842624 bytes"), std::string::npos) << msg;
+#endif
+}
+
+TEST(SamplerSizes, SeparableBackwardRefusesOverflowingRowBuffer) {
+  // dout (1, 1, 2^40, 1) and dimg (1, 1, 1, 2^40) fit, but the pass-1 buffer (Ho x Wi) = 2^80 does not
+  const std::int64_t big = std::int64_t(1) << 40;
+  std::vector<float> buf(16, 1.f);
+  const std::string msg = tt::invalid_argument_message([&] {
+    tasn::cpu::sample_separable_backward<float>(buf.data(), 1, 1, 1, big, buf.data(), buf.data(), big, 1, buf.data());
+  });
+  EXPECT_NE(msg.find("sample_separable_backward: "), std::string::npos) << msg;
+  EXPECT_NE(msg.find("overflows 64-bit indexing"), std::string::npos) << msg;
+}
+
+TEST(SamplerSizes, GeneralGridRefusesOverflowingGrid) {
+  // out (1, 1, 2^62, 1) fits int64, the grid (1, 2^62, 1, 2) does not
+  std::vector<float> buf(16, 1.f);
+  std::string msg = tt::invalid_argument_message([&] {
+    tasn::cpu::sample_grid<float>(buf.data(), 1, 1, 1, 1, buf.data(), kHuge, 1, buf.data());
+  });
+  EXPECT_NE(msg.find("sample_grid: grid"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("overflows 64-bit indexing"), std::string::npos) << msg;
+  msg = tt::invalid_argument_message([&] {
+    tasn::cpu::sample_grid_backward<float>(buf.data(), buf.data(), buf.data(), 1, 1, 1, 1, kHuge, 1, buf.data(), buf.data());
+  });
+  EXPECT_NE(msg.find("sample_grid_backward: grid"), std::string::npos) << msg;
+}
+
+// ---- robustness: non-finite and huge grid coordinates ------------------------------------------
+// A coordinate beyond the image on either side (finite, however large) reaches no pixel: its
+// output is 0 and it receives no gradient, as zeros padding says. A NaN or infinite coordinate
+// gives NaN outputs, NaN dgrid (both components) and NaN image-gradient contributions, which land
+// on pixels 0 and 1 of its axis.
+
+const double kBadCoords[] = {std::numeric_limits<double>::quiet_NaN(), INFINITY, -INFINITY, 1e30, -1e30};
+
+template <class T>
+std::vector<T> linspace_grid(std::int64_t O) {
+  std::vector<T> g(O);
+  for (std::int64_t i = 0; i < O; ++i) g[i] = static_cast<T>(-1.0 + 2.0 * i / (O - 1));
+  return g;
+}
+
+template <class T>
+class SamplerNonFinite : public ::testing::Test {};
+using SamplerTypes = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(SamplerNonFinite, SamplerTypes);
+
+TYPED_TEST(SamplerNonFinite, SeparableForwardAndBackward) {
+  using T = TypeParam;
+  const std::int64_t N = 1, C = 2, Hi = 5, Wi = 6, Ho = 7, Wo = 8;
+  const auto img = tt::cast_vector<T>(tt::random_tensor(N * C * Hi * Wi, 501, 0.5, 1.5));
+  const auto dout = tt::cast_vector<T>(tt::random_tensor(N * C * Ho * Wo, 502, 0.5, 1.5));
+  // linspace grids: every image row and column is reached
+  const auto gy0 = linspace_grid<T>(Ho), gx0 = linspace_grid<T>(Wo);
+  for (int axis = 0; axis < 2; ++axis)
+    for (double bad : kBadCoords) {
+      SCOPED_TRACE(::testing::Message() << (axis == 0 ? "gy" : "gx") << " = " << bad);
+      const std::int64_t at = axis == 0 ? 3 : 4;  // the output row / column that gets the bad value
+      auto gy = gy0, gx = gx0;
+      (axis == 0 ? gy : gx)[at] = static_cast<T>(bad);
+      std::vector<T> out(N * C * Ho * Wo), dimg(img.size());
+      tasn::cpu::sample_separable<T>(img.data(), N, C, Hi, Wi, gy.data(), gx.data(), Ho, Wo, out.data());
+      tasn::cpu::sample_separable_backward<T>(dout.data(), N, C, Hi, Wi, gy.data(), gx.data(), Ho, Wo, dimg.data());
+      // reference: the same call on the clean grid with the affected outputs' gradient zeroed
+      std::vector<T> ref(out.size()), dref(img.size());
+      auto dz = dout;
+      for (std::int64_t c = 0; c < C; ++c)
+        for (std::int64_t i = 0; i < (axis == 0 ? Wo : Ho); ++i)
+          dz[(c * Ho + (axis == 0 ? at : i)) * Wo + (axis == 0 ? i : at)] = 0;
+      tasn::cpu::sample_separable<T>(img.data(), N, C, Hi, Wi, gy0.data(), gx0.data(), Ho, Wo, ref.data());
+      tasn::cpu::sample_separable_backward<T>(dz.data(), N, C, Hi, Wi, gy0.data(), gx0.data(), Ho, Wo, dref.data());
+      const bool finite = std::isfinite(bad);
+      for (std::int64_t c = 0; c < C; ++c)
+        for (std::int64_t y = 0; y < Ho; ++y)
+          for (std::int64_t x = 0; x < Wo; ++x) {
+            const std::int64_t i = (c * Ho + y) * Wo + x;
+            if ((axis == 0 ? y : x) == at) {
+              if (finite) ASSERT_EQ(out[i], T(0)) << "outside the image: zeros padding, at " << i;
+              else ASSERT_TRUE(std::isnan(out[i])) << "non-finite coordinate: NaN, at " << i;
+            } else {
+              ASSERT_EQ(out[i], ref[i]) << "unaffected output changed at " << i;
+            }
+          }
+      for (std::int64_t c = 0; c < C; ++c)
+        for (std::int64_t y = 0; y < Hi; ++y)
+          for (std::int64_t x = 0; x < Wi; ++x) {
+            const std::int64_t i = (c * Hi + y) * Wi + x;
+            if (!finite && (axis == 0 ? y : x) <= 1) ASSERT_TRUE(std::isnan(dimg[i])) << "NaN contribution lands on pixels 0 and 1, at " << i;
+            else ASSERT_EQ(dimg[i], dref[i]) << "at " << i;
+          }
+    }
+}
+
+TYPED_TEST(SamplerNonFinite, GeneralGridForwardAndBackward) {
+  using T = TypeParam;
+  const std::int64_t N = 1, C = 2, Hi = 5, Wi = 6, Ho = 3, Wo = 4, P = Ho * Wo;
+  const auto img = tt::cast_vector<T>(tt::random_tensor(N * C * Hi * Wi, 511, 0.5, 1.5));
+  const auto dout = tt::cast_vector<T>(tt::random_tensor(N * C * P, 512, 0.5, 1.5));
+  const auto grid0 = tt::cast_vector<T>(tt::random_tensor(N * P * 2, 513, -0.9, 0.9));
+  for (int comp = 0; comp < 3; ++comp)  // x, y or both
+    for (double bad : kBadCoords) {
+      SCOPED_TRACE(::testing::Message() << (comp == 0 ? "x" : comp == 1 ? "y" : "x and y") << " = " << bad);
+      const std::int64_t at = 5;  // the grid point that gets the bad value
+      auto grid = grid0;
+      if (comp != 1) grid[at * 2] = static_cast<T>(bad);
+      if (comp != 0) grid[at * 2 + 1] = static_cast<T>(bad);
+      std::vector<T> out(N * C * P), ref(out.size()), dimg(img.size()), dref(img.size()), dgrid(grid.size()), dgref(grid.size());
+      tasn::cpu::sample_grid<T>(img.data(), N, C, Hi, Wi, grid.data(), Ho, Wo, out.data());
+      tasn::cpu::sample_grid_backward<T>(img.data(), grid.data(), dout.data(), N, C, Hi, Wi, Ho, Wo, dimg.data(), dgrid.data());
+      auto dz = dout;
+      for (std::int64_t c = 0; c < C; ++c) dz[c * P + at] = 0;
+      tasn::cpu::sample_grid<T>(img.data(), N, C, Hi, Wi, grid0.data(), Ho, Wo, ref.data());
+      tasn::cpu::sample_grid_backward<T>(img.data(), grid0.data(), dz.data(), N, C, Hi, Wi, Ho, Wo, dref.data(), dgref.data());
+      const bool finite = std::isfinite(bad);
+      for (std::int64_t c = 0; c < C; ++c)
+        for (std::int64_t i = 0; i < P; ++i) {
+          if (i != at) ASSERT_EQ(out[c * P + i], ref[c * P + i]) << i;
+          else if (finite) ASSERT_EQ(out[c * P + i], T(0));
+          else ASSERT_TRUE(std::isnan(out[c * P + i]));
+        }
+      for (std::int64_t i = 0; i < P * 2; ++i) {
+        if (i / 2 != at) ASSERT_EQ(dgrid[i], dgref[i]) << i;
+        else if (finite) ASSERT_EQ(dgrid[i], T(0)) << "no pixel reached: no gradient, at " << i;
+        else ASSERT_TRUE(std::isnan(dgrid[i])) << "both components NaN, at " << i;
+      }
+      // image gradient: NaN at pixels 0 and 1 of a non-finite axis, crossed with the taps of the
+      // other coordinate (pixels 0 and 1 too when both are bad)
+      auto taps = [&](T g, std::int64_t size, bool bad_axis) {
+        std::vector<std::int64_t> t;
+        if (bad_axis) return std::vector<std::int64_t>{0, 1};
+        const double s = (static_cast<double>(g) + 1.0) * (size - 1) / 2.0;
+        const auto i0 = static_cast<std::int64_t>(std::floor(s));
+        for (auto i : {i0, i0 + 1})
+          if (i >= 0 && i < size) t.push_back(i);
+        return t;
+      };
+      std::vector<char> nan_px(Hi * Wi, 0);
+      if (!finite)
+        for (auto y : taps(grid[at * 2 + 1], Hi, comp != 0))
+          for (auto x : taps(grid[at * 2], Wi, comp != 1)) nan_px[y * Wi + x] = 1;
+      for (std::int64_t c = 0; c < C; ++c)
+        for (std::int64_t i = 0; i < Hi * Wi; ++i) {
+          if (nan_px[i]) ASSERT_TRUE(std::isnan(dimg[c * Hi * Wi + i])) << i;
+          else ASSERT_NEAR(dimg[c * Hi * Wi + i], dref[c * Hi * Wi + i], 1e-6) << i;
+        }
+    }
+}
+
+// ---- robustness: sampling_grid normalises the marginals it is given ------------------------------
+
+template <class T>
+std::vector<T> positive_marginal(int S, std::uint64_t seed) {
+  return tt::cast_vector<T>(tt::random_tensor(S, seed, 0.05, 1.0));
+}
+
+TEST(SamplerGridNormalisation, ScaledMarginalsGiveTheSameGrid) {
+  const int Hs = 37, Ws = 53;
+  for (auto mode : {GridMode::Exact, GridMode::Official})
+    for (int iters : {0, 5}) {
+      SCOPED_TRACE(::testing::Message() << tasn::to_string(mode) << " iters=" << iters);
+      GridOptions opt;
+      opt.out_h = 29;
+      opt.out_w = 31;
+      opt.iters = iters;
+      opt.mode = mode;
+      const auto my = positive_marginal<double>(Hs, 601), mx = positive_marginal<double>(Ws, 602);
+      const Grid ref = grid_of(my, mx, opt);
+      for (double k : {4.0, 0x1p-30, 0x1p+600}) {  // powers of two: normalisation is exact, the grid identical
+        auto sy = my, sx = mx;
+        for (auto& v : sy) v *= k;
+        for (auto& v : sx) v *= k;
+        const Grid g = grid_of(sy, sx, opt);
+        EXPECT_EQ(g.gy, ref.gy) << "k = " << k;
+        EXPECT_EQ(g.gx, ref.gx) << "k = " << k;
+      }
+      for (double k : {3.0, 1e-3, 7e250}) {
+        auto sy = my, sx = mx;
+        for (auto& v : sy) v *= k;
+        for (auto& v : sx) v *= k;
+        const Grid g = grid_of(sy, sx, opt);
+        for (int i = 0; i < opt.out_h; ++i) ASSERT_NEAR(g.gy[i], ref.gy[i], 1e-12) << "k = " << k;
+        for (int i = 0; i < opt.out_w; ++i) ASSERT_NEAR(g.gx[i], ref.gx[i], 1e-12) << "k = " << k;
+      }
+      // float: the same, from float marginals
+      const auto myf = tt::cast_vector<float>(my), mxf = tt::cast_vector<float>(mx);
+      std::vector<float> gy1(opt.out_h), gx1(opt.out_w), gy2(opt.out_h), gx2(opt.out_w);
+      tasn::cpu::sampling_grid<float>(myf.data(), mxf.data(), 1, Hs, Ws, opt, gy1.data(), gx1.data());
+      auto syf = myf, sxf = mxf;
+      for (auto& v : syf) v *= 0x1p+100f;
+      for (auto& v : sxf) v *= 0x1p+100f;
+      tasn::cpu::sampling_grid<float>(syf.data(), sxf.data(), 1, Hs, Ws, opt, gy2.data(), gx2.data());
+      EXPECT_EQ(gy1, gy2);
+      EXPECT_EQ(gx1, gx2);
+    }
+}
+
+TEST(SamplerGridNormalisation, MarginalsNearDblMaxGiveAFiniteGrid) {
+  // iters = 0 with marginals whose sum overflows double: was a NaN grid
+  const int Hs = 16, Ws = 12;
+  GridOptions opt;
+  opt.out_h = 9;
+  opt.out_w = 11;
+  opt.iters = 0;
+  auto my = positive_marginal<double>(Hs, 611), mx = positive_marginal<double>(Ws, 612);
+  for (auto& v : my) v = 0.5 + 0.5 * v;
+  for (auto& v : mx) v = 0.5 + 0.5 * v;
+  const Grid ref = grid_of(my, mx, opt);
+  auto by = my, bx = mx;
+  for (auto& v : by) v *= 0x1p+1023;  // each near DBL_MAX / 2..1: the plain sum overflows
+  for (auto& v : bx) v *= 0x1p+1023;
+  by[3] = DBL_MAX;
+  const Grid g = grid_of(by, bx, opt);
+  auto my3 = my;
+  my3[3] = DBL_MAX / 0x1p+1023;
+  const Grid ref3 = grid_of(my3, mx, opt);
+  for (int i = 0; i < opt.out_h; ++i) {
+    ASSERT_TRUE(std::isfinite(g.gy[i])) << i;
+    ASSERT_NEAR(g.gy[i], ref3.gy[i], 1e-12) << i;
+  }
+  for (int i = 0; i < opt.out_w; ++i) ASSERT_NEAR(g.gx[i], ref.gx[i], 1e-12) << i;
+  EXPECT_EQ(g.gy.front(), -1.0);
+  EXPECT_EQ(g.gy.back(), 1.0);
+}
+
+TEST(SamplerGridNormalisation, MarginalWithoutPositiveMassGivesTheIdentity) {
+  const int Hs = 10, Ws = 14, N = 3;
+  GridOptions opt;
+  opt.out_h = 9;
+  opt.out_w = 13;
+  opt.iters = 0;  // no limit iterations to spread the mass
+  for (double fill : {0.0, -2.0}) {
+    SCOPED_TRACE(::testing::Message() << "fill " << fill);
+    // sample 0 healthy, sample 1 without mass on the row marginal only, sample 2 on both
+    std::vector<double> my(N * Hs), mx(N * Ws);
+    const auto hy = positive_marginal<double>(Hs, 621), hx = positive_marginal<double>(Ws, 622);
+    for (int n = 0; n < N; ++n) {
+      for (int i = 0; i < Hs; ++i) my[n * Hs + i] = n == 0 ? hy[i] : fill;
+      for (int i = 0; i < Ws; ++i) mx[n * Ws + i] = n == 2 ? fill : hx[i];
+    }
+    std::vector<double> gy(N * opt.out_h), gx(N * opt.out_w);
+    tasn::cpu::sampling_grid<double>(my.data(), mx.data(), N, Hs, Ws, opt, gy.data(), gx.data());
+    const Grid healthy = grid_of(hy, hx, opt);
+    for (int i = 0; i < opt.out_h; ++i) ASSERT_EQ(gy[i], healthy.gy[i]);
+    for (int i = 0; i < opt.out_w; ++i) ASSERT_EQ(gx[i], healthy.gx[i]);
+    for (int n = 1; n < N; ++n) {  // both axes fall back together: the identity grid
+      for (int i = 0; i < opt.out_h; ++i) ASSERT_NEAR(gy[n * opt.out_h + i], -1.0 + 2.0 * i / (opt.out_h - 1), 1e-12) << n;
+      for (int i = 0; i < opt.out_w; ++i) ASSERT_NEAR(gx[n * opt.out_w + i], -1.0 + 2.0 * i / (opt.out_w - 1), 1e-12) << n;
+    }
+  }
 }
 
 }  // namespace

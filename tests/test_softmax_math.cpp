@@ -4,9 +4,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <stdexcept>
 #include <vector>
 
 #include "support/test_support.h"
+#include "tasn/core/parallel.h"
 #include "tasn/core/softmax_cpu.h"
 #include "tasn/core/softmax_math.h"
 
@@ -120,6 +122,35 @@ TEST(SoftmaxCpu, BackwardMatchesFiniteDifferences) {
   std::vector<double> g2(len, 0.25);
   tasn::cpu::softmax_backward_rows(y.data(), w.data(), g2.data(), 1, len, scale, true, false);
   for (int k = 0; k < len; ++k) EXPECT_DOUBLE_EQ(g2[k], g[k] + 0.25);
+}
+
+// An exception thrown by one iteration (e.g. a failed scratch allocation reported as
+// tasn::InvalidArgument) reaches the caller instead of terminating the program from inside an
+// OpenMP region; the remaining iterations are skipped.
+TEST(ParallelCpu, ExceptionsReachTheCaller) {
+  const int threads = tasn::cpu::num_threads();
+  tasn::cpu::set_num_threads(4);
+  std::vector<int> seen(1000, 0);
+  const std::string msg = tt::invalid_argument_message([&] {
+    tasn::cpu::parallel_for(0, 1000, [&](std::int64_t i) {
+      seen[i] = 1;
+      if (i == 777) throw tasn::InvalidArgument("iteration 777 failed");
+    });
+  });
+  tasn::cpu::set_num_threads(threads);
+  EXPECT_EQ(msg, "iteration 777 failed");
+  EXPECT_EQ(seen[777], 1);
+  // the serial path (one thread) throws the same way
+  tasn::cpu::set_num_threads(1);
+  EXPECT_THROW(tasn::cpu::parallel_for(0, 10, [&](std::int64_t i) {
+                 if (i == 3) throw std::runtime_error("serial");
+               }),
+               std::runtime_error);
+  tasn::cpu::set_num_threads(threads);
+  // and it stays usable
+  std::vector<int> all(100, 0);
+  tasn::cpu::parallel_for(0, 100, [&](std::int64_t i) { all[i] = 1; });
+  for (int v : all) EXPECT_EQ(v, 1);
 }
 
 }  // namespace

@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <string>
 #include <numeric>
 #include <tuple>
 #include <vector>
@@ -300,6 +303,39 @@ TEST(TrilinearCpuErrors, SixtyFourBitSizes) {
   EXPECT_NE(msg.find("overflows 64-bit indexing"), std::string::npos) << msg;
   const TrilinearShape wide{1, std::int64_t(1) << 32, 1, 1};  // C * C = 2^64 overflows
   EXPECT_NE(tt::invalid_argument_message([&] { wide.validate("test"); }).find("overflows"), std::string::npos);
+}
+
+// beta is used as a float (the float CPU path and the CUDA path): a beta that is finite in double
+// but not in float made softmax(beta * (x - max)) compute inf * 0 = NaN everywhere. It is refused
+// for every type (CPU and CUDA react alike); the largest float beta still gives finite results.
+TEST(TrilinearCpuErrors, BetaMustBeFiniteInFloat) {
+  const TrilinearShape s{1, 3, 2, 2};
+  const auto xd = tt::random_tensor(s.numel(), 71, -2.0, 2.0), dmd = tt::random_tensor(s.numel(), 72);
+  for (double beta : {1e39, 1e300}) {
+    TrilinearAttentionOptions opt;
+    opt.beta = beta;
+    std::vector<float> x = tt::cast_vector<float>(xd), m(x.size());
+    std::string msg = tt::invalid_argument_message([&] { tasn::cpu::trilinear_attention_forward<float>(x.data(), m.data(), nullptr, s, opt); });
+    EXPECT_NE(msg.find("trilinear_attention_forward: beta must be finite in float, in (0, 3.40282e+38], got " +
+                       std::string(beta == 1e39 ? "1e+39" : "1e+300")),
+              std::string::npos)
+        << msg;
+    std::vector<double> md(xd.size()), dx(xd.size());
+    msg = tt::invalid_argument_message([&] { tasn::cpu::trilinear_attention_backward<double>(xd.data(), dmd.data(), nullptr, dx.data(), s, opt); });
+    EXPECT_NE(msg.find("trilinear_attention_backward: beta must be finite in float"), std::string::npos) << msg;
+  }
+  for (double beta : {3.4e38, double(FLT_MAX)}) {
+    TrilinearAttentionOptions opt;
+    opt.beta = beta;
+    const auto x = tt::cast_vector<float>(xd), dm = tt::cast_vector<float>(dmd);
+    std::vector<float> m(x.size()), dx(x.size());
+    tasn::cpu::trilinear_attention_forward<float>(x.data(), m.data(), nullptr, s, opt);
+    tasn::cpu::trilinear_attention_backward<float>(x.data(), dm.data(), nullptr, dx.data(), s, opt);
+    for (std::size_t i = 0; i < m.size(); ++i) {
+      ASSERT_TRUE(std::isfinite(m[i])) << "beta " << beta << " m[" << i << "]";
+      ASSERT_TRUE(std::isfinite(dx[i])) << "beta " << beta << " dx[" << i << "]";
+    }
+  }
 }
 
 }  // namespace

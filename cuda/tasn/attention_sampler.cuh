@@ -212,6 +212,18 @@ __device__ inline double block_sum(double v) {
   return r;
 }
 
+// When the weights t[0, len) sum to infinity: pre = their maximum and mass = the sum of t / pre
+// (the CPU's normalise_marginals). Otherwise nothing changes. Every thread of the block calls it.
+__device__ inline void rescale_overflowed_mass(const double* t, std::int64_t len, double& mass, double& pre) {
+  if (isfinite(mass)) return;  // mass is the block's sum: the branch is uniform
+  double a = 0.0;
+  for (std::int64_t i = threadIdx.x; i < len; i += kBlock) a = fmax(a, t[i]);
+  pre = block_max(a);
+  a = 0.0;
+  for (std::int64_t i = threadIdx.x; i < len; i += kBlock) a += t[i] / pre;
+  mass = block_sum(a);
+}
+
 static __global__ void __launch_bounds__(kBlock)
     grid_kernel(const float* __restrict__ my, const float* __restrict__ mx, std::int64_t Hs, std::int64_t Ws,
                 std::int64_t Ho, std::int64_t Wo, double dense, int iters, int official,
@@ -221,9 +233,39 @@ static __global__ void __launch_bounds__(kBlock)
   double* tx = sm + Hs;             // Ws
   double* cdf_y = sm + Hs + Ws;     // knot CDFs
   double* cdf_x = cdf_y + Hs;
+  __shared__ int bad;
   const std::int64_t n = blockIdx.x;
-  for (std::int64_t i = threadIdx.x; i < Hs; i += kBlock) ty[i] = fmax(double(my[n * Hs + i]), 0.0) * double(Ho);
-  for (std::int64_t i = threadIdx.x; i < Ws; i += kBlock) tx[i] = fmax(double(mx[n * Ws + i]), 0.0) * double(Wo);
+  if (threadIdx.x == 0) bad = 0;
+  __syncthreads();
+  // Normalisation (sampler::normalised_marginal, as the CPU's normalise_marginals): weights
+  // max(m, 0), sum in double, pre-divided by the maximum if that sum overflows (float marginals
+  // never make it overflow; kept for parity). A non-finite value or no positive mass on either
+  // axis: both axes uniform (the identity grid) - the kernel cannot throw, and NaN must not reach
+  // the grid.
+  int local_bad = 0;
+  double sum_y = 0.0, sum_x = 0.0;
+  for (std::int64_t i = threadIdx.x; i < Hs; i += kBlock) {
+    const double v = double(my[n * Hs + i]);
+    local_bad |= !isfinite(v);
+    sum_y += (ty[i] = sampler::marginal_weight(v));
+  }
+  for (std::int64_t i = threadIdx.x; i < Ws; i += kBlock) {
+    const double v = double(mx[n * Ws + i]);
+    local_bad |= !isfinite(v);
+    sum_x += (tx[i] = sampler::marginal_weight(v));
+  }
+  if (local_bad) atomicOr(&bad, 1);
+  double mass_y = block_sum(sum_y), mass_x = block_sum(sum_x);  // block_sum synchronises: `bad` is final
+  double pre_y = 1.0, pre_x = 1.0;
+  if (!bad) {  // uniform across the block
+    rescale_overflowed_mass(ty, Hs, mass_y, pre_y);
+    rescale_overflowed_mass(tx, Ws, mass_x, pre_x);
+  }
+  const bool fallback = bad || !sampler::marginal_usable(mass_y) || !sampler::marginal_usable(mass_x);
+  for (std::int64_t i = threadIdx.x; i < Hs; i += kBlock)
+    ty[i] = sampler::normalised_marginal(ty[i], pre_y, mass_y, Hs, fallback) * double(Ho);
+  for (std::int64_t i = threadIdx.x; i < Ws; i += kBlock)
+    tx[i] = sampler::normalised_marginal(tx[i], pre_x, mass_x, Ws, fallback) * double(Wo);
   __syncthreads();
   const double t0y = dense * double(Ho) / double(Hs), t0x = dense * double(Wo) / double(Ws);
   for (int it = 0; it < iters; ++it) {
@@ -387,10 +429,7 @@ __global__ void sample_grid_backward_kernel(const T* __restrict__ img, const flo
         gys += d * (tx.w0 * (sw - nw) + tx.w1 * (se - ne));
       }
     }
-    if (dgrid) {
-      dgrid[i * 2] = gxs * tx.scale;
-      dgrid[i * 2 + 1] = gys * ty.scale;
-    }
+    if (dgrid) sampler::grid_point_grad(gxs, gys, tx, ty, dgrid[i * 2], dgrid[i * 2 + 1]);
   }
 }
 
@@ -405,11 +444,15 @@ __global__ void cast_kernel(const float* __restrict__ in, std::int64_t n, T* __r
 
 namespace detail_sampler {
 
-using sampler::check_sizes;
-
 template <class T>
 void check_image_type() {
   static_assert(is_storage_type_v<T>, "T must be float, __half or __nv_bfloat16");
+}
+
+// The per-sample kernels run one block per sample: N must fit the grid's x dimension.
+inline void check_blocks(const char* op, std::int64_t N) {
+  TASN_CHECK_ARG(N <= std::int64_t(INT32_MAX), op, ": N = ", N, " samples exceed the ", INT32_MAX,
+                 " blocks of a one-block-per-sample kernel");
 }
 
 }  // namespace detail_sampler
@@ -424,7 +467,8 @@ void launch_attention_map(const char* op, const T* m, std::int64_t N, std::int64
                           int mode, bool distinct, const std::int64_t* channels, std::uint64_t seed, float* out,
                           std::int64_t* chosen, const Context& ctx) {
   check_image_type<T>();
-  check_sizes(op, "m", N, C, h, w);
+  sampler::check_map_args(op, N, C, h, w);
+  check_blocks(op, N);
   tasn::detail::check_pointer(m, "m", N * C * h * w, op);
   tasn::detail::check_pointer(out, "out", N * h * w, op);
   const std::size_t shm = static_cast<std::size_t>(C) * (sizeof(double) + 1);
@@ -458,8 +502,7 @@ void detail_map(const T* m, std::int64_t N, std::int64_t C, std::int64_t h, std:
 inline void upsample_bilinear(const float* in, std::int64_t N, std::int64_t h, std::int64_t w, std::int64_t H,
                               std::int64_t W, bool squared, float* out, const Context& ctx) {
   constexpr const char* op = "cuda::upsample_bilinear";
-  detail_sampler::check_sizes(op, "in", N, 1, h, w);
-  detail_sampler::check_sizes(op, "out", N, 1, H, W);
+  sampler::check_upsample_args(op, N, h, w, H, W);
   tasn::detail::check_pointer(in, "in", N * h * w, op);
   tasn::detail::check_pointer(out, "out", N * H * W, op);
   sampler_kernels::upsample_kernel<<<sampler_kernels::blocks_for(N * H * W), sampler_kernels::kBlock, 0, ctx.stream>>>(
@@ -474,8 +517,8 @@ inline void attention_marginals(const float* map, std::int64_t N, std::int64_t h
                                 std::int64_t Ws, float* my, float* mx, unsigned char* fallback,
                                 const Context& ctx) {
   constexpr const char* op = "cuda::attention_marginals";
-  detail_sampler::check_sizes(op, "map", N, 1, h, w);
-  detail_sampler::check_sizes(op, "marginal sizes", N, 1, Hs, Ws);
+  sampler::check_marginal_args(op, N, h, w, Hs, Ws);
+  detail_sampler::check_blocks(op, N);
   tasn::detail::check_pointer(map, "map", N * h * w, op);
   tasn::detail::check_pointer(my, "my", N * Hs, op);
   tasn::detail::check_pointer(mx, "mx", N * Ws, op);
@@ -484,12 +527,14 @@ inline void attention_marginals(const float* map, std::int64_t N, std::int64_t h
   TASN_CUDA_CHECK_LAUNCH("marginals_kernel");
 }
 
-// Separable grid gy (N, Ho), gx (N, Wo) from marginals; as the CPU sampling_grid.
+// Separable grid gy (N, Ho), gx (N, Wo) from marginals; as the CPU sampling_grid (marginals
+// normalised per sample), except that a sample with a non-finite marginal value gets the identity
+// grid (the CPU refuses such marginals; the device data cannot be checked without a round trip).
 inline void sampling_grid(const float* my, const float* mx, std::int64_t N, std::int64_t Hs, std::int64_t Ws,
                           const GridOptions& opt, float* gy, float* gx, const Context& ctx) {
   constexpr const char* op = "cuda::sampling_grid";
-  opt.validate(op);
-  detail_sampler::check_sizes(op, "marginals (N, 1, Hs, Ws)", N, 1, Hs, Ws);
+  sampler::check_grid_args(op, N, Hs, Ws, opt);
+  detail_sampler::check_blocks(op, N);
   tasn::detail::check_pointer(my, "my", N * Hs, op);
   tasn::detail::check_pointer(mx, "mx", N * Ws, op);
   tasn::detail::check_pointer(gy, "gy", N * opt.out_h, op);
@@ -511,8 +556,7 @@ void sample_separable(const T* img, std::int64_t N, std::int64_t C, std::int64_t
                       const Context& ctx) {
   constexpr const char* op = "cuda::sample_separable";
   detail_sampler::check_image_type<T>();
-  detail_sampler::check_sizes(op, "img", N, C, Hi, Wi);
-  detail_sampler::check_sizes(op, "out", N, C, Ho, Wo);
+  sampler::check_sample_args(op, sampler::SampleCall::SeparableForward, N, C, Hi, Wi, Ho, Wo);
   tasn::detail::check_pointer(img, "img", N * C * Hi * Wi, op);
   tasn::detail::check_pointer(gy, "gy", N * Ho, op);
   tasn::detail::check_pointer(gx, "gx", N * Wo, op);
@@ -540,6 +584,8 @@ inline BackwardLayout backward_layout(detail::WorkspaceCarver& ws, std::int64_t 
 
 inline std::size_t sample_separable_backward_workspace_bytes(std::int64_t N, std::int64_t C, std::int64_t Hi,
                                                              std::int64_t Wi, std::int64_t Ho, std::int64_t Wo) {
+  sampler::check_sample_args("cuda::sample_separable_backward_workspace_bytes", sampler::SampleCall::SeparableBackward, N,
+                             C, Hi, Wi, Ho, Wo);
   detail::WorkspaceCarver ws;
   detail_sampler::backward_layout(ws, N, C, Hi, Wi, Ho, Wo);
   return ws.bytes();
@@ -552,9 +598,9 @@ void sample_separable_backward(const T* dout, std::int64_t N, std::int64_t C, st
                                void* workspace, std::size_t workspace_bytes, const Context& ctx) {
   constexpr const char* op = "cuda::sample_separable_backward";
   detail_sampler::check_image_type<T>();
-  detail_sampler::check_sizes(op, "dimg", N, C, Hi, Wi);
-  detail_sampler::check_sizes(op, "dout", N, C, Ho, Wo);
-  TASN_CHECK_ARG(2 * Wo < INT32_MAX && 2 * Ho < INT32_MAX, op, ": output sizes too large for 32-bit tap lists");
+  sampler::check_sample_args(op, sampler::SampleCall::SeparableBackward, N, C, Hi, Wi, Ho, Wo);
+  TASN_CHECK_ARG(Wo < INT32_MAX / 2 && Ho < INT32_MAX / 2, op, ": output sizes (", Ho, ", ", Wo,
+                 ") too large for 32-bit tap lists (each must be below ", INT32_MAX / 2, ")");
   tasn::detail::check_pointer(dout, "dout", N * C * Ho * Wo, op);
   tasn::detail::check_pointer(gy, "gy", N * Ho, op);
   tasn::detail::check_pointer(gx, "gx", N * Wo, op);
@@ -578,8 +624,7 @@ void sample_grid(const T* img, std::int64_t N, std::int64_t C, std::int64_t Hi, 
                  std::int64_t Ho, std::int64_t Wo, T* out, const Context& ctx) {
   constexpr const char* op = "cuda::sample_grid";
   detail_sampler::check_image_type<T>();
-  detail_sampler::check_sizes(op, "img", N, C, Hi, Wi);
-  detail_sampler::check_sizes(op, "out", N, C, Ho, Wo);
+  sampler::check_sample_args(op, sampler::SampleCall::GridForward, N, C, Hi, Wi, Ho, Wo);
   tasn::detail::check_pointer(img, "img", N * C * Hi * Wi, op);
   tasn::detail::check_pointer(grid, "grid", N * Ho * Wo * 2, op);
   tasn::detail::check_pointer(out, "out", N * C * Ho * Wo, op);
@@ -591,6 +636,7 @@ void sample_grid(const T* img, std::int64_t N, std::int64_t C, std::int64_t Hi, 
 
 inline std::size_t sample_grid_backward_workspace_bytes(std::int64_t N, std::int64_t C, std::int64_t Hi,
                                                         std::int64_t Wi, bool image_is_float) {
+  sampler::checked_elems("cuda::sample_grid_backward_workspace_bytes", "img", {N, C, Hi, Wi});
   detail::WorkspaceCarver ws;
   if (!image_is_float) ws.take<float>(N * C * Hi * Wi);
   return ws.bytes();
@@ -604,8 +650,7 @@ void sample_grid_backward(const T* img, const float* grid, const T* dout, std::i
                           void* workspace, std::size_t workspace_bytes, const Context& ctx) {
   constexpr const char* op = "cuda::sample_grid_backward";
   detail_sampler::check_image_type<T>();
-  detail_sampler::check_sizes(op, "img", N, C, Hi, Wi);
-  detail_sampler::check_sizes(op, "dout", N, C, Ho, Wo);
+  sampler::check_sample_args(op, sampler::SampleCall::GridBackward, N, C, Hi, Wi, Ho, Wo);
   tasn::detail::check_pointer(img, "img", dgrid ? N * C * Hi * Wi : 0, op);
   tasn::detail::check_pointer(grid, "grid", N * Ho * Wo * 2, op);
   tasn::detail::check_pointer(dout, "dout", N * C * Ho * Wo, op);
@@ -635,6 +680,7 @@ void sample_grid_backward(const T* img, const float* grid, const T* dout, std::i
 
 inline std::size_t attention_sample_workspace_bytes(std::int64_t N, std::int64_t Hi, std::int64_t Wi,
                                                     const AttentionSampleOptions& opt) {
+  sampler::check_attention_sample_buffers("cuda::attention_sample_workspace_bytes", N, Hi, Wi, opt);
   const std::int64_t Hs = opt.marginal_h(Hi), Ws = opt.marginal_w(Wi);
   detail::WorkspaceCarver ws;
   if (opt.squared) ws.take<float>(N * Hs * Ws);
@@ -653,7 +699,12 @@ void attention_sample(const T* img, std::int64_t N, std::int64_t C, std::int64_t
                       T* out, float* gy, float* gx, unsigned char* fallback, void* workspace,
                       std::size_t workspace_bytes, const Context& ctx) {
   constexpr const char* op = "cuda::attention_sample";
-  opt.grid.validate(op);
+  detail_sampler::check_image_type<T>();
+  sampler::check_attention_sample_args(op, N, C, Hi, Wi, Ha, Wa, opt);
+  detail_sampler::check_blocks(op, N);
+  tasn::detail::check_pointer(img, "img", N * C * Hi * Wi, op);
+  tasn::detail::check_pointer(attention, "attention", N * Ha * Wa, op);
+  tasn::detail::check_pointer(out, "out", N * C * opt.grid.out_h * opt.grid.out_w, op);
   detail::check_workspace(workspace, workspace_bytes, attention_sample_workspace_bytes(N, Hi, Wi, opt), op);
   const std::int64_t Hs = opt.marginal_h(Hi), Ws = opt.marginal_w(Wi);
   detail::WorkspaceCarver ws(workspace);

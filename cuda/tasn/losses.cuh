@@ -48,14 +48,17 @@ __device__ __forceinline__ float upstream(const T* dloss, bool per_row, std::int
 
 struct DistillParams {
   std::int64_t n, k;
-  float inv_t, tsq, mean_scale;
+  float inv_t, grad_factor, mean_scale;  // 1/T; T (t_squared) or 1/T; 1/N (mean) or 1
+  double loss_factor;                    // T^2 (t_squared) or 1, applied to the row losses in double
   bool kl, per_row_upstream;
 };
 
-// Returns the row's loss (times T^2 when asked); writes the row's gradients when asked.
+// Returns the row's unscaled loss (before T^2), in double; writes the row's gradients when asked.
+// Loss terms and the teacher gradient are formed in double from log_softmax_at, with xlogy's
+// 0 log 0 = 0, as on the CPU (tasn/losses_common.h).
 template <class Group, class T>
-__device__ float distill_row(Group& g, const T* zs, const T* zt, const DistillParams& p, float w,
-                             T* dzs, T* dzt) {
+__device__ double distill_row(Group& g, const T* zs, const T* zt, const DistillParams& p, float w,
+                              T* dzs, T* dzt) {
   Stats ss = Stats::empty(), st = Stats::empty();
   for (std::int64_t j = g.rank(); j < p.k; j += g.size()) {
     ss.push(to_float(zs[j]), p.inv_t);
@@ -64,34 +67,39 @@ __device__ float distill_row(Group& g, const T* zs, const T* zt, const DistillPa
   ss = g.stats(ss, p.inv_t);
   st = g.stats(st, p.inv_t);
   const float log_ss = logf(ss.s), log_st = logf(st.s);
-  float pq = 0.f, pp = 0.f;  // sum p log q, sum p log p
+  double part = 0.0;
   for (std::int64_t j = g.rank(); j < p.k; j += g.size()) {
-    const float lq = p.inv_t * (to_float(zs[j]) - ss.m) - log_ss;
-    const float lp = p.inv_t * (to_float(zt[j]) - st.m) - log_st;
-    const float pj = expf(lp);
-    pq += pj * lq;
-    pp += pj * lp;
+    const float zsj = to_float(zs[j]), ztj = to_float(zt[j]);
+    const float pj = expf(p.inv_t * (ztj - st.m) - log_st);
+    part += distill_loss_term(static_cast<double>(pj), log_softmax_at(zsj, ss.m, p.inv_t, log_ss),
+                              log_softmax_at(ztj, st.m, p.inv_t, log_st), p.kl);
   }
-  pq = g.sum(pq);
-  pp = g.sum(pp);
-  const float unscaled = p.kl ? pp - pq : -pq;
+  const double unscaled = g.sum(part);
   if (dzs || dzt) {
     for (std::int64_t j = g.rank(); j < p.k; j += g.size()) {
-      const float lq = p.inv_t * (to_float(zs[j]) - ss.m) - log_ss;
-      const float lp = p.inv_t * (to_float(zt[j]) - st.m) - log_st;
-      const float pj = expf(lp);
-      if (dzs) dzs[j] = from_float<T>(distill_student_grad(expf(lq), pj, p.inv_t, w));
-      if (dzt) dzt[j] = from_float<T>(distill_teacher_grad(pj, p.kl ? lq - lp : lq, -unscaled, p.inv_t, w));
+      const float zsj = to_float(zs[j]), ztj = to_float(zt[j]);
+      const float pj = expf(p.inv_t * (ztj - st.m) - log_st);
+      if (dzs) dzs[j] = from_float<T>(distill_student_grad(expf(p.inv_t * (zsj - ss.m) - log_ss), pj, p.grad_factor, w));
+      if (dzt) {
+        const double lq = log_softmax_at(zsj, ss.m, p.inv_t, log_ss);
+        const double r = p.kl ? lq - log_softmax_at(ztj, st.m, p.inv_t, log_st) : lq;
+        dzt[j] = from_float<T>(static_cast<float>(distill_teacher_grad(static_cast<double>(pj), r, -unscaled,
+                                                                       static_cast<double>(p.grad_factor),
+                                                                       static_cast<double>(w))));
+      }
     }
   }
-  return unscaled * p.tsq;
+  return unscaled;
 }
 
 struct CrossEntropyParams {
   std::int64_t n, k, ignore_index;
-  float eps, inv_k, scale;
+  float eps, inv_k, scale;  // scale: grad_scale
+  double loss_scale;        // grad_scale, applied to the row losses in double
   bool mean, per_row_upstream;
 };
+
+// Returns the row's loss before grad_scale (applied in double by the caller).
 
 template <class Group, class T>
 __device__ float cross_entropy_row(Group& g, const T* z, std::int64_t y, const CrossEntropyParams& p,
@@ -109,8 +117,8 @@ __device__ float cross_entropy_row(Group& g, const T* z, std::int64_t y, const C
   if (dz)
     for (std::int64_t j = g.rank(); j < p.k; j += g.size())
       dz[j] = from_float<T>(cross_entropy_grad(expf(to_float(z[j]) - st.m - log_s),
-                                               smoothed_target(j == y, p.eps, p.inv_k), w));
-  return p.scale * ((1.f - p.eps) * nll - p.eps * sum_lq * p.inv_k);
+                                               smoothed_target(j == y, p.eps, p.inv_k), p.scale, w));
+  return (1.f - p.eps) * nll - p.eps * sum_lq * p.inv_k;
 }
 
 // ---- kernels -------------------------------------------------------------------------------------
@@ -142,7 +150,8 @@ __device__ typename Group::TempStorage& group_storage() {
   }
 }
 
-// row_out: per-row losses (float, Sum/Mean) or nullptr; loss_none: per-row losses in T (None).
+// row_out: per-row unscaled losses (float, Sum/Mean: scaled in double by finalize_loss_kernel)
+// or nullptr; loss_none: per-row losses in T (None), scaled in double before the rounding.
 template <class Group, class T>
 __global__ void __launch_bounds__(Group::kBlockThreads) distillation_kernel(const T* __restrict__ zs, const T* __restrict__ zt,
                                     DistillParams p, const T* __restrict__ dloss, float* row_out,
@@ -150,12 +159,12 @@ __global__ void __launch_bounds__(Group::kBlockThreads) distillation_kernel(cons
   Group g(group_storage<Group>());
   for (std::int64_t row = RowSchedule<Group>::first(); row < p.n; row += RowSchedule<Group>::stride()) {
     const std::int64_t off = row * p.k;
-    const float w = p.tsq * p.mean_scale * upstream(dloss, p.per_row_upstream, row);
-    const float l = distill_row(g, zs + off, zt + off, p, w, dzs ? dzs + off : nullptr,
-                                dzt ? dzt + off : nullptr);
+    const float w = p.mean_scale * upstream(dloss, p.per_row_upstream, row);
+    const double l = distill_row(g, zs + off, zt + off, p, w, dzs ? dzs + off : nullptr,
+                                 dzt ? dzt + off : nullptr);
     if (g.rank() == 0) {
-      if (row_out) row_out[row] = l;
-      if (loss_none) loss_none[row] = from_float<T>(l);
+      if (row_out) row_out[row] = static_cast<float>(l);
+      if (loss_none) loss_none[row] = from_float<T>(static_cast<float>(l * p.loss_factor));
     }
   }
 }
@@ -203,27 +212,28 @@ __global__ void __launch_bounds__(Group::kBlockThreads) cross_entropy_kernel(con
       if (dz)
         for (std::int64_t j = g.rank(); j < p.k; j += g.size()) dz[off + j] = from_float<T>(0.f);
     } else {
-      const float w = p.scale * mean_scale * upstream(dloss, p.per_row_upstream, row);
+      const float w = mean_scale * upstream(dloss, p.per_row_upstream, row);
       l = cross_entropy_row(g, z + off, y, p, w, dz ? dz + off : nullptr);
     }
     if (g.rank() == 0) {
       if (row_out) row_out[row] = l;
-      if (loss_none) loss_none[row] = from_float<T>(l);
+      if (loss_none) loss_none[row] = from_float<T>(static_cast<float>(static_cast<double>(l) * p.loss_scale));
     }
   }
 }
 
-// loss[0] = sum of row losses (in row-strided then tree order: deterministic), divided by
-// *den (if den) or by den_value.
+// loss[0] = sum of row losses (in row-strided then tree order: deterministic) times row_scale
+// (T^2 or grad_scale, in double: the float products could overflow), divided by *den (if den)
+// or by den_value.
 template <class T>
 __global__ void __launch_bounds__(kFinalizeBlock)
-    finalize_loss_kernel(const float* __restrict__ rows, std::int64_t n, const long long* den,
+    finalize_loss_kernel(const float* __restrict__ rows, std::int64_t n, double row_scale, const long long* den,
                          double den_value, T* loss) {
   using Reduce = cub::BlockReduce<double, kFinalizeBlock>;
   __shared__ typename Reduce::TempStorage temp;
   double s = 0.0;
   for (std::int64_t i = threadIdx.x; i < n; i += kFinalizeBlock) s += rows[i];
-  s = Reduce(temp).Sum(s);
+  s = Reduce(temp).Sum(s) * row_scale;
   if (threadIdx.x == 0) {
     const double d = den ? static_cast<double>(*den) : den_value;
     // Mean over no rows is 0, unless a bad row made the sum NaN: that must stay visible.
@@ -293,10 +303,14 @@ void distillation_loss(const T* student, const T* teacher, std::int64_t n, std::
   tasn::detail::check_pointer(student, "student", n * k, op);
   tasn::detail::check_pointer(teacher, "teacher", n * k, op);
   detail::check_workspace(workspace, workspace_bytes, distillation_workspace_bytes(n, opt.reduction), op);
-  kernels::DistillParams p{n, k, static_cast<float>(1.0 / opt.temperature),
-                           static_cast<float>(opt.t_squared ? opt.temperature * opt.temperature : 1.0),
+  kernels::DistillParams p{n,
+                           k,
+                           static_cast<float>(1.0 / opt.temperature),
+                           static_cast<float>(opt.grad_factor()),
                            static_cast<float>(opt.reduction == Reduction::Mean ? 1.0 / double(n) : 1.0),
-                           opt.kl, opt.reduction == Reduction::None};
+                           opt.loss_factor(),
+                           opt.kl,
+                           opt.reduction == Reduction::None};
   detail::WorkspaceCarver ws(workspace);
   float* rows = opt.reduction == Reduction::None ? nullptr : ws.take<float>(n);
   T* loss_none = opt.reduction == Reduction::None ? loss : nullptr;
@@ -308,7 +322,7 @@ void distillation_loss(const T* student, const T* teacher, std::int64_t n, std::
   TASN_CUDA_CHECK_LAUNCH("distillation_kernel");
   if (rows && loss) {
     kernels::finalize_loss_kernel<T><<<1, kernels::kFinalizeBlock, 0, ctx.stream>>>(
-        rows, n, nullptr, opt.reduction == Reduction::Mean ? double(n) : 1.0, loss);
+        rows, n, opt.loss_factor(), nullptr, opt.reduction == Reduction::Mean ? double(n) : 1.0, loss);
     TASN_CUDA_CHECK_LAUNCH("finalize_loss_kernel");
   }
 }
@@ -332,9 +346,15 @@ void softmax_cross_entropy(const T* logits, const std::int64_t* labels, std::int
   kernels::check_labels_kernel<<<1, kernels::kFinalizeBlock, 0, ctx.stream>>>(labels, n, k, opt.ignore_index,
                                                                               valid, status);
   TASN_CUDA_CHECK_LAUNCH("check_labels_kernel");
-  kernels::CrossEntropyParams p{n, k, opt.ignore_index, static_cast<float>(opt.label_smoothing),
-                                static_cast<float>(1.0 / double(k)), static_cast<float>(opt.grad_scale),
-                                opt.reduction == Reduction::Mean, opt.reduction == Reduction::None};
+  kernels::CrossEntropyParams p{n,
+                                k,
+                                opt.ignore_index,
+                                static_cast<float>(opt.label_smoothing),
+                                static_cast<float>(1.0 / double(k)),
+                                static_cast<float>(opt.grad_scale),
+                                opt.grad_scale,
+                                opt.reduction == Reduction::Mean,
+                                opt.reduction == Reduction::None};
   kernels::launch_rows(n, k, ctx.row_kernel, [&](auto* group_tag, unsigned grid, int block) {
     using Group = std::remove_pointer_t<decltype(group_tag)>;
     kernels::cross_entropy_kernel<Group, T><<<grid, block, 0, ctx.stream>>>(
@@ -343,7 +363,7 @@ void softmax_cross_entropy(const T* logits, const std::int64_t* labels, std::int
   TASN_CUDA_CHECK_LAUNCH("cross_entropy_kernel");
   if (rows && loss) {
     kernels::finalize_loss_kernel<T><<<1, kernels::kFinalizeBlock, 0, ctx.stream>>>(
-        rows, n, opt.reduction == Reduction::Mean ? valid : nullptr, 1.0, loss);
+        rows, n, opt.grad_scale, opt.reduction == Reduction::Mean ? valid : nullptr, 1.0, loss);
     TASN_CUDA_CHECK_LAUNCH("finalize_loss_kernel");
   }
 }

@@ -17,6 +17,7 @@
 
 #include "tasn/attention_sampler_common.h"
 #include "tasn/core/parallel.h"
+#include "tasn/core/scratch.h"
 #include "tasn/core/softmax_cpu.h"
 
 namespace tasn::cpu {
@@ -29,16 +30,16 @@ void check_type() {
                 "the CPU sampler supports float and double");
 }
 
-using sampler::check_sizes;
+using tasn::detail::scratch_vector;
 
 // Channels of sample mc (C planes of p pixels) that count as distinct: a channel whose spatial
 // sum equals that of an earlier channel is left out (SPEC 2).
 template <class T>
-std::vector<unsigned char> distinct_channels(const T* mc, std::int64_t C, std::int64_t p) {
-  std::vector<double> sums(static_cast<std::size_t>(C));
+std::vector<unsigned char> distinct_channels(const T* mc, std::int64_t C, std::int64_t p, const char* op) {
+  auto sums = scratch_vector<double>(op, "the channel sums", C);
   for (std::int64_t c = 0; c < C; ++c)  // in the CUDA kernel's order: the same decisions there
     sums[c] = sampler::warp_order_sum(mc + c * p, p, [](T v) { return static_cast<double>(v); });
-  std::vector<unsigned char> keep(static_cast<std::size_t>(C), 1);
+  auto keep = scratch_vector<unsigned char>(op, "the distinct-channel mask", C, 1);
   for (std::int64_t c = 1; c < C; ++c)
     for (std::int64_t e = 0; e < c; ++e)
       if (sums[e] == sums[c]) {
@@ -59,14 +60,14 @@ void structure_map(const T* m, std::int64_t N, std::int64_t C, std::int64_t h, s
                    bool distinct, T* out) {
   constexpr const char* op = "structure_map";
   detail_sampler::check_type<T>();
-  detail_sampler::check_sizes(op, "m", N, C, h, w);
+  sampler::check_map_args(op, N, C, h, w);
   tasn::detail::check_pointer(m, "m", N * C * h * w, op);
   tasn::detail::check_pointer(out, "out", N * h * w, op);
   const std::int64_t p = h * w;
   parallel_for(0, N, [&](std::int64_t n) {
     const T* mc = m + n * C * p;
-    const auto keep = distinct ? detail_sampler::distinct_channels(mc, C, p)
-                               : std::vector<unsigned char>(static_cast<std::size_t>(C), 1);
+    const auto keep = distinct ? detail_sampler::distinct_channels(mc, C, p, op)
+                               : detail_sampler::scratch_vector<unsigned char>(op, "the channel mask", C, 1);
     T* o = out + n * p;
     std::fill(o, o + p, T(0));
     for (std::int64_t c = 0; c < C; ++c)
@@ -88,7 +89,7 @@ void detail_map(const T* m, std::int64_t N, std::int64_t C, std::int64_t h, std:
     structure_map(m, N, C, h, w, false, out);
     return;
   }
-  detail_sampler::check_sizes(op, "m", N, C, h, w);
+  sampler::check_map_args(op, N, C, h, w);
   tasn::detail::check_pointer(m, "m", N * C * h * w, op);
   tasn::detail::check_pointer(out, "out", N * h * w, op);
   if (channels)
@@ -102,7 +103,7 @@ void detail_map(const T* m, std::int64_t N, std::int64_t C, std::int64_t h, std:
     if (channels) {
       c = channels[n];
     } else {
-      const auto keep = detail_sampler::distinct_channels(mc, C, p);
+      const auto keep = detail_sampler::distinct_channels(mc, C, p, op);
       std::int64_t count = 0;
       for (unsigned char k : keep) count += k;
       std::int64_t r = sampler::pick_index(seed, n, count);
@@ -121,8 +122,7 @@ void upsample_bilinear(const T* in, std::int64_t N, std::int64_t h, std::int64_t
                        std::int64_t W, bool squared, T* out) {
   constexpr const char* op = "upsample_bilinear";
   detail_sampler::check_type<T>();
-  detail_sampler::check_sizes(op, "in", N, 1, h, w);
-  detail_sampler::check_sizes(op, "out", N, 1, H, W);
+  sampler::check_upsample_args(op, N, h, w, H, W);
   tasn::detail::check_pointer(in, "in", N * h * w, op);
   tasn::detail::check_pointer(out, "out", N * H * W, op);
   parallel_for(0, N * H, [&](std::int64_t r) {
@@ -146,8 +146,7 @@ void attention_marginals(const T* map, std::int64_t N, std::int64_t h, std::int6
                          unsigned char* fallback = nullptr) {
   constexpr const char* op = "attention_marginals";
   detail_sampler::check_type<T>();
-  detail_sampler::check_sizes(op, "map", N, 1, h, w);
-  detail_sampler::check_sizes(op, "marginal sizes", N, 1, Hs, Ws);
+  sampler::check_marginal_args(op, N, h, w, Hs, Ws);
   tasn::detail::check_pointer(map, "map", N * h * w, op);
   tasn::detail::check_pointer(my, "my", N * Hs, op);
   tasn::detail::check_pointer(mx, "mx", N * Ws, op);
@@ -204,9 +203,30 @@ inline void limit_marginals(std::vector<double>& my, std::vector<double>& mx, st
   }
 }
 
+// Normalises one sample's marginals in place (sampler::normalised_marginal: negatives as 0, sum
+// in double, pre-divided by the maximum when that sum overflows); a marginal without positive
+// mass makes both uniform. The CUDA grid kernel does the same with block reductions.
+inline void normalise_marginals(std::vector<double>& my, std::vector<double>& mx) {
+  double pre[2] = {1.0, 1.0}, mass[2] = {0.0, 0.0};
+  std::vector<double>* m[2] = {&my, &mx};
+  for (int a = 0; a < 2; ++a) {
+    for (auto& v : *m[a]) mass[a] += (v = sampler::marginal_weight(v));
+    if (!std::isfinite(mass[a])) {
+      pre[a] = *std::max_element(m[a]->begin(), m[a]->end());
+      mass[a] = 0.0;
+      for (double v : *m[a]) mass[a] += v / pre[a];
+    }
+  }
+  const bool fallback = !sampler::marginal_usable(mass[0]) || !sampler::marginal_usable(mass[1]);
+  for (int a = 0; a < 2; ++a) {
+    const auto S = static_cast<std::int64_t>(m[a]->size());
+    for (auto& v : *m[a]) v = sampler::normalised_marginal(v, pre[a], mass[a], S, fallback);
+  }
+}
+
 // Knot CDF of one axis for the chosen mode.
-inline std::vector<double> knot_cdf(const std::vector<double>& m, GridMode mode) {
-  std::vector<double> c(m.size());
+inline std::vector<double> knot_cdf(const std::vector<double>& m, GridMode mode, const char* op) {
+  auto c = scratch_vector<double>(op, "the knot CDF", static_cast<std::int64_t>(m.size()));
   if (mode == GridMode::Exact) {
     c[0] = 0.0;
     for (std::size_t k = 1; k < m.size(); ++k) c[k] = c[k - 1] + 0.5 * (m[k - 1] + m[k]);
@@ -219,14 +239,15 @@ inline std::vector<double> knot_cdf(const std::vector<double>& m, GridMode mode)
 
 }  // namespace detail_sampler
 
-// Separable sampling grid from normalised marginals my (N, Hs), mx (N, Ws): gy (N, Ho), gx (N, Wo).
+// Separable sampling grid from marginals my (N, Hs), mx (N, Ws): gy (N, Ho), gx (N, Wo). The
+// marginals are normalised per sample first (detail_sampler::normalise_marginals); non-finite
+// marginals are refused.
 template <class T>
 void sampling_grid(const T* my, const T* mx, std::int64_t N, std::int64_t Hs, std::int64_t Ws,
                    const GridOptions& opt, T* gy, T* gx) {
   constexpr const char* op = "sampling_grid";
   detail_sampler::check_type<T>();
-  opt.validate(op);
-  detail_sampler::check_sizes(op, "marginals (N, 1, Hs, Ws)", N, 1, Hs, Ws);
+  sampler::check_grid_args(op, N, Hs, Ws, opt);
   tasn::detail::check_pointer(my, "my", N * Hs, op);
   tasn::detail::check_pointer(mx, "mx", N * Ws, op);
   tasn::detail::check_pointer(gy, "gy", N * opt.out_h, op);
@@ -234,13 +255,15 @@ void sampling_grid(const T* my, const T* mx, std::int64_t N, std::int64_t Hs, st
   check_all_finite(my, N * Hs, "my", op);
   check_all_finite(mx, N * Ws, "mx", op);
   parallel_for(0, N, [&](std::int64_t n) {
-    std::vector<double> ry(my + n * Hs, my + (n + 1) * Hs), rx(mx + n * Ws, mx + (n + 1) * Ws);
-    for (auto& v : ry) v = std::max(v, 0.0);
-    for (auto& v : rx) v = std::max(v, 0.0);
+    auto ry = detail_sampler::scratch_vector<double>(op, "the row marginal", Hs);
+    auto rx = detail_sampler::scratch_vector<double>(op, "the column marginal", Ws);
+    std::copy(my + n * Hs, my + (n + 1) * Hs, ry.begin());
+    std::copy(mx + n * Ws, mx + (n + 1) * Ws, rx.begin());
+    detail_sampler::normalise_marginals(ry, rx);
     detail_sampler::limit_marginals(ry, rx, opt.out_h, opt.out_w, opt);
     for (auto [m, O, g] : {std::tuple<std::vector<double>*, std::int64_t, T*>{&ry, opt.out_h, gy + n * opt.out_h},
                            std::tuple<std::vector<double>*, std::int64_t, T*>{&rx, opt.out_w, gx + n * opt.out_w}}) {
-      const auto c = detail_sampler::knot_cdf(*m, opt.mode);
+      const auto c = detail_sampler::knot_cdf(*m, opt.mode, op);
       const auto S = static_cast<std::int64_t>(m->size());
       for (std::int64_t i = 0; i < O; ++i)
         g[i] = static_cast<T>(opt.mode == GridMode::Exact ? sampler::exact_grid_value(c.data(), S, O, i)
@@ -257,8 +280,7 @@ void sample_separable(const T* img, std::int64_t N, std::int64_t C, std::int64_t
                       const T* gy, const T* gx, std::int64_t Ho, std::int64_t Wo, T* out) {
   constexpr const char* op = "sample_separable";
   detail_sampler::check_type<T>();
-  detail_sampler::check_sizes(op, "img", N, C, Hi, Wi);
-  detail_sampler::check_sizes(op, "out", N, C, Ho, Wo);
+  sampler::check_sample_args(op, sampler::SampleCall::SeparableForward, N, C, Hi, Wi, Ho, Wo);
   tasn::detail::check_pointer(img, "img", N * C * Hi * Wi, op);
   tasn::detail::check_pointer(gy, "gy", N * Ho, op);
   tasn::detail::check_pointer(gx, "gx", N * Wo, op);
@@ -266,7 +288,7 @@ void sample_separable(const T* img, std::int64_t N, std::int64_t C, std::int64_t
   parallel_for(0, N * C, [&](std::int64_t nc) {
     const std::int64_t n = nc / C;
     const T* plane = img + nc * Hi * Wi;
-    std::vector<sampler::Taps<T>> tx(static_cast<std::size_t>(Wo));
+    auto tx = detail_sampler::scratch_vector<sampler::Taps<T>>(op, "the column taps", Wo);
     for (std::int64_t x = 0; x < Wo; ++x) tx[x] = sampler::taps_of<T>(gx[n * Wo + x], Wi);
     for (std::int64_t y = 0; y < Ho; ++y) {
       const auto ty = sampler::taps_of<T>(gy[n * Ho + y], Hi);
@@ -285,15 +307,14 @@ void sample_separable_backward(const T* dout, std::int64_t N, std::int64_t C, st
                                std::int64_t Wo, T* dimg) {
   constexpr const char* op = "sample_separable_backward";
   detail_sampler::check_type<T>();
-  detail_sampler::check_sizes(op, "dimg", N, C, Hi, Wi);
-  detail_sampler::check_sizes(op, "dout", N, C, Ho, Wo);
+  sampler::check_sample_args(op, sampler::SampleCall::SeparableBackward, N, C, Hi, Wi, Ho, Wo);
   tasn::detail::check_pointer(dout, "dout", N * C * Ho * Wo, op);
   tasn::detail::check_pointer(gy, "gy", N * Ho, op);
   tasn::detail::check_pointer(gx, "gx", N * Wo, op);
   tasn::detail::check_pointer(dimg, "dimg", N * C * Hi * Wi, op);
   parallel_for(0, N * C, [&](std::int64_t nc) {
     const std::int64_t n = nc / C;
-    std::vector<T> rows(static_cast<std::size_t>(Ho * Wi), T(0));  // pass 1: along x
+    auto rows = detail_sampler::scratch_vector<T>(op, "the row buffer (Ho, Wi)", Ho * Wi, T(0));  // pass 1: along x
     for (std::int64_t y = 0; y < Ho; ++y) {
       const T* d = dout + (nc * Ho + y) * Wo;
       T* r = rows.data() + y * Wi;
@@ -322,8 +343,7 @@ void sample_grid(const T* img, std::int64_t N, std::int64_t C, std::int64_t Hi, 
                  const T* grid, std::int64_t Ho, std::int64_t Wo, T* out) {
   constexpr const char* op = "sample_grid";
   detail_sampler::check_type<T>();
-  detail_sampler::check_sizes(op, "img", N, C, Hi, Wi);
-  detail_sampler::check_sizes(op, "out", N, C, Ho, Wo);
+  sampler::check_sample_args(op, sampler::SampleCall::GridForward, N, C, Hi, Wi, Ho, Wo);
   tasn::detail::check_pointer(img, "img", N * C * Hi * Wi, op);
   tasn::detail::check_pointer(grid, "grid", N * Ho * Wo * 2, op);
   tasn::detail::check_pointer(out, "out", N * C * Ho * Wo, op);
@@ -345,8 +365,7 @@ void sample_grid_backward(const T* img, const T* grid, const T* dout, std::int64
                           T* dgrid) {
   constexpr const char* op = "sample_grid_backward";
   detail_sampler::check_type<T>();
-  detail_sampler::check_sizes(op, "img", N, C, Hi, Wi);
-  detail_sampler::check_sizes(op, "dout", N, C, Ho, Wo);
+  sampler::check_sample_args(op, sampler::SampleCall::GridBackward, N, C, Hi, Wi, Ho, Wo);
   tasn::detail::check_pointer(img, "img", dgrid ? N * C * Hi * Wi : 0, op);
   tasn::detail::check_pointer(grid, "grid", N * Ho * Wo * 2, op);
   tasn::detail::check_pointer(dout, "dout", N * C * Ho * Wo, op);
@@ -377,10 +396,7 @@ void sample_grid_backward(const T* img, const T* grid, const T* dout, std::int64
           gys += d * (tx.w0 * (sw - nw) + tx.w1 * (se - ne));
         }
       }
-      if (dgrid) {
-        dgrid[(n * P + i) * 2] = gxs * tx.scale;
-        dgrid[(n * P + i) * 2 + 1] = gys * ty.scale;
-      }
+      if (dgrid) sampler::grid_point_grad(gxs, gys, tx, ty, dgrid[(n * P + i) * 2], dgrid[(n * P + i) * 2 + 1]);
     }
   });
 }
@@ -389,38 +405,45 @@ void sample_grid_backward(const T* img, const T* grid, const T* dout, std::int64
 
 // Attention map (N, Ha, Wa) + image (N, C, Hi, Wi) -> sampled image (N, C, Ho, Wo); the grid is
 // returned in gy (N, Ho) and gx (N, Wo) when those are given, fallback (N) as in attention_marginals.
+// Every size (and every internal buffer's size) is checked before anything is allocated; the
+// internal buffers (the upsampled map when squared, the marginals, the grid when not returned)
+// are allocated through tasn::detail::scratch_vector.
 template <class T>
 void attention_sample(const T* img, std::int64_t N, std::int64_t C, std::int64_t Hi, std::int64_t Wi,
                       const T* attention, std::int64_t Ha, std::int64_t Wa,
                       const AttentionSampleOptions& opt, T* out, T* gy = nullptr, T* gx = nullptr,
                       unsigned char* fallback = nullptr) {
   constexpr const char* op = "attention_sample";
-  opt.grid.validate(op);
-  const std::int64_t Hs = opt.marginal_h(Hi), Ws = opt.marginal_w(Wi);
+  detail_sampler::check_type<T>();
+  sampler::check_attention_sample_args(op, N, C, Hi, Wi, Ha, Wa, opt);
+  const std::int64_t Hs = opt.marginal_h(Hi), Ws = opt.marginal_w(Wi), Ho = opt.grid.out_h, Wo = opt.grid.out_w;
+  tasn::detail::check_pointer(img, "img", N * C * Hi * Wi, op);
+  tasn::detail::check_pointer(attention, "attention", N * Ha * Wa, op);
+  tasn::detail::check_pointer(out, "out", N * C * Ho * Wo, op);
+  using detail_sampler::scratch_vector;
   std::vector<T> map;
   const T* a = attention;
   std::int64_t h = Ha, w = Wa;
   if (opt.squared) {  // squaring happens after upsampling, so materialise the upsampled map
-    detail_sampler::check_sizes(op, "attention", N, 1, Ha, Wa);
-    map.resize(static_cast<std::size_t>(N * Hs * Ws));
+    map = scratch_vector<T>(op, "the upsampled attention map", N * Hs * Ws);
     upsample_bilinear(attention, N, Ha, Wa, Hs, Ws, true, map.data());
     a = map.data();
     h = Hs;
     w = Ws;
   }
-  std::vector<T> my(static_cast<std::size_t>(N * Hs)), mx(static_cast<std::size_t>(N * Ws));
+  auto my = scratch_vector<T>(op, "the row marginals", N * Hs), mx = scratch_vector<T>(op, "the column marginals", N * Ws);
   attention_marginals(a, N, h, w, Hs, Ws, my.data(), mx.data(), fallback);
   std::vector<T> gy_local, gx_local;
   if (!gy) {
-    gy_local.resize(static_cast<std::size_t>(N * opt.grid.out_h));
+    gy_local = scratch_vector<T>(op, "the grid gy", N * Ho);
     gy = gy_local.data();
   }
   if (!gx) {
-    gx_local.resize(static_cast<std::size_t>(N * opt.grid.out_w));
+    gx_local = scratch_vector<T>(op, "the grid gx", N * Wo);
     gx = gx_local.data();
   }
   sampling_grid(my.data(), mx.data(), N, Hs, Ws, opt.grid, gy, gx);
-  sample_separable(img, N, C, Hi, Wi, gy, gx, opt.grid.out_h, opt.grid.out_w, out);
+  sample_separable(img, N, C, Hi, Wi, gy, gx, Ho, Wo, out);
 }
 
 }  // namespace tasn::cpu

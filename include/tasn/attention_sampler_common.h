@@ -6,6 +6,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
+#include <limits>
+#include <sstream>
 
 #include "tasn/core/common.h"
 #include "tasn/core/random.h"
@@ -38,6 +41,12 @@ struct AttentionSampleOptions {
   GridOptions grid;                             // output size, dense, iters, mode
   std::int64_t upsample_h = 0, upsample_w = 0;  // marginals of the map upsampled to this size (0: image size)
   bool squared = false;                         // square the upsampled map first (official structure map)
+
+  void validate(const char* op) const {
+    grid.validate(op);
+    TASN_CHECK_ARG(upsample_h >= 0 && upsample_w >= 0, op, ": upsample size must be >= 0 (0: the image size), got (",
+                   upsample_h, ", ", upsample_w, ")");
+  }
 
   // The size (Hs, Ws) the marginals are taken at for an image of (Hi, Wi).
   std::int64_t marginal_h(std::int64_t Hi) const { return upsample_h > 0 ? upsample_h : Hi; }
@@ -77,12 +86,110 @@ inline double warp_order_sum(const T* x, std::int64_t p, ToDouble to_double) {
   return s[0];
 }
 
-// Sizes of a 4-d argument must be positive and their product must fit 64-bit indexing.
-inline void check_sizes(const char* op, const char* what, std::int64_t a, std::int64_t b, std::int64_t c,
-                        std::int64_t d) {
-  TASN_CHECK_ARG(a >= 1 && b >= 1 && c >= 1 && d >= 1, op, ": ", what, " must have positive sizes, got (", a,
-                 ", ", b, ", ", c, ", ", d, ")");
-  detail::checked_mul(detail::checked_mul(a, b, op), detail::checked_mul(c, d, op), op);
+// ---- argument checks (CPU and CUDA run the same ones, before any allocation or launch) --------
+
+// Elements of an argument of sizes `dims`: every size must be >= 1 and their product must fit
+// 64-bit indexing. The message names the operator, the argument and the sizes.
+inline std::int64_t checked_elems(const char* op, const char* what, std::initializer_list<std::int64_t> dims) {
+  auto list = [&](const char* sep) {
+    std::ostringstream os;
+    const char* s = "";
+    for (std::int64_t d : dims) {
+      os << s << d;
+      s = sep;
+    }
+    return os.str();
+  };
+  for (std::int64_t d : dims)
+    TASN_CHECK_ARG(d >= 1, op, ": ", what, " must have positive sizes, got (", list(", "), ")");
+  std::int64_t p = 1;
+  for (std::int64_t d : dims) {
+    TASN_CHECK_ARG(d <= std::numeric_limits<std::int64_t>::max() / p, op, ": ", what, " of ", list(" x "),
+                   " elements overflows 64-bit indexing");
+    p *= d;
+  }
+  return p;
+}
+
+// Sampling taps are computed for pixel coordinates up to this bound (see taps_of), so an image
+// axis may hold at most this many pixels (no real image comes near: 2^62 elements of 4 bytes
+// exceed any address space).
+constexpr std::int64_t kMaxSampledAxis = std::int64_t(1) << 62;
+
+// structure_map / detail_map: m (N, C, h, w), out (N, h, w).
+inline void check_map_args(const char* op, std::int64_t N, std::int64_t C, std::int64_t h, std::int64_t w) {
+  checked_elems(op, "m", {N, C, h, w});
+}
+
+// upsample_bilinear: in (N, h, w), out (N, H, W).
+inline void check_upsample_args(const char* op, std::int64_t N, std::int64_t h, std::int64_t w, std::int64_t H,
+                                std::int64_t W) {
+  checked_elems(op, "in", {N, 1, h, w});
+  checked_elems(op, "out", {N, 1, H, W});
+}
+
+// attention_marginals: map (N, h, w), marginals my (N, Hs), mx (N, Ws) of the (Hs, Ws) upsampling.
+inline void check_marginal_args(const char* op, std::int64_t N, std::int64_t h, std::int64_t w, std::int64_t Hs,
+                                std::int64_t Ws) {
+  checked_elems(op, "map", {N, 1, h, w});
+  checked_elems(op, "marginal sizes", {N, 1, Hs, Ws});
+}
+
+// sampling_grid: options, marginals my (N, Hs), mx (N, Ws), grid gy (N, out_h), gx (N, out_w).
+inline void check_grid_args(const char* op, std::int64_t N, std::int64_t Hs, std::int64_t Ws, const GridOptions& opt) {
+  opt.validate(op);
+  checked_elems(op, "marginals (N, 1, Hs, Ws)", {N, 1, Hs, Ws});
+  checked_elems(op, "gy (N, out_h)", {N, opt.out_h});
+  checked_elems(op, "gx (N, out_w)", {N, opt.out_w});
+}
+
+enum class SampleCall { SeparableForward, SeparableBackward, GridForward, GridBackward };
+
+// Bilinear sampling of img (N, C, Hi, Wi) to out (N, C, Ho, Wo), separable (gy (N, Ho),
+// gx (N, Wo)) or general (grid (N, Ho, Wo, 2)). The separable backward also forms the pass-1
+// buffer (N, C, Ho, Wi) and (CUDA) per-sample tap lists of Hi + 1 / Wi + 1 offsets and
+// 2 Ho / 2 Wo entries.
+inline void check_sample_args(const char* op, SampleCall call, std::int64_t N, std::int64_t C, std::int64_t Hi,
+                              std::int64_t Wi, std::int64_t Ho, std::int64_t Wo) {
+  const bool backward = call == SampleCall::SeparableBackward || call == SampleCall::GridBackward;
+  checked_elems(op, call == SampleCall::SeparableBackward ? "dimg" : "img", {N, C, Hi, Wi});
+  checked_elems(op, backward ? "dout" : "out", {N, C, Ho, Wo});
+  TASN_CHECK_ARG(Hi <= kMaxSampledAxis && Wi <= kMaxSampledAxis, op, ": image sizes (", Hi, ", ", Wi,
+                 ") exceed the ", kMaxSampledAxis, " pixels per axis sampling supports");
+  if (call == SampleCall::GridForward || call == SampleCall::GridBackward)
+    checked_elems(op, "grid (N, Ho, Wo, 2)", {N, Ho, Wo, 2});
+  if (call == SampleCall::SeparableBackward) {
+    checked_elems(op, "the row buffer (N, C, Ho, Wi)", {N, C, Ho, Wi});
+    checked_elems(op, "the tap list offsets (N, Hi + 1)", {N, detail::checked_add(Hi, 1, op)});
+    checked_elems(op, "the tap list offsets (N, Wi + 1)", {N, detail::checked_add(Wi, 1, op)});
+    checked_elems(op, "the tap lists (N, 2, Ho)", {N, 2, Ho});
+    checked_elems(op, "the tap lists (N, 2, Wo)", {N, 2, Wo});
+  }
+}
+
+// The buffers attention_sample forms besides its arguments: the map upsampled to (Hs, Ws)
+// (materialised when squared; its size bounds the fused marginals' loops otherwise), the
+// marginals (N, Hs), (N, Ws) and the grid (N, Ho), (N, Wo). Image sizes (Hi, Wi) give (Hs, Ws)
+// when the options do not.
+inline void check_attention_sample_buffers(const char* op, std::int64_t N, std::int64_t Hi, std::int64_t Wi,
+                                           const AttentionSampleOptions& opt) {
+  opt.validate(op);
+  checked_elems(op, "image sizes (N, Hi, Wi)", {N, Hi, Wi});
+  checked_elems(op, "the upsampled attention map (N, Hs, Ws)", {N, opt.marginal_h(Hi), opt.marginal_w(Wi)});
+  checked_elems(op, "gy (N, out_h)", {N, opt.grid.out_h});
+  checked_elems(op, "gx (N, out_w)", {N, opt.grid.out_w});
+}
+
+// attention_sample: img (N, C, Hi, Wi), attention (N, Ha, Wa), out (N, C, out_h, out_w) and the
+// buffers above.
+inline void check_attention_sample_args(const char* op, std::int64_t N, std::int64_t C, std::int64_t Hi,
+                                        std::int64_t Wi, std::int64_t Ha, std::int64_t Wa,
+                                        const AttentionSampleOptions& opt) {
+  opt.validate(op);
+  checked_elems(op, "img", {N, C, Hi, Wi});
+  checked_elems(op, "attention", {N, 1, Ha, Wa});
+  check_attention_sample_buffers(op, N, Hi, Wi, opt);
+  check_sample_args(op, SampleCall::SeparableForward, N, C, Hi, Wi, opt.grid.out_h, opt.grid.out_w);
 }
 
 // ---- bilinear interpolation, align_corners = true --------------------------------------------
@@ -118,22 +225,39 @@ struct Taps {
   Acc scale;        // d(pixel coordinate) / d(g) = (size - 1) / 2
 };
 
+// Taps of grid value g. A coordinate beyond the image (finite, however large) gives taps outside
+// it: they contribute 0 (zeros padding). The pixel coordinate is clamped to [-2, 2^62] before the
+// conversion to int64, so that conversion is defined for every input; every image axis is
+// shorter than 2^62 (kMaxSampledAxis), so clamped taps stay outside. A NaN or infinite g gives
+// taps at pixels 0 and 1 with NaN weights: everything computed from them is NaN (see sample_plane
+// and grid_point_grad), the same on CPU and GPU.
 template <class Acc>
 TASN_HD Taps<Acc> taps_of(Acc g, std::int64_t size) {
   const Acc scale = Acc(0.5) * static_cast<Acc>(size - 1);
-  const Acc c = (g + Acc(1)) * scale;
+  if (!hd_isfinite(g)) return {0, quiet_nan<Acc>(), quiet_nan<Acc>(), scale};
+  const Acc lo = Acc(-2), hi = static_cast<Acc>(kMaxSampledAxis);  // both exact in float and double
+  Acc c = (g + Acc(1)) * scale;  // may overflow to +-inf for a huge g: clamped like any far value
+  c = c < lo ? lo : (c > hi ? hi : c);
   const Acc f = hd_floor(c);
   const Acc frac = c - f;
   return {static_cast<std::int64_t>(f), Acc(1) - frac, frac, scale};
 }
 
+// True for the taps of a NaN or infinite grid value.
+template <class Acc>
+TASN_HD bool taps_nan(const Taps<Acc>& t) {
+  return hd_isnan(t.w0);
+}
+
 TASN_HD bool tap_in(std::int64_t i, std::int64_t size) { return i >= 0 && i < size; }
 
 // Bilinear sample of plane (H x W) at taps (ty, tx) with zero padding, in the order
-// torch.nn.functional.grid_sample uses (nw, ne, sw, se).
+// torch.nn.functional.grid_sample uses (nw, ne, sw, se). NaN when either coordinate is not
+// finite (as grid_sample), even where the other one lies outside the image.
 template <class T, class Acc>
 TASN_HD Acc sample_plane(const T* plane, std::int64_t H, std::int64_t W, const Taps<Acc>& ty,
                          const Taps<Acc>& tx) {
+  if (taps_nan(ty) || taps_nan(tx)) return quiet_nan<Acc>();
   const std::int64_t y0 = ty.i0, y1 = ty.i0 + 1, x0 = tx.i0, x1 = tx.i0 + 1;
   Acc v = Acc(0);
   if (tap_in(y0, H) && tap_in(x0, W)) v += static_cast<Acc>(plane[y0 * W + x0]) * (tx.w0 * ty.w0);
@@ -143,10 +267,36 @@ TASN_HD Acc sample_plane(const T* plane, std::int64_t H, std::int64_t W, const T
   return v;
 }
 
+// dgrid of one grid point from the sums over channels of d * (dout/dx pixel differences) (gxs,
+// gys): times d(pixel)/d(g). Both components NaN when either coordinate is not finite (the
+// gradient is undefined there; grid_sample gives NaN for one and 0 for the other).
+template <class Acc>
+TASN_HD void grid_point_grad(Acc gxs, Acc gys, const Taps<Acc>& tx, const Taps<Acc>& ty, Acc& dgx, Acc& dgy) {
+  const bool bad = taps_nan(tx) || taps_nan(ty);
+  dgx = bad ? quiet_nan<Acc>() : gxs * tx.scale;
+  dgy = bad ? quiet_nan<Acc>() : gys * ty.scale;
+}
+
 // Value at (y, x) of a plane with zero padding.
 template <class T, class Acc>
 TASN_HD Acc pixel_or_zero(const T* plane, std::int64_t H, std::int64_t W, std::int64_t y, std::int64_t x) {
   return tap_in(y, H) && tap_in(x, W) ? static_cast<Acc>(plane[y * W + x]) : Acc(0);
+}
+
+// ---- normalisation of the marginals sampling_grid is given (SPEC 3a) --------------------------
+// Per sample and axis: negatives count as 0, the sum is taken in double; when that sum overflows,
+// the values are first divided by their maximum (`pre`), so marginals near DBL_MAX normalise too.
+// A marginal without positive mass (or, on the GPU, with a non-finite value) makes both axes of
+// the sample uniform: the identity grid, as attention_marginals' fallback.
+
+TASN_HD double marginal_weight(double v) { return v > 0.0 ? v : 0.0; }
+
+// Whether a marginal whose weights sum to `mass` (after the pre-division) can be normalised.
+TASN_HD bool marginal_usable(double mass) { return mass > 0.0 && hd_isfinite(mass); }
+
+// Normalised value of weight w of a marginal of S entries: w / pre / mass, or 1/S on fallback.
+TASN_HD double normalised_marginal(double w, double pre, double mass, std::int64_t S, bool fallback) {
+  return fallback ? 1.0 / static_cast<double>(S) : w / pre / mass;
 }
 
 // ---- magnification limit (SPEC 3b) -----------------------------------------------------------

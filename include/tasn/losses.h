@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "tasn/core/parallel.h"
+#include "tasn/core/scratch.h"
 #include "tasn/core/softmax_cpu.h"
 #include "tasn/losses_common.h"
 
@@ -29,13 +30,28 @@ constexpr std::int64_t kRowsPerTask = 8;
 
 // Runs row(i, scratch) for all rows, kRowsPerTask rows per task, each task with its own scratch.
 template <class T, class Row>
-void for_rows(std::int64_t n, std::int64_t scratch_elems, Row&& row) {
+void for_rows(const char* op, std::int64_t n, std::int64_t scratch_elems, Row&& row) {
   const std::int64_t tasks = (n + kRowsPerTask - 1) / kRowsPerTask;
   parallel_for(0, tasks, [&](std::int64_t t) {
-    std::vector<T> scratch(static_cast<std::size_t>(scratch_elems));
+    auto scratch = tasn::detail::scratch_vector<T>(op, "the row scratch", scratch_elems);
     const std::int64_t end = std::min(n, (t + 1) * kRowsPerTask);
     for (std::int64_t i = t * kRowsPerTask; i < end; ++i) row(i, scratch.data());
   });
+}
+
+// Sum of term(j) for j in [0, k) in double, in a fixed order: kLanes interleaved partial sums
+// (independent chains the compiler can vectorise), then added in lane order. Deterministic.
+template <class Term>
+double sum_over(std::int64_t k, Term&& term) {
+  constexpr int kLanes = 8;
+  double lane[kLanes] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+  std::int64_t j = 0;
+  for (; j + kLanes <= k; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) lane[l] += term(j + l);
+  for (; j < k; ++j) lane[j % kLanes] += term(j);
+  double s = 0.0;
+  for (double v : lane) s += v;
+  return s;
 }
 
 // Upstream gradient of row i's loss term.
@@ -82,34 +98,43 @@ void distillation_loss(const T* student, const T* teacher, std::int64_t n, std::
   if (dloss) check_all_finite(dloss, loss_elems(n, opt.reduction), "dloss", op);
 
   const T inv_t = static_cast<T>(1.0 / opt.temperature);
-  const T tsq = static_cast<T>(opt.t_squared ? opt.temperature * opt.temperature : 1.0);
+  const T gf = static_cast<T>(opt.grad_factor());  // T with t_squared, else 1/T
+  const double lf = opt.loss_factor();            // T^2 with t_squared, else 1
   const T mean_scale = static_cast<T>(opt.reduction == Reduction::Mean ? 1.0 / double(n) : 1.0);
-  std::vector<double> row_loss(static_cast<std::size_t>(n));
+  auto row_loss = tasn::detail::scratch_vector<double>(op, "the row losses", n);
 
-  detail_losses::for_rows<T>(n, 2 * k, [&](std::int64_t i, T* scratch) {
+  detail_losses::for_rows<T>(op, n, 2 * k, [&](std::int64_t i, T* scratch) {
     const T* zs = student + i * k;
     const T* zt = teacher + i * k;
     const auto ss = softmax_row(zs, scratch, k, inv_t);      // q
     const auto st = softmax_row(zt, scratch + k, k, inv_t);  // p
-    Eigen::Map<const RowArray<T>> q(scratch, k), p(scratch + k, k), xs(zs, k), xt(zt, k);
-    const auto logq = (xs - ss.m) * inv_t - ss.log_sum;
-    const auto logp = (xt - st.m) * inv_t - st.log_sum;
-    const T ce = -(p * logq).sum();
-    const T kl = opt.kl ? (p * (logp - logq)).sum() : T(0);
-    row_loss[i] = static_cast<double>((opt.kl ? kl : ce) * tsq);
-    const T w = tsq * mean_scale * detail_losses::upstream(dloss, opt.reduction, i);
-    if (dteacher) {
-      const T p_dot_r = opt.kl ? -kl : -ce;  // r = log q (- log p): sum_k p r = -(unscaled loss)
-      T* g = dteacher + i * k;
-      for (std::int64_t j = 0; j < k; ++j) {
-        const T lq = (zs[j] - ss.m) * inv_t - ss.log_sum;
-        const T r = opt.kl ? lq - ((zt[j] - st.m) * inv_t - st.log_sum) : lq;
-        g[j] = distill_teacher_grad(p[j], r, p_dot_r, inv_t, w);
+    const T* q = scratch;
+    const T* p = scratch + k;
+    // Loss terms in double (log-probabilities can overflow float for legal T), p log q = 0 where
+    // p = 0; the form (kl) is a compile-time constant inside, so the loops vectorise.
+    const T w = mean_scale * detail_losses::upstream(dloss, opt.reduction, i);
+    auto terms = [&](auto kl_tag) {
+      constexpr bool kl = decltype(kl_tag)::value;
+      const double unscaled = detail_losses::sum_over(k, [&](std::int64_t j) {
+        return distill_loss_term(static_cast<double>(p[j]), log_softmax_at(zs[j], ss.m, inv_t, ss.log_sum),
+                                 log_softmax_at(zt[j], st.m, inv_t, st.log_sum), kl);
+      });
+      if (dteacher) {
+        T* g = dteacher + i * k;
+        for (std::int64_t j = 0; j < k; ++j) {
+          const double lq = log_softmax_at(zs[j], ss.m, inv_t, ss.log_sum);
+          const double r = kl ? lq - log_softmax_at(zt[j], st.m, inv_t, st.log_sum) : lq;
+          // sum_k p r = -(unscaled loss) for both forms
+          g[j] = static_cast<T>(distill_teacher_grad(static_cast<double>(p[j]), r, -unscaled,
+                                                     static_cast<double>(gf), static_cast<double>(w)));
+        }
       }
-    }
+      return unscaled;
+    };
+    row_loss[i] = (opt.kl ? terms(std::true_type{}) : terms(std::false_type{})) * lf;
     if (dstudent) {
       T* g = dstudent + i * k;
-      for (std::int64_t j = 0; j < k; ++j) g[j] = distill_student_grad(q[j], p[j], inv_t, w);
+      for (std::int64_t j = 0; j < k; ++j) g[j] = distill_student_grad(q[j], p[j], gf, w);
     }
   });
   detail_losses::write_loss(row_loss, opt.reduction, double(n), loss);
@@ -147,9 +172,9 @@ void softmax_cross_entropy(const T* logits, const std::int64_t* labels, std::int
   const T scale = static_cast<T>(opt.grad_scale);
   const T mean_scale =
       static_cast<T>(opt.reduction == Reduction::Mean ? (valid > 0 ? 1.0 / double(valid) : 0.0) : 1.0);
-  std::vector<double> row_loss(static_cast<std::size_t>(n));
+  auto row_loss = tasn::detail::scratch_vector<double>(op, "the row losses", n);
 
-  detail_losses::for_rows<T>(n, k, [&](std::int64_t i, T* q) {
+  detail_losses::for_rows<T>(op, n, k, [&](std::int64_t i, T* q) {
     const std::int64_t y = labels[i];
     if (y == opt.ignore_index) {
       row_loss[i] = 0.0;
@@ -160,14 +185,15 @@ void softmax_cross_entropy(const T* logits, const std::int64_t* labels, std::int
     const auto st = softmax_row(z, q, k, T(1));
     const T nll = -(z[y] - st.m - st.log_sum);
     // -(1/K) sum_j log q_j = -(mean(z) - m - log_sum)
-    const T smooth = eps > 0 ? -(Eigen::Map<const RowArray<T>>(z, k).mean() - st.m - st.log_sum) : T(0);
-    row_loss[i] = static_cast<double>(scale * ((T(1) - eps) * nll + eps * smooth));
+    const T smooth = eps > 0 ? -(vec::sum(z, k) / T(k) - st.m - st.log_sum) : T(0);
+    // grad_scale applied in double: the float product can overflow where the reduced loss does not
+    row_loss[i] = opt.grad_scale * static_cast<double>((T(1) - eps) * nll + eps * smooth);
     if (dlogits) {
-      const T w = scale * mean_scale * detail_losses::upstream(dloss, opt.reduction, i);
+      const T w = mean_scale * detail_losses::upstream(dloss, opt.reduction, i);
       T* g = dlogits + i * k;
       const T off_target = smoothed_target(false, eps, inv_k);
-      for (std::int64_t j = 0; j < k; ++j) g[j] = cross_entropy_grad(q[j], off_target, w);
-      g[y] = cross_entropy_grad(q[y], smoothed_target(true, eps, inv_k), w);
+      for (std::int64_t j = 0; j < k; ++j) g[j] = cross_entropy_grad(q[j], off_target, scale, w);
+      g[y] = cross_entropy_grad(q[y], smoothed_target(true, eps, inv_k), scale, w);
     }
   });
   detail_losses::write_loss(row_loss, opt.reduction, double(valid), loss);
@@ -209,7 +235,7 @@ void topk_correct(const T* logits, const std::int64_t* labels, std::int64_t n, s
   tasn::detail::check_pointer(labels, "labels", n, op);
   tasn::detail::check_pointer(correct, "correct", max_k, op);
   check_labels(labels, n, k, ignore_index, op);
-  std::vector<std::int64_t> rank(static_cast<std::size_t>(n), -1);
+  auto rank = tasn::detail::scratch_vector<std::int64_t>(op, "the label ranks", n, -1);
   parallel_for(0, n, [&](std::int64_t i) {
     const std::int64_t y = labels[i];
     const T* z = logits + i * k;

@@ -7,6 +7,7 @@
 //                  loss[n] = sum_k p (log p - log q)   (kl = true)
 //                  times T^2 when t_squared
 //                  d/dzs = (q - p) / T;  d/dzt = -(1/T) p (r - sum_k p r),  r = log q (- log p for KL)
+//                  p log q is 0 where p = 0, even where log q = -inf (xlogy)
 //   cross-entropy  t = (1 - eps) onehot(y) + eps / K;  loss[n] = -grad_scale * sum_k t log q
 //                  (q = softmax(z)); d/dz = grad_scale (q - t); rows with y == ignore_index: 0
 #pragma once
@@ -16,6 +17,7 @@
 #include <string>
 
 #include "tasn/core/common.h"
+#include "tasn/core/softmax_math.h"
 #include "tasn/core/view.h"
 
 namespace tasn {
@@ -27,7 +29,9 @@ inline const char* to_string(Reduction r) {
 }
 
 struct DistillationOptions {
-  double temperature = 10.0;  // T > 0 (official: 10)
+  // T > 0 (official: 10). 1/T, and T^2 with t_squared, are used as floats, so they must be finite
+  // in float: T >= 1/FLT_MAX, and T <= sqrt(FLT_MAX) with t_squared.
+  double temperature = 10.0;
   bool kl = false;            // KL divergence instead of the soft-target cross-entropy
   bool t_squared = false;     // multiply loss and gradients by T^2 (Hinton et al.)
   Reduction reduction = Reduction::Mean;
@@ -35,7 +39,17 @@ struct DistillationOptions {
   void validate(const char* op) const {
     TASN_CHECK_ARG(std::isfinite(temperature) && temperature > 0.0, op,
                    ": temperature must be finite and > 0, got ", temperature);
+    TASN_CHECK_ARG(1.0 / temperature <= detail::kFloatMax, op, ": temperature must be >= ", 1.0 / detail::kFloatMax,
+                   " (1/temperature finite in float), got ", temperature);
+    TASN_CHECK_ARG(!t_squared || temperature * temperature <= detail::kFloatMax, op, ": temperature must be <= ",
+                   std::sqrt(detail::kFloatMax), " with t_squared (temperature^2 finite in float), got ", temperature);
   }
+
+  // The factor of the gradients' (q - p): T^2 * (1/T) = T with t_squared, else 1/T. Formed
+  // directly, never as T^2 times the rest of the row weight (which can overflow float).
+  double grad_factor() const { return t_squared ? temperature : 1.0 / temperature; }
+  // The factor of the row losses: T^2 with t_squared, else 1 (applied in double).
+  double loss_factor() const { return t_squared ? temperature * temperature : 1.0; }
 };
 
 struct CrossEntropyOptions {
@@ -48,6 +62,8 @@ struct CrossEntropyOptions {
 
   void validate(const char* op) const {
     TASN_CHECK_ARG(std::isfinite(grad_scale), op, ": grad_scale must be finite, got ", grad_scale);
+    TASN_CHECK_ARG(std::fabs(grad_scale) <= detail::kFloatMax, op, ": grad_scale must be finite in float (|grad_scale| <= ",
+                   detail::kFloatMax, "), got ", grad_scale);
     TASN_CHECK_ARG(label_smoothing >= 0.0 && label_smoothing <= 1.0, op,
                    ": label_smoothing must be in [0, 1], got ", label_smoothing);
   }
@@ -104,17 +120,44 @@ void check_cross_entropy_views(MatrixView<const T> logits, VectorView<const std:
 }  // namespace detail
 
 // ---- per-element math (CPU and CUDA) ---------------------------------------------------------
+// Row weights are split so that no intermediate product can overflow into inf * 0 = NaN: the
+// gradient of a row is (difference of probabilities, |.| <= 1) * (an option's factor, a finite
+// float) * (the rest of the weight: 1/N for the mean times the upstream gradient).
 
-// d loss / d zs_k for one row: w (q_k - p_k) / T, w = the row's gradient weight.
-template <class Acc>
-TASN_HD Acc distill_student_grad(Acc q, Acc p, Acc inv_t, Acc w) {
-  return w * inv_t * (q - p);
+// p * v with p == 0 giving 0 for every v, -inf included (scipy's xlogy): a class to which the
+// target gives probability 0 contributes nothing, even where log q = -inf. The v of a zero p is
+// replaced by +0 with integer operations only (no branch, no conditional floating-point
+// operation, which GCC will not if-convert under the default -ftrapping-math), so the CPU loops
+// vectorise. A NaN p or v still gives NaN.
+TASN_HD double xlogy(double p, double v) {
+  const std::uint64_t keep = std::uint64_t(0) - static_cast<std::uint64_t>((hd_bits(p) << 1) != 0);  // 0 iff p == +-0
+  return p * hd_from_bits(hd_bits(v) & keep);
 }
 
-// d loss / d zt_k for one row: -w p_k (r_k - sum_j p_j r_j) / T.
+// log softmax(scale * z)_k from the row's maximum m and log-sum, in double: scale * (z - m)
+// overflows float for legal scales (1/T up to FLT_MAX) but never double.
 template <class Acc>
-TASN_HD Acc distill_teacher_grad(Acc p, Acc r, Acc p_dot_r, Acc inv_t, Acc w) {
-  return -w * inv_t * p * (r - p_dot_r);
+TASN_HD double log_softmax_at(Acc z, Acc m, Acc scale, Acc log_sum) {
+  return static_cast<double>(scale) * (static_cast<double>(z) - static_cast<double>(m)) - static_cast<double>(log_sum);
+}
+
+// One class's term of a row's unscaled distillation loss (before T^2): -p log q, or p (log p -
+// log q) for the KL form; 0 where p = 0.
+TASN_HD double distill_loss_term(double p, double lq, double lp, bool kl) {
+  return kl ? xlogy(p, lp - lq) : -xlogy(p, lq);
+}
+
+// d loss / d zs_k for one row: (q_k - p_k) * g * w, g = DistillationOptions::grad_factor(),
+// w = 1/N (mean) times the upstream gradient.
+template <class Acc>
+TASN_HD Acc distill_student_grad(Acc q, Acc p, Acc g, Acc w) {
+  return (q - p) * g * w;
+}
+
+// d loss / d zt_k for one row: -p_k (r_k - sum_j p_j r_j) * g * w, in double, 0 where p_k = 0;
+// r = log q (log q - log p for KL) from log_softmax_at, sum_j p_j r_j = -(the unscaled row loss).
+TASN_HD double distill_teacher_grad(double p, double r, double p_dot_r, double g, double w) {
+  return -xlogy(p, r - p_dot_r) * g * w;
 }
 
 // Smoothed target of class k: (1 - eps) [k == label] + eps / K.
@@ -131,11 +174,11 @@ TASN_HD bool ranks_above_label(Acc zj, Acc zy) {
   return !(zj <= zy);
 }
 
-// d loss / d z_k for one row: w (q_k - t_k).
-
+// d loss / d z_k for one row: (q_k - t_k) * s * w, s = grad_scale, w = 1/valid (mean) times the
+// upstream gradient.
 template <class Acc>
-TASN_HD Acc cross_entropy_grad(Acc q, Acc target, Acc w) {
-  return w * (q - target);
+TASN_HD Acc cross_entropy_grad(Acc q, Acc target, Acc s, Acc w) {
+  return (q - target) * s * w;
 }
 
 }  // namespace tasn

@@ -9,7 +9,8 @@
 //
 // Threading: a batch of at least as many samples as threads runs one sample per thread; smaller
 // batches run the samples in turn with threaded GEMMs (Eigen) and threaded softmax rows.
-// Temporaries (B, dA, dB, dS) are allocated per sample inside the call.
+// Temporaries (S and A when not saved, dA, dB, dS) are allocated per sample inside the call,
+// through tasn::detail::allocate_scratch (a failed allocation is a tasn::InvalidArgument).
 #pragma once
 
 #include <Eigen/Core>
@@ -17,6 +18,7 @@
 #include <type_traits>
 
 #include "tasn/core/parallel.h"
+#include "tasn/core/scratch.h"
 #include "tasn/core/softmax_cpu.h"
 #include "tasn/trilinear_attention_common.h"
 
@@ -30,6 +32,12 @@ void check_common(const TrilinearShape& shape, const TrilinearAttentionOptions& 
                 "the CPU trilinear attention supports float and double");
   shape.validate(op);
   opt.validate(op);
+}
+
+// Resizes a per-sample temporary to rows x cols through the library's scratch allocation.
+template <class T>
+void make_temporary(RowMatrix<T>& m, std::int64_t rows, std::int64_t cols, const char* op, const char* name) {
+  tasn::detail::allocate_scratch(op, name, rows * cols, sizeof(T), [&] { m.resize(rows, cols); });
 }
 
 // Runs body(n, inner_parallel) for every sample with the threading policy described above.
@@ -69,8 +77,12 @@ void trilinear_attention_forward(const T* x, T* m, T* saved, const TrilinearShap
 
   detail_trilinear::for_each_sample(N, [&](std::int64_t n, bool par) {
     RowMatrix<T> s_local, a_local;
-    T* sn = saved ? saved + n * C * P : (s_local.resize(C, P), s_local.data());
-    T* an = saved ? saved + N * C * P + n * C * C : (a_local.resize(C, C), a_local.data());
+    if (!saved) {
+      detail_trilinear::make_temporary(s_local, C, P, op, "S (C, P)");
+      detail_trilinear::make_temporary(a_local, C, C, op, "A (C, C)");
+    }
+    T* sn = saved ? saved + n * C * P : s_local.data();
+    T* an = saved ? saved + N * C * P + n * C * C : a_local.data();
     const T* xn = x + n * C * P;
     detail_trilinear::attention_weights(xn, sn, an, C, P, beta, par);
     Eigen::Map<RowMatrix<T>>(m + n * C * P, C, P).noalias() =
@@ -104,8 +116,8 @@ void trilinear_attention_backward(const T* x, const T* dm, const T* saved, T* dx
       sn = saved + n * C * P;
       an = saved + N * C * P + n * C * C;
     } else {
-      s_local.resize(C, P);
-      a_local.resize(C, C);
+      detail_trilinear::make_temporary(s_local, C, P, op, "S (C, P)");
+      detail_trilinear::make_temporary(a_local, C, C, op, "A (C, C)");
       detail_trilinear::attention_weights(xn, s_local.data(), a_local.data(), C, P, beta, par);
       sn = s_local.data();
       an = a_local.data();
@@ -113,12 +125,13 @@ void trilinear_attention_backward(const T* x, const T* dm, const T* saved, T* dx
     Eigen::Map<const RowMatrix<T>> X(xn, C, P), S(sn, C, P), A(an, C, C), dM(dm + n * C * P, C, P);
     Eigen::Map<RowMatrix<T>> dX(dx + n * C * P, C, P);
 
-    RowMatrix<T> dA(C, C);
+    RowMatrix<T> dA, dB, dS;
+    detail_trilinear::make_temporary(dA, C, C, op, "dA (C, C)");
+    detail_trilinear::make_temporary(dB, C, C, op, "dB (C, C)");
+    detail_trilinear::make_temporary(dS, C, P, op, "dS (C, P)");
     dA.noalias() = dM * X.transpose();
     dX.noalias() = A.transpose() * dM;  // dX3
-    RowMatrix<T> dB(C, C);
     softmax_backward_rows(an, dA.data(), dB.data(), C, C, T(1), false, par);
-    RowMatrix<T> dS(C, P);
     dS.noalias() = dB * X;
     dX.noalias() += dB.transpose() * S;  // dX2
     softmax_backward_rows(sn, dS.data(), dX.data(), C, P, beta, true, par);  // dX1

@@ -35,6 +35,7 @@ struct TrilinearShape {
 
 struct TrilinearAttentionOptions {
   // Scale inside the spatial softmax, S = softmax(beta * X). Official MXNet code: 7; paper: 1.
+  // In (0, FLT_MAX]: the CUDA path (and the CPU path on float data) computes with beta as a float.
   double beta = 7.0;
   // CPU path only: scan x (and dm) for NaN/Inf and throw instead of returning NaN maps.
   // The CUDA path never inspects values on the host (no synchronisation); see the docs.
@@ -42,6 +43,9 @@ struct TrilinearAttentionOptions {
 
   void validate(const char* op) const {
     TASN_CHECK_ARG(std::isfinite(beta) && beta > 0.0, op, ": beta must be finite and > 0, got ", beta);
+    // beta = inf in float would make softmax(beta * (x - max)) compute inf * 0 = NaN everywhere
+    TASN_CHECK_ARG(beta <= detail::kFloatMax, op, ": beta must be finite in float, in (0, ", detail::kFloatMax,
+                   "], got ", beta);
   }
 };
 

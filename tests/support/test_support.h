@@ -88,8 +88,8 @@ struct CompareResult {
 };
 
 // Element-wise |got - ref| <= atol + rtol * |ref| (llm.c / numpy allclose form).
-template <class A, class B>
-CompareResult compare(const std::vector<A>& got, const std::vector<B>& ref, double atol,
+template <class A, class AllocA, class B, class AllocB>
+CompareResult compare(const std::vector<A, AllocA>& got, const std::vector<B, AllocB>& ref, double atol,
                       double rtol) {
   CompareResult r;
   if (got.size() != ref.size()) {
@@ -121,7 +121,8 @@ inline double max_abs(const std::vector<double>& v) {
 }
 
 // ||a - b|| / max(||a||, ||b||), the norm-wise relative error.
-inline double relative_error(const std::vector<double>& a, const std::vector<double>& b) {
+template <class AllocA, class AllocB>
+double relative_error(const std::vector<double, AllocA>& a, const std::vector<double, AllocB>& b) {
   double d = 0.0, na = 0.0, nb = 0.0;
   for (std::size_t i = 0; i < a.size(); ++i) {
     d += (a[i] - b[i]) * (a[i] - b[i]);
@@ -151,7 +152,8 @@ inline std::vector<double> numeric_gradient(const std::function<double(const std
 
 // Loss used by gradient checks of a tensor-valued op y = F(x): L = sum_i w_i y_i, whose gradient
 // with respect to y is w (so the op's backward gets dy = w).
-inline double weighted_sum(const std::vector<double>& y, const std::vector<double>& w) {
+template <class AllocY, class AllocW>
+double weighted_sum(const std::vector<double, AllocY>& y, const std::vector<double, AllocW>& w) {
   double s = 0.0;
   for (std::size_t i = 0; i < y.size(); ++i) s += y[i] * w[i];
   return s;

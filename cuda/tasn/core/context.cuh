@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 
 #include "tasn/core/common.h"
 #include "tasn/core/row_softmax.cuh"
@@ -32,12 +33,19 @@ inline std::size_t align_up(std::size_t v) {
 
 // Carves aligned regions off a caller-provided workspace; also used with a null base to count
 // the bytes a layout needs (the workspace size queries run the same code as the operators).
+// The byte arithmetic is checked: a region whose size is negative or overflows throws
+// tasn::InvalidArgument (the operators check their sizes first; this backs the size queries).
 class WorkspaceCarver {
  public:
   explicit WorkspaceCarver(void* base = nullptr) : base_(static_cast<unsigned char*>(base)) {}
 
   template <class T>
   T* take(std::int64_t elems) {
+    constexpr std::size_t kMax = static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max());
+    TASN_CHECK_ARG(elems >= 0, "workspace layout: a region of ", elems, " elements (negative size)");
+    TASN_CHECK_ARG(static_cast<std::size_t>(elems) <= (kMax - kWorkspaceAlign - used_) / sizeof(T),
+                   "workspace layout: a region of ", elems, " elements of ", sizeof(T), " bytes after ", used_,
+                   " bytes overflows 64-bit sizes");
     const std::size_t at = used_;
     used_ = align_up(used_ + static_cast<std::size_t>(elems) * sizeof(T));
     return base_ ? reinterpret_cast<T*>(base_ + at) : nullptr;

@@ -22,6 +22,7 @@ class WarpRowGroup {
   static constexpr int kBlockThreads = kWarp * kWarpRowsPerBlock;  // 4 warps a block, a row each
   struct TempStorage {
     typename cub::WarpReduce<float>::TempStorage f;
+    typename cub::WarpReduce<double>::TempStorage d;
     typename cub::WarpReduce<Stats>::TempStorage s;
   };
   __device__ explicit WarpRowGroup(TempStorage& t) : t_(t) {}
@@ -30,6 +31,11 @@ class WarpRowGroup {
 
   __device__ float sum(float v) {
     const float r = cub::WarpReduce<float>(t_.f).Sum(v);
+    __syncwarp();
+    return __shfl_sync(0xffffffffu, r, 0);
+  }
+  __device__ double sum(double v) {
+    const double r = cub::WarpReduce<double>(t_.d).Sum(v);
     __syncwarp();
     return __shfl_sync(0xffffffffu, r, 0);
   }
@@ -51,8 +57,10 @@ class BlockRowGroup {
   static constexpr int kBlockThreads = BLOCK;
   struct TempStorage {
     typename cub::BlockReduce<float, BLOCK>::TempStorage f;
+    typename cub::BlockReduce<double, BLOCK>::TempStorage d;
     typename cub::BlockReduce<Stats, BLOCK>::TempStorage s;
     Stats bcast;
+    double bcast_d;
   };
   __device__ explicit BlockRowGroup(TempStorage& t) : t_(t) {}
   __device__ int rank() const { return threadIdx.x; }
@@ -64,6 +72,14 @@ class BlockRowGroup {
     __syncthreads();
     const float out = t_.bcast.s;
     __syncthreads();  // bcast and the CUB storage may be reused right after
+    return out;
+  }
+  __device__ double sum(double v) {
+    const double r = cub::BlockReduce<double, BLOCK>(t_.d).Sum(v);
+    if (threadIdx.x == 0) t_.bcast_d = r;
+    __syncthreads();
+    const double out = t_.bcast_d;
+    __syncthreads();
     return out;
   }
   __device__ Stats stats(Stats v, float scale) {

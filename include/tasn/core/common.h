@@ -42,6 +42,11 @@ class CudaError : public Error {
 
 namespace detail {
 
+// The largest finite float, as a double. Options that the computation uses as float (on the CUDA
+// path, and on the CPU path with float data) must not exceed it in magnitude, so both paths
+// refuse them alike instead of computing with an infinity.
+constexpr double kFloatMax = static_cast<double>(std::numeric_limits<float>::max());
+
 template <class... Parts>
 std::string concat(Parts&&... parts) {
   std::ostringstream os;

@@ -6,7 +6,9 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <exception>
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -32,13 +34,30 @@ inline void set_num_threads(int n) {
 }
 
 // Calls f(i) for i in [begin, end), statically split over the available threads.
+// An exception thrown by f (e.g. a scratch allocation that failed, reported as
+// tasn::InvalidArgument) is rethrown to the caller once the threads have joined; iterations not
+// yet started are then skipped. (An exception must not leave an OpenMP region: that terminates.)
 template <class F>
 void parallel_for(std::int64_t begin, std::int64_t end, F&& f) {
   if (end <= begin) return;
 #if defined(_OPENMP)
   if (num_threads() > 1 && end - begin > 1) {
+    std::exception_ptr error;
+    std::atomic<bool> failed{false};
 #pragma omp parallel for schedule(static)
-    for (std::int64_t i = begin; i < end; ++i) f(i);
+    for (std::int64_t i = begin; i < end; ++i) {
+      if (failed.load(std::memory_order_relaxed)) continue;
+      try {
+        f(i);
+      } catch (...) {
+#pragma omp critical(tasn_parallel_for_error)
+        {
+          if (!error) error = std::current_exception();
+        }
+        failed.store(true, std::memory_order_relaxed);
+      }
+    }
+    if (error) std::rethrow_exception(error);
     return;
   }
 #endif

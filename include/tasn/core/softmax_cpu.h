@@ -1,7 +1,8 @@
 // tasn/core/softmax_cpu.h - row-wise softmax forward/backward on the CPU (Eigen, OpenMP).
 //
-// Rows are contiguous, `len` elements each. The exponentials use Eigen's vectorised exp; the
-// backward's per-element step is tasn::softmax_backward_term, the function the CUDA kernels call.
+// Rows are contiguous, `len` elements each. The exponentials and sums go through tasn/core/vec_cpu.h
+// (Eigen packets, results independent of the rows' addresses); the backward's per-element step is
+// tasn::softmax_backward_term, the function the CUDA kernels call.
 #pragma once
 
 #include <Eigen/Core>
@@ -14,7 +15,9 @@
 
 #include "tasn/core/common.h"
 #include "tasn/core/parallel.h"
+#include "tasn/core/scratch.h"
 #include "tasn/core/softmax_math.h"
+#include "tasn/core/vec_cpu.h"
 
 namespace tasn::cpu {
 
@@ -33,12 +36,10 @@ struct SoftmaxRowStats {
 // alias. Returns the statistics, so log-probabilities need no further exp or log.
 template <class T>
 SoftmaxRowStats<T> softmax_row(const T* in, T* out, std::int64_t len, T scale) {
-  Eigen::Map<const RowArray<T>> x(in, len);
-  Eigen::Map<RowArray<T>> y(out, len);
-  const T m = x.maxCoeff();
-  y = ((x - m) * scale).exp();
-  const T sum = y.sum();
-  y *= T(1) / sum;
+  // scale > 0 (the callers' contract), so the maximum of scale * x is scale * max(x)
+  const T m = vec::max(in, len);
+  const T sum = vec::exp_shifted(in, out, len, m, scale);
+  vec::scale(out, len, T(1) / sum);
   return {m, std::log(sum)};
 }
 
@@ -56,8 +57,7 @@ void softmax_rows(const T* in, T* out, std::int64_t rows, std::int64_t len, T sc
 // y = softmax(scale * x). With accumulate the result is added to dx instead of stored.
 template <class T>
 void softmax_backward_row(const T* y, const T* dy, T* dx, std::int64_t len, T scale, bool accumulate) {
-  const T dot = Eigen::Map<const RowArray<T>>(y, len).matrix().dot(
-      Eigen::Map<const RowArray<T>>(dy, len).matrix());
+  const T dot = vec::dot(y, dy, len);
   if (accumulate) {
     for (std::int64_t k = 0; k < len; ++k) dx[k] += softmax_backward_term(y[k], dy[k], dot, scale);
   } else {
@@ -98,7 +98,7 @@ template <class T>
 void check_all_finite(const T* data, std::int64_t numel, const char* name, const char* op) {
   constexpr std::int64_t kChunk = std::int64_t(1) << 16;
   const std::int64_t chunks = (numel + kChunk - 1) / kChunk;
-  std::vector<unsigned char> chunk_ok(static_cast<std::size_t>(chunks), 1);
+  auto chunk_ok = detail::scratch_vector<unsigned char>(op, "the finiteness flags", chunks, 1);
   parallel_for(0, chunks, [&](std::int64_t c) {
     const std::int64_t b = c * kChunk;
     chunk_ok[c] = all_finite_serial(data + b, std::min(kChunk, numel - b));

@@ -10,6 +10,8 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 
 #include "tasn/core/common.h"
 
@@ -21,11 +23,48 @@ TASN_HD float hd_floor(float x) { return ::floorf(x); }
 TASN_HD double hd_floor(double x) { return ::floor(x); }
 TASN_HD float hd_max(float a, float b) { return a > b ? a : b; }
 TASN_HD double hd_max(double a, double b) { return a > b ? a : b; }
+#if defined(__CUDA_ARCH__)
+TASN_HD bool hd_isfinite(float x) { return isfinite(x); }
+TASN_HD bool hd_isfinite(double x) { return isfinite(x); }
+TASN_HD bool hd_isnan(float x) { return isnan(x); }
+TASN_HD bool hd_isnan(double x) { return isnan(x); }
+#else
+TASN_HD bool hd_isfinite(float x) { return std::isfinite(x); }
+TASN_HD bool hd_isfinite(double x) { return std::isfinite(x); }
+TASN_HD bool hd_isnan(float x) { return std::isnan(x); }
+TASN_HD bool hd_isnan(double x) { return std::isnan(x); }
+#endif
 
 // -infinity, usable in device code without --expt-relaxed-constexpr.
 template <class Acc>
 TASN_HD Acc neg_inf() {
   return -static_cast<Acc>(INFINITY);
+}
+
+// The bits of a double and back (a defined bit copy on host and device).
+TASN_HD std::uint64_t hd_bits(double x) {
+#if defined(__CUDA_ARCH__)
+  return static_cast<std::uint64_t>(__double_as_longlong(x));
+#else
+  std::uint64_t b;
+  std::memcpy(&b, &x, sizeof b);
+  return b;
+#endif
+}
+TASN_HD double hd_from_bits(std::uint64_t b) {
+#if defined(__CUDA_ARCH__)
+  return __longlong_as_double(static_cast<long long>(b));
+#else
+  double x;
+  std::memcpy(&x, &b, sizeof x);
+  return x;
+#endif
+}
+
+// A quiet NaN, usable in device code without --expt-relaxed-constexpr.
+template <class Acc>
+TASN_HD Acc quiet_nan() {
+  return static_cast<Acc>(NAN);
 }
 
 // exp(scale * (x - m)): the unnormalised softmax term of x for a row whose maximum is m.
