@@ -9,18 +9,18 @@
 #include <vector>
 
 #include "gpu/gpu_runners.h"
+#include "support/gpu_cases.h"
+#include "support/gpu_tolerance.h"
 #include "support/test_support.h"
 #include "tasn/losses.h"
 
 namespace {
 namespace tt = tasn::test;
 namespace g = tasn::test::gpu;
+namespace tol = tasn::test::tol;
 using g::Dtype;
 using g::Kernel;
 using tasn::Reduction;
-
-// Tolerances relative to the largest magnitude of each compared tensor (docs/losses.md).
-double tol(Dtype d) { return d == Dtype::F32 ? 2e-5 : d == Dtype::F16 ? 3e-3 : 2e-2; }
 
 class GpuLosses : public ::testing::TestWithParam<std::tuple<Dtype, Kernel>> {
  protected:
@@ -30,15 +30,19 @@ class GpuLosses : public ::testing::TestWithParam<std::tuple<Dtype, Kernel>> {
   }
 };
 
-void expect_close(const std::vector<float>& got, const std::vector<double>& ref, double rel, const char* what) {
-  const auto r = tt::compare(got, ref, rel * std::max(1e-30, tt::max_abs(ref)), rel);
+// Each element's bound (tests/support/gpu_tolerance.h): the storage rounding of the loss or gradient
+// plus its float computation (row-group reductions, expf / logf, the options' float factors);
+// tests/test_gpu_tolerances.cpp replays these tests' data on the CPU and checks the bounds cover it.
+void expect_within(const std::vector<float>& got, const std::vector<double>& ref, Dtype dt, const std::vector<double>& pre,
+                   const char* what) {
+  const auto r = tol::check_bound(got, ref, dt, pre);
   EXPECT_TRUE(r.ok) << what << ": " << r.message();
 }
 
 TEST_P(GpuLosses, DistillationMatchesCpu) {
   const auto [dt, kernel] = GetParam();
-  const long n = 13;
-  for (long k : {1L, 31L, 200L, 1000L, 5089L, 8192L}) {
+  const long n = tt::gpu_cases::kLossRows;
+  for (long k : tt::gpu_cases::kLossLengths) {
     for (bool kl : {false, true}) {
       for (Reduction red : {Reduction::None, Reduction::Mean}) {
         SCOPED_TRACE(::testing::Message() << "K=" << k << " kl=" << kl << " reduction=" << tasn::to_string(red));
@@ -53,9 +57,10 @@ TEST_P(GpuLosses, DistillationMatchesCpu) {
         const auto zsd = tt::cast_vector<double>(zs), ztd = tt::cast_vector<double>(zt), upd = tt::cast_vector<double>(up);
         std::vector<double> loss(tasn::loss_elems(n, red)), gs(n * k), gtt(n * k);
         tasn::cpu::distillation_loss<double>(zsd.data(), ztd.data(), n, k, opt, loss.data(), gs.data(), gtt.data(), upd.data());
-        expect_close(got.loss, loss, tol(dt), "loss");
-        expect_close(got.grad, gs, tol(dt), "dstudent");
-        expect_close(got.grad_teacher, gtt, tol(dt), "dteacher");
+        const auto pre = tol::distillation_pre(zsd, ztd, n, k, opt, upd, kernel);
+        expect_within(got.loss, loss, dt, pre.loss, "loss");
+        expect_within(got.grad, gs, dt, pre.grad, "dstudent");
+        expect_within(got.grad_teacher, gtt, dt, pre.grad_teacher, "dteacher");
       }
     }
   }
@@ -63,24 +68,21 @@ TEST_P(GpuLosses, DistillationMatchesCpu) {
 
 TEST_P(GpuLosses, CrossEntropyMatchesCpu) {
   const auto [dt, kernel] = GetParam();
-  const long n = 13;
-  for (long k : {1L, 31L, 200L, 1000L, 5089L, 8192L}) {
+  const long n = tt::gpu_cases::kLossRows;
+  for (long k : tt::gpu_cases::kLossLengths) {
     for (Reduction red : {Reduction::None, Reduction::Sum, Reduction::Mean}) {
       SCOPED_TRACE(::testing::Message() << "K=" << k << " reduction=" << tasn::to_string(red));
-      tasn::CrossEntropyOptions opt;
-      opt.grad_scale = 0.5;
-      opt.label_smoothing = 0.1;
-      opt.reduction = red;
-      std::vector<long long> y(n);
-      for (long i = 0; i < n; ++i) y[i] = i % 4 == 1 ? -100 : (i * 7919) % k;
+      const tasn::CrossEntropyOptions opt = tt::gpu_cases::cross_entropy_options(red);
+      const auto y = tt::gpu_cases::cross_entropy_labels(n, k);
       const auto z = g::round_to(dt, tt::cast_vector<float>(tt::random_tensor(n * k, 30 + k, -1e4, 1e4)));
       const auto got = g::cross_entropy(dt, z, y, n, k, opt, {}, kernel);
       const auto zd = tt::cast_vector<double>(z);
       const std::vector<std::int64_t> y64(y.begin(), y.end());
       std::vector<double> loss(tasn::loss_elems(n, red)), gz(n * k);
       tasn::cpu::softmax_cross_entropy<double>(zd.data(), y64.data(), n, k, opt, loss.data(), gz.data());
-      expect_close(got.loss, loss, tol(dt), "loss");
-      expect_close(got.grad, gz, tol(dt), "dlogits");
+      const auto pre = tol::cross_entropy_pre(zd, y, n, k, opt, kernel);
+      expect_within(got.loss, loss, dt, pre.loss, "loss");
+      expect_within(got.grad, gz, dt, pre.grad, "dlogits");
       EXPECT_EQ(got.status[0], 0);
     }
   }

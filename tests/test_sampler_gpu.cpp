@@ -7,12 +7,15 @@
 #include <vector>
 
 #include "gpu/gpu_runners.h"
+#include "support/gpu_cases.h"
+#include "support/gpu_tolerance.h"
 #include "support/test_support.h"
 #include "tasn/attention_sampler.h"
 
 namespace {
 namespace tt = tasn::test;
 namespace g = tasn::test::gpu;
+namespace tol = tasn::test::tol;
 using g::Dtype;
 
 class GpuSampler : public ::testing::TestWithParam<Dtype> {
@@ -23,11 +26,12 @@ class GpuSampler : public ::testing::TestWithParam<Dtype> {
   }
 };
 
-// relative to max |ref|: images are stored in the dtype, the math is float
-double tol(Dtype d) { return d == Dtype::F32 ? 1e-5 : d == Dtype::F16 ? 2e-3 : 1.6e-2; }
-
-void expect_close(const std::vector<float>& got, const std::vector<float>& ref, double rel, const char* what) {
-  const auto r = tt::compare(got, ref, rel * std::max(1e-30, tt::max_abs(tt::cast_vector<double>(ref))), 0.0);
+// Each element's bound (tests/support/gpu_tolerance.h): the image's storage rounding (maps, marginals,
+// grids and dgrid are float) plus both sides' float arithmetic (the reference is the float CPU path);
+// tests/test_gpu_tolerances.cpp replays these tests' data on the CPU and checks the bounds cover it.
+void expect_within(const std::vector<float>& got, const std::vector<float>& ref, Dtype out,
+                   const std::vector<double>& pre, const char* what) {
+  const auto r = tol::check_bound(got, ref, out, pre);
   EXPECT_TRUE(r.ok) << what << ": " << r.message();
 }
 
@@ -40,14 +44,15 @@ TEST_P(GpuSampler, AttentionMapsMatchCpu) {
       for (long i = 0; i < p; ++i) m[(n * C + c) * p + i] = 0.f;
   std::vector<float> ref(N * p);
   tasn::cpu::structure_map<float>(m.data(), N, C, h, w, true, ref.data());
-  expect_close(g::attention_map(dt, m, N, C, h, w, 0, true, {}, 0, nullptr), ref, 1e-6, "structure (distinct)");
+  expect_within(g::attention_map(dt, m, N, C, h, w, 0, true, {}, 0, nullptr), ref, Dtype::F32,
+                tol::structure_map_pre(m, N, C, p), "structure (distinct)");
   std::vector<std::int64_t> chosen_cpu(N);
   for (unsigned long long seed : {0ull, 7ull, 123456789ull}) {
     std::vector<long long> chosen_gpu;
     const auto d = g::attention_map(dt, m, N, C, h, w, 1, false, {}, seed, &chosen_gpu);
     tasn::cpu::detail_map<float>(m.data(), N, C, h, w, true, nullptr, seed, ref.data(), chosen_cpu.data());
     EXPECT_EQ(std::vector<long long>(chosen_cpu.begin(), chosen_cpu.end()), chosen_gpu) << "seed " << seed;
-    expect_close(d, ref, 0.0, "detail map");
+    expect_within(d, ref, Dtype::F32, std::vector<double>(ref.size(), 0.0), "detail map");  // a copy: exact
   }
   std::vector<long long> chosen;
   const auto bad = g::attention_map(dt, m, N, C, h, w, 1, false, {1, 2, 99, 4, 5}, 0, &chosen);
@@ -64,8 +69,9 @@ TEST_P(GpuSampler, MarginalsAndGridMatchCpu) {
   std::vector<unsigned char> fb(N);
   tasn::cpu::attention_marginals<float>(map.data(), N, h, w, Hs, Ws, my.data(), mx.data(), fb.data());
   const auto gm = g::marginals(map, N, h, w, Hs, Ws);
-  expect_close(gm.my, my, 1e-5, "my");
-  expect_close(gm.mx, mx, 1e-5, "mx");
+  const auto mp = tol::marginals_pre(map, N, h, w, Hs, Ws, false);
+  expect_within(gm.my, my, Dtype::F32, mp.my, "my");
+  expect_within(gm.mx, mx, Dtype::F32, mp.mx, "mx");
   EXPECT_EQ(gm.fallback, fb);
   // fused == materialised on the device as well
   const auto up = g::upsample(map, N, h, w, Hs, Ws, false);
@@ -80,8 +86,9 @@ TEST_P(GpuSampler, MarginalsAndGridMatchCpu) {
     std::vector<float> gy(N * opt.out_h), gx(N * opt.out_w);
     tasn::cpu::sampling_grid<float>(my.data(), mx.data(), N, Hs, Ws, opt, gy.data(), gx.data());
     const auto gg = g::sampling_grid(my, mx, N, Hs, Ws, opt);
-    expect_close(gg.gy, gy, 1e-5, "gy");
-    expect_close(gg.gx, gx, 1e-5, "gx");
+    const auto gp = tol::grid_pre(my, mx, N, Hs, Ws, opt, gy, gx);
+    expect_within(gg.gy, gy, Dtype::F32, gp.gy, "gy");
+    expect_within(gg.gx, gx, Dtype::F32, gp.gx, "gx");
   }
 }
 
@@ -95,35 +102,34 @@ TEST_P(GpuSampler, SamplingMatchesCpu) {
   std::vector<float> out(N * C * Ho * Wo), dimg(img.size());
   tasn::cpu::sample_separable<float>(img.data(), N, C, Hi, Wi, gy.data(), gx.data(), Ho, Wo, out.data());
   tasn::cpu::sample_separable_backward<float>(dout.data(), N, C, Hi, Wi, gy.data(), gx.data(), Ho, Wo, dimg.data());
-  expect_close(g::sample_separable(dt, img, N, C, Hi, Wi, gy, gx, Ho, Wo), out, tol(dt), "separable forward");
+  expect_within(g::sample_separable(dt, img, N, C, Hi, Wi, gy, gx, Ho, Wo), out, dt,
+                tol::separable_forward_pre(img, N, C, Hi, Wi, gy, gx, Ho, Wo), "separable forward");
   const auto b1 = g::sample_separable_backward(dt, dout, N, C, Hi, Wi, gy, gx, Ho, Wo);
   const auto b2 = g::sample_separable_backward(dt, dout, N, C, Hi, Wi, gy, gx, Ho, Wo);
   EXPECT_EQ(b1, b2) << "separable backward must be bit-identical run to run";
-  expect_close(b1, dimg, tol(dt), "separable backward");
+  expect_within(b1, dimg, dt, tol::separable_backward_pre(dout, N, C, Hi, Wi, gy, gx, Ho, Wo), "separable backward");
   // general grid
   const auto grid = tt::cast_vector<float>(tt::random_tensor(N * Ho * Wo * 2, 105, -1.1, 1.1));
   std::vector<float> out2(out.size()), dimg2(img.size()), dgrid(grid.size());
   tasn::cpu::sample_grid<float>(img.data(), N, C, Hi, Wi, grid.data(), Ho, Wo, out2.data());
   tasn::cpu::sample_grid_backward<float>(img.data(), grid.data(), dout.data(), N, C, Hi, Wi, Ho, Wo, dimg2.data(), dgrid.data());
-  expect_close(g::sample_grid(dt, img, N, C, Hi, Wi, grid, Ho, Wo), out2, tol(dt), "grid forward");
+  expect_within(g::sample_grid(dt, img, N, C, Hi, Wi, grid, Ho, Wo), out2, dt,
+                tol::grid_forward_pre(img, N, C, Hi, Wi, grid, Ho, Wo), "grid forward");
   const auto gb = g::sample_grid_backward(dt, img, grid, dout, N, C, Hi, Wi, Ho, Wo);
-  expect_close(gb.dimg, dimg2, tol(dt), "grid backward (image)");
-  expect_close(gb.dgrid, dgrid, 1e-4, "grid backward (grid)");
+  const auto gbp = tol::grid_backward_pre(img, grid, dout, N, C, Hi, Wi, Ho, Wo);  // atomics: any order
+  expect_within(gb.dimg, dimg2, dt, gbp.dimg, "grid backward (image)");
+  expect_within(gb.dgrid, dgrid, Dtype::F32, gbp.dgrid, "grid backward (grid)");
 }
 
 TEST_P(GpuSampler, AttentionSampleMatchesCpu) {
   const Dtype dt = GetParam();
-  const long N = 3, C = 3, Hi = 160, Wi = 192, Ha = 14, Wa = 14;
-  const auto img = g::round_to(dt, tt::cast_vector<float>(tt::random_tensor(N * C * Hi * Wi, 111, 0.0, 1.0)));
-  auto att = tt::cast_vector<float>(tt::random_tensor(N * Ha * Wa, 112, 0.0, 1.0));
-  for (long i = 0; i < Ha * Wa; ++i) att[2 * Ha * Wa + i] = 0.f;  // sample 2 falls back to the identity
+  using Case = tt::gpu_cases::AttentionSampleCase;
+  const long N = Case::N, C = Case::C, Hi = Case::Hi, Wi = Case::Wi, Ha = Case::Ha, Wa = Case::Wa;
+  const auto img = g::round_to(dt, tt::cast_vector<float>(Case::image()));
+  const auto att = Case::attention();  // sample 2 falls back to the identity
   for (bool squared : {false, true}) {
     SCOPED_TRACE(::testing::Message() << "squared=" << squared);
-    tasn::AttentionSampleOptions opt;
-    opt.grid.out_h = 64;
-    opt.grid.out_w = 80;
-    opt.upsample_h = 128;
-    opt.squared = squared;
+    const tasn::AttentionSampleOptions opt = Case::options(squared);
     std::vector<float> out(N * C * 64 * 80), gy(N * 64), gx(N * 80);
     std::vector<unsigned char> fb(N);
     tasn::cpu::attention_sample<float>(img.data(), N, C, Hi, Wi, att.data(), Ha, Wa, opt, out.data(), gy.data(), gx.data(), fb.data());
@@ -131,10 +137,23 @@ TEST_P(GpuSampler, AttentionSampleMatchesCpu) {
     std::vector<unsigned char> gfb;
     const auto got = g::attention_sample(dt, img, N, C, Hi, Wi, att, Ha, Wa, opt, &grid, &gfb);
     EXPECT_EQ(gfb, fb);
-    expect_close(grid.gy, gy, 1e-5, "gy");
-    expect_close(grid.gx, gx, 1e-5, "gx");
-    // grids agree to ~1e-5: a shift of 1e-5 * (W - 1) / 2 pixels on a noise image moves values by ~1e-3
-    expect_close(got, out, std::max(tol(dt), 5e-3), "sampled image");
+    // Each side computes its own marginals (float upsampling, contracted differently): the grid bound
+    // adds their first-order effect; the sampled image is bounded given the grid the device used.
+    const long Hs = opt.marginal_h(Hi), Ws = opt.marginal_w(Wi);
+    std::vector<float> cmy(N * Hs), cmx(N * Ws);
+    if (squared) {
+      std::vector<float> up(N * Hs * Ws);
+      tasn::cpu::upsample_bilinear<float>(att.data(), N, Ha, Wa, Hs, Ws, true, up.data());
+      tasn::cpu::attention_marginals<float>(up.data(), N, Hs, Ws, Hs, Ws, cmy.data(), cmx.data());
+    } else {
+      tasn::cpu::attention_marginals<float>(att.data(), N, Ha, Wa, Hs, Ws, cmy.data(), cmx.data());
+    }
+    const auto mp = tol::marginals_pre(att, N, Ha, Wa, Hs, Ws, squared);
+    const auto gp = tol::grid_pre(cmy, cmx, N, Hs, Ws, opt.grid, gy, gx, &mp.my, &mp.mx);
+    expect_within(grid.gy, gy, Dtype::F32, gp.gy, "gy");
+    expect_within(grid.gx, gx, Dtype::F32, gp.gx, "gx");
+    expect_within(got, out, dt, tol::separable_forward_pre(img, N, C, Hi, Wi, gy, gx, 64, 80, &grid.gy, &grid.gx),
+                  "sampled image");
   }
 }
 

@@ -3,6 +3,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <type_traits>
 
 #include "tasn/attention_sampler.cuh"
@@ -399,6 +400,58 @@ GridGrads sample_grid_backward(Dtype d, const std::vector<float>& img, const std
     TASN_CUDA_CHECK(cudaDeviceSynchronize());
     return GridGrads{to_float_vec(dimg.to_host()), dgrid.to_host()};
   });
+}
+
+namespace {
+// A fake, 256-byte aligned device address: the validation-only runners must throw before using it.
+template <class T>
+T* fake_ptr() {
+  return reinterpret_cast<T*>(std::uintptr_t(1) << 20);
+}
+}  // namespace
+
+void attention_sample_validation_only(long N, long C, long Hi, long Wi, long Ha, long Wa,
+                                      const AttentionSampleOptions& opt) {
+  tasn::cuda::attention_sample<float>(fake_ptr<float>(), N, C, Hi, Wi, fake_ptr<float>(), Ha, Wa, opt, fake_ptr<float>(),
+                                      nullptr, nullptr, nullptr, fake_ptr<void>(), std::size_t(1) << 62,
+                                      tasn::cuda::Context{});
+}
+
+void sampling_grid_validation_only(long N, long Hs, long Ws, const GridOptions& opt) {
+  tasn::cuda::sampling_grid(fake_ptr<float>(), fake_ptr<float>(), N, Hs, Ws, opt, fake_ptr<float>(), fake_ptr<float>(),
+                            tasn::cuda::Context{});
+}
+
+void sampling_validation_only(bool general, bool backward, long N, long C, long Hi, long Wi, long Ho, long Wo) {
+  float* f = fake_ptr<float>();
+  const tasn::cuda::Context ctx{};
+  if (general && backward)
+    tasn::cuda::sample_grid_backward<float>(f, f, f, N, C, Hi, Wi, Ho, Wo, f, f, fake_ptr<void>(), std::size_t(1) << 62, ctx);
+  else if (general)
+    tasn::cuda::sample_grid<float>(f, N, C, Hi, Wi, f, Ho, Wo, f, ctx);
+  else if (backward)
+    tasn::cuda::sample_separable_backward<float>(f, N, C, Hi, Wi, f, f, Ho, Wo, f, fake_ptr<void>(), std::size_t(1) << 62,
+                                                 ctx);
+  else
+    tasn::cuda::sample_separable<float>(f, N, C, Hi, Wi, f, f, Ho, Wo, f, ctx);
+}
+
+std::size_t attention_sample_workspace_bytes(long N, long Hi, long Wi, const AttentionSampleOptions& opt) {
+  return tasn::cuda::attention_sample_workspace_bytes(N, Hi, Wi, opt);
+}
+
+std::size_t sample_separable_backward_workspace_bytes(long N, long C, long Hi, long Wi, long Ho, long Wo) {
+  return tasn::cuda::sample_separable_backward_workspace_bytes(N, C, Hi, Wi, Ho, Wo);
+}
+
+std::size_t sample_grid_backward_workspace_bytes(long N, long C, long Hi, long Wi) {
+  return tasn::cuda::sample_grid_backward_workspace_bytes(N, C, Hi, Wi, true);
+}
+
+void cross_entropy_validation_only(long n, long k, const CrossEntropyOptions& opt) {
+  float* f = fake_ptr<float>();
+  tasn::cuda::softmax_cross_entropy<float>(f, fake_ptr<std::int64_t>(), n, k, opt, f, f, nullptr, nullptr,
+                                           fake_ptr<void>(), std::size_t(1) << 40, tasn::cuda::Context{});
 }
 
 }  // namespace tasn::test::gpu

@@ -116,4 +116,16 @@ std::vector<float> attention_sample(Dtype d, const std::vector<float>& img, long
 GridGrads sample_grid_backward(Dtype d, const std::vector<float>& img, const std::vector<float>& grid,
                                const std::vector<float>& dout, long N, long C, long Hi, long Wi, long Ho, long Wo);
 
+// ---- robustness (test_robustness_gpu.cpp): validation only, with fake device pointers that are
+// never dereferenced; each call must throw before any device work ----
+void attention_sample_validation_only(long N, long C, long Hi, long Wi, long Ha, long Wa,
+                                      const AttentionSampleOptions& opt);
+void sampling_grid_validation_only(long N, long Hs, long Ws, const GridOptions& opt);
+// general: sample_grid (forward and backward); else sample_separable (forward and backward)
+void sampling_validation_only(bool general, bool backward, long N, long C, long Hi, long Wi, long Ho, long Wo);
+std::size_t attention_sample_workspace_bytes(long N, long Hi, long Wi, const AttentionSampleOptions& opt);
+std::size_t sample_separable_backward_workspace_bytes(long N, long C, long Hi, long Wi, long Ho, long Wo);
+std::size_t sample_grid_backward_workspace_bytes(long N, long C, long Hi, long Wi);
+void cross_entropy_validation_only(long n, long k, const CrossEntropyOptions& opt);
+
 }  // namespace tasn::test::gpu
