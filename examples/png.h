@@ -1,26 +1,21 @@
 // examples/png.h - a minimal PNG writer (8-bit RGB, zlib "stored" blocks, no compression), so the
-// examples can write pictures without an image library.
+// examples can write pictures without an image library. The file is written atomically and every
+// write is checked (io::AtomicFile): a failure throws io::IoError naming the path and the reason.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
-#include <cstdio>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
-namespace tasn::examples {
+#include "io/file_io.h"
 
-inline std::uint32_t crc32(const unsigned char* p, std::size_t n, std::uint32_t c = 0xffffffffu) {
-  for (std::size_t i = 0; i < n; ++i) {
-    c ^= p[i];
-    for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1u)));
-  }
-  return c;
-}
+namespace tasn::examples {
 
 // rgb: h rows of w pixels, 3 bytes each.
 inline void write_png(const std::string& path, const std::vector<unsigned char>& rgb, int w, int h) {
-  if (rgb.size() != static_cast<std::size_t>(w) * h * 3) throw std::invalid_argument("write_png: size mismatch");
+  TASN_CHECK_ARG(w >= 1 && h >= 1 && rgb.size() == static_cast<std::size_t>(w) * h * 3, "write_png ", path, ": ",
+                 rgb.size(), " bytes for a ", w, " x ", h, " RGB image");
   std::vector<unsigned char> raw;  // filter byte 0 + row
   raw.reserve(static_cast<std::size_t>(h) * (w * 3 + 1));
   for (int y = 0; y < h; ++y) {
@@ -47,8 +42,7 @@ inline void write_png(const std::string& path, const std::vector<unsigned char>&
   const std::uint32_t adler = (b << 16) | a;
   for (int s = 24; s >= 0; s -= 8) z.push_back((adler >> s) & 0xff);
 
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  if (!f) throw std::runtime_error("cannot write " + path);
+  std::vector<unsigned char> file;
   auto u32 = [](std::vector<unsigned char>& v, std::uint32_t x) {
     for (int s = 24; s >= 0; s -= 8) v.push_back((x >> s) & 0xff);
   };
@@ -57,11 +51,10 @@ inline void write_png(const std::string& path, const std::vector<unsigned char>&
     u32(c, static_cast<std::uint32_t>(data.size()));
     c.insert(c.end(), type, type + 4);
     c.insert(c.end(), data.begin(), data.end());
-    u32(c, crc32(c.data() + 4, c.size() - 4) ^ 0xffffffffu);
-    std::fwrite(c.data(), 1, c.size(), f);
+    u32(c, io::crc32(c.data() + 4, c.size() - 4));
+    file.insert(file.end(), c.begin(), c.end());
   };
-  static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-  std::fwrite(sig, 1, 8, f);
+  file = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
   std::vector<unsigned char> ihdr;
   u32(ihdr, static_cast<std::uint32_t>(w));
   u32(ihdr, static_cast<std::uint32_t>(h));
@@ -69,7 +62,7 @@ inline void write_png(const std::string& path, const std::vector<unsigned char>&
   chunk("IHDR", ihdr);
   chunk("IDAT", z);
   chunk("IEND", {});
-  if (std::fclose(f) != 0) throw std::runtime_error("cannot write " + path);
+  io::write_file_atomic(path, file.data(), file.size(), "PNG");
 }
 
 }  // namespace tasn::examples

@@ -41,7 +41,7 @@ nn::ParamStore<float> small_store() {
   nn::ParamStore<float> ps;
   nn::ResNet<float> net(ps, small_config(0.125));
   std::uint64_t seed = 1;
-  for (auto& [name, p] : ps.all()) p.value.data = tt::cast_vector<float>(tt::random_tensor(p.value.numel(), seed++));
+  for (auto& [name, p] : ps.all()) p.value.set(tt::cast_vector<float>(tt::random_tensor(p.value.numel(), seed++)));
   return ps;
 }
 

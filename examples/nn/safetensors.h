@@ -5,20 +5,27 @@
 //
 // Every malformed input is a tasn::InvalidArgument naming the file and what is wrong: a file
 // shorter than its header says, a header that is not JSON, offsets outside the data or not
-// matching dtype x shape, unknown dtypes; and on loading into a ParamStore: missing or unexpected
-// names and shape mismatches, each naming the parameter and both shapes. Nothing is written into
-// the store unless the whole file checks out.
+// matching dtype x shape, shapes whose element count overflows, unknown dtypes, data whose
+// checksum does not match; and on loading into a ParamStore: missing or unexpected names and
+// shape mismatches, each naming the parameter and both shapes. Nothing is written into the store
+// unless the whole file checks out. A file that cannot be read is an io::IoError with the OS reason.
+//
+// Integrity: write() stores the CRC-32 (zlib's) of the data section as the metadata entry
+// "data_crc32" (8 hex digits) and read() verifies it when present, so a flipped byte in the
+// tensor data is refused; files from other writers (no such entry) are read unverified.
+// Writing is atomic (io::AtomicFile): a failure leaves the previous file as it was.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "io/file_io.h"
+#include "io/text.h"
 #include "nn/resnet.h"
 
 namespace tasn::nn::safetensors {
@@ -74,13 +81,20 @@ inline double decode(const unsigned char* p, const std::string& d) {
 
 }  // namespace detail
 
+// The metadata key holding the data section's CRC-32.
+constexpr const char* kChecksumKey = "data_crc32";
+
+inline std::string crc_hex(std::uint32_t c) {
+  char b[16];
+  std::snprintf(b, sizeof b, "%08x", c);
+  return b;
+}
+
 inline File read(const std::string& path) {
   const auto fail = [&](const std::string& what) {
     throw InvalidArgument("safetensors: " + path + ": " + what);
   };
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot open the file");
-  std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::vector<unsigned char> bytes = io::read_file(path, "safetensors file");
   if (bytes.size() < 8) fail("shorter than the 8-byte header length (" + std::to_string(bytes.size()) + " bytes)");
   std::uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[i];
@@ -95,6 +109,14 @@ inline File read(const std::string& path) {
   if (!header.is_object()) fail("the header is not a JSON object");
   const std::uint64_t data_begin = 8 + n, data_size = bytes.size() - data_begin;
   File f;
+  if (header.contains("__metadata__") && header["__metadata__"].is_object() &&
+      header["__metadata__"].contains(kChecksumKey)) {
+    const auto& want = header["__metadata__"][kChecksumKey];
+    const std::string got = crc_hex(io::crc32(bytes.data() + data_begin, data_size));
+    if (!want.is_string() || want.get<std::string>() != got)
+      fail("the tensor data do not match their checksum (" + std::string(kChecksumKey) + " " +
+           (want.is_string() ? want.get<std::string>() : want.dump()) + ", data " + got + "): the file is corrupted");
+  }
   for (auto it = header.begin(); it != header.end(); ++it) {
     if (it.key() == "__metadata__") {
       if (it->is_object())
@@ -114,7 +136,9 @@ inline File read(const std::string& path) {
         fail("tensor " + name + " has data_offsets outside the data (" + std::to_string(data_size) + " bytes): truncated?");
       std::uint64_t count = 1;
       for (auto d : e.shape) {
-        if (d < 0) fail("tensor " + name + " has a negative dimension");
+        if (d < 0) fail("tensor " + name + " has a negative dimension (shape " + shape_string(e.shape) + ")");
+        if (d != 0 && count > (std::uint64_t(1) << 62) / static_cast<std::uint64_t>(d) / es)
+          fail("tensor " + name + " has shape " + shape_string(e.shape) + ": more elements than any file holds");
         count *= static_cast<std::uint64_t>(d);
       }
       if (count * es != off[1] - off[0])
@@ -131,35 +155,48 @@ inline File read(const std::string& path) {
   return f;
 }
 
-// Writes tensors (name -> values, shape) with metadata; F32 for float, F64 for double.
+// Refuses (tasn::InvalidArgument, naming the entry) tensor names and metadata that are not
+// valid UTF-8: JSON cannot hold them. Call it early to find such a problem before work is done.
+inline void check_header_strings(const std::vector<std::string>& names, const std::map<std::string, std::string>& metadata,
+                                 const std::string& path) {
+  for (const auto& n : names)
+    TASN_CHECK_ARG(io::valid_utf8(n), "safetensors: ", path, ": tensor name \"", io::escape_bytes(n),
+                   "\" is not valid UTF-8");
+  for (const auto& [k, v] : metadata)
+    TASN_CHECK_ARG(io::valid_utf8(k) && io::valid_utf8(v), "safetensors: ", path, ": metadata \"", io::escape_bytes(k),
+                   "\" = \"", io::escape_bytes(v), "\" is not valid UTF-8 (escape byte strings with io::escape_bytes)");
+}
+
+// Writes tensors (name -> values, shape) with metadata (plus "data_crc32"); F32 for float, F64
+// for double. Atomic: on any failure (io::IoError naming the path and the OS reason) the previous
+// file under `path` is unchanged and no temporary file is left.
 template <class T>
 void write(const std::string& path, const std::map<std::string, const Tensor<T>*>& tensors,
-           const std::map<std::string, std::string>& metadata = {}) {
+           std::map<std::string, std::string> metadata = {}) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>);
+  std::vector<std::string> names;
+  for (const auto& [name, t] : tensors) names.push_back(name);
+  check_header_strings(names, metadata, path);
   nlohmann::json header = nlohmann::json::object();
   std::uint64_t offset = 0;
+  std::uint32_t crc = 0;
   for (const auto& [name, t] : tensors) {
     const std::uint64_t bytes = static_cast<std::uint64_t>(t->numel()) * sizeof(T);
     header[name] = {{"dtype", sizeof(T) == 4 ? "F32" : "F64"}, {"shape", t->shape}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
+    crc = io::crc32(t->ptr(), bytes, crc);
   }
-  if (!metadata.empty()) header["__metadata__"] = metadata;
+  metadata[kChecksumKey] = crc_hex(crc);
+  header["__metadata__"] = metadata;
   std::string h = header.dump();
   while ((8 + h.size()) % 8) h.push_back(' ');  // align the data (the format allows padding)
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    if (!out) throw InvalidArgument("safetensors: cannot write " + tmp);
-    unsigned char len[8];
-    for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>((std::uint64_t(h.size()) >> (8 * i)) & 0xff);
-    out.write(reinterpret_cast<const char*>(len), 8);
-    out.write(h.data(), static_cast<std::streamsize>(h.size()));
-    for (const auto& [name, t] : tensors)
-      out.write(reinterpret_cast<const char*>(t->ptr()), static_cast<std::streamsize>(t->numel() * sizeof(T)));
-    if (!out) throw InvalidArgument("safetensors: writing " + tmp + " failed");
-  }
-  // never leave a half-written file under the final name
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw InvalidArgument("safetensors: cannot rename " + tmp + " to " + path);
+  io::AtomicFile out(path, "safetensors file");
+  unsigned char len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>((std::uint64_t(h.size()) >> (8 * i)) & 0xff);
+  out.write(len, 8);
+  out.write(h);
+  for (const auto& [name, t] : tensors) out.write(t->ptr(), static_cast<std::size_t>(t->numel()) * sizeof(T));
+  out.commit();
 }
 
 template <class T>
