@@ -20,7 +20,7 @@ using tasn::bench::loop_seconds;
 
 nn::Tensor<float> rnd(std::vector<std::int64_t> shape, std::uint64_t seed) {
   nn::Tensor<float> t(std::move(shape));
-  t.data = tasn::bench::filled<float>(t.numel(), seed, -1.f, 1.f);
+  t.set(tasn::bench::filled<float>(t.numel(), seed, -1.f, 1.f));
   return t;
 }
 

@@ -3,20 +3,27 @@
 // CPU and prints their test accuracy and time. `--help` lists every option; docs/trainer.md
 // explains them.
 #include <malloc.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <iostream>
 #include <map>
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "data/parse.h"
+#include "io/file_io.h"
+#include "train/memory.h"
 #include "train/presets.h"
+#include "train/run_folder.h"
 #include "train/trainer.h"
 #if defined(TASN_HAVE_STB)
 #include "train/folder_data.h"
@@ -40,7 +47,9 @@ With no options: train TASN and the baseline on the built-in generated data (CPU
   --data synthetic|cub|list  built-in generated data (default), CUB-200-2011 layout, or a list file
   --data-root DIR            CUB root, or the root of the list file's relative paths
   --list FILE                list file: "relative/path label train|test" per line
-  --classes K                number of classes (cub: 200; list: required)
+  --classes K                number of classes (cub: 200; list: required; generated data: 8, fixed)
+  --verify-images            real data: decode every image before training (default: every file is
+                             checked to be present with a readable image header)
   --train-size N --test-size N   generated data: images per split (demo 4000 / 1000)
   --eval-split test|val      evaluate on the test split (default) or on a validation split (generated
                              data: a third split; real data: every 10th training image held out)
@@ -48,9 +57,12 @@ With no options: train TASN and the baseline on the built-in generated data (CPU
   --schedule step|cosine|onecycle   --milestones E1,E2   --gamma X
   --seed N                   seed of everything (initialisation, order, detail channels, data)
   --seeds N1,N2,...          run the whole comparison once per seed and print every table
-  --threads N                CPU threads (default: OpenMP's default)
-  --out DIR                  metrics logs (MODEL-metrics.jsonl) and checkpoints (MODEL-last.safetensors)
-                             (default: tasn-run)
+  --threads N                CPU threads, 1 .. 4 x the hardware threads (default: OpenMP's default)
+  --out DIR                  metrics logs (MODEL-metrics.jsonl) and checkpoints (MODEL-last.safetensors);
+                             locked while the run writes. A fresh run refuses a folder holding an
+                             earlier run of the same model (see --resume, --overwrite). Default:
+                             tasn-run, or tasn-run-2, -3, ... when that holds an earlier run.
+  --overwrite                a fresh run may replace an earlier run's results in --out
   --resume FILE              continue from a checkpoint (bit-exact; --model tasn or baseline)
   --weights FILE             part/master (and baseline) backbone from converted torchvision weights
   --att-weights FILE         attention-net backbone from converted torchvision weights
@@ -69,6 +81,7 @@ With no options: train TASN and the baseline on the built-in generated data (CPU
 struct Args {
   std::map<std::string, std::string> kv;
   std::set<std::string> flags;
+  std::string command;  // the command line, for the run folder's lock
   std::string get(const std::string& k, const std::string& d) const {
     auto it = kv.find(k);
     return it == kv.end() ? d : it->second;
@@ -77,7 +90,8 @@ struct Args {
 };
 
 Args parse(int argc, char** argv) {
-  static const std::set<std::string> flag_names = {"--eval-only", "--no-progress", "--help", "-h", "--no-teacher-grad"};
+  static const std::set<std::string> flag_names = {"--eval-only", "--no-progress", "--help", "-h", "--no-teacher-grad",
+                                                   "--overwrite", "--verify-images"};
   static const std::set<std::string> value_names = {
       "--preset", "--model", "--data", "--data-root", "--list", "--classes", "--train-size", "--test-size",
       "--eval-split", "--epochs", "--batch", "--lr", "--momentum", "--wd", "--schedule", "--milestones", "--gamma",
@@ -85,12 +99,14 @@ Args parse(int argc, char** argv) {
       "--dump-count", "--sampler-mode", "--dense", "--iters", "--beta", "--temperature", "--image", "--att-input",
       "--out-size", "--stop-after-epoch", "--max-steps", "--width", "--att-width"};
   Args a;
+  for (int i = 0; i < argc; ++i) a.command += (i ? " " : "") + std::string(argv[i]);
   for (int i = 1; i < argc; ++i) {
     const std::string k = argv[i];
     if (flag_names.count(k)) {
       a.flags.insert(k);
     } else if (value_names.count(k)) {
       TASN_CHECK_ARG(i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0, "option ", k, " needs a value");
+      TASN_CHECK_ARG(!a.kv.count(k), "option ", k, " is given twice");
       a.kv[k] = argv[++i];
     } else {
       throw InvalidArgument("unknown option \"" + k + "\" (see --help)");
@@ -99,23 +115,166 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
-std::int64_t to_int(const Args& a, const std::string& k, std::int64_t d) {
+// An integer option in [lo, hi] (the default when absent).
+std::int64_t int_opt(const Args& a, const std::string& k, std::int64_t d, std::int64_t lo, std::int64_t hi) {
   const std::string v = a.get(k, "");
-  return v.empty() ? d : data::parse_int(v, "option " + k);
+  if (v.empty() && !a.kv.count(k)) return d;
+  const std::int64_t x = data::parse_int(v, "option " + k);
+  TASN_CHECK_ARG(x >= lo && x <= hi, "option ", k, " must be in [", lo, ", ", hi, "], got ", x);
+  return x;
 }
-double to_double(const Args& a, const std::string& k, double d) {
+double real_opt(const Args& a, const std::string& k, double d) {
+  if (!a.kv.count(k)) return d;
+  return data::parse_double(a.get(k, ""), "option " + k);
+}
+std::vector<std::int64_t> int_list(const Args& a, const std::string& k, std::int64_t lo, std::int64_t hi) {
   const std::string v = a.get(k, "");
-  return v.empty() ? d : data::parse_double(v, "option " + k);
-}
-std::vector<std::int64_t> to_ints(const std::string& k, const std::string& v) {
   std::vector<std::int64_t> out;
   std::stringstream ss(v);
   for (std::string t; std::getline(ss, t, ',');) {
     std::int64_t x = 0;
     TASN_CHECK_ARG(data::parse_number(t, x), "option ", k, ": \"", v, "\" is not a comma-separated list of integers");
+    TASN_CHECK_ARG(x >= lo && x <= hi, "option ", k, ": ", x, " is outside [", lo, ", ", hi, "]");
     out.push_back(x);
   }
+  TASN_CHECK_ARG(!out.empty() && (v.empty() || v.back() != ','), "option ", k, ": \"", v,
+                 "\" is not a comma-separated list of integers");
   return out;
+}
+std::string one_of(const Args& a, const std::string& k, const std::string& d, const std::set<std::string>& allowed) {
+  const std::string v = a.get(k, d);
+  std::string list;
+  for (const auto& x : allowed) list += (list.empty() ? "" : ", ") + x;
+  TASN_CHECK_ARG(allowed.count(v), k, " must be one of ", list, ", got \"", v, "\"");
+  return v;
+}
+// Options that would be silently ignored are refused instead.
+void no_effect(const Args& a, const std::vector<std::string>& keys, const std::string& why) {
+  for (const auto& k : keys) TASN_CHECK_ARG(!a.has(k), "option ", k, " has no effect ", why);
+}
+void check_readable(const std::string& path, const std::string& what) {
+  TASN_CHECK_ARG(!path.empty(), what, " must not be empty");
+  if (::access(path.c_str(), R_OK) != 0) io::fail("cannot read " + what, path, errno);
+}
+
+// Everything decided, and checked, before any data is made.
+struct Plan {
+  Preset s;
+  std::string which, kind, split;
+  std::vector<std::uint64_t> seeds;
+  bool eval_only = false;
+};
+
+Plan make_plan(const Args& a) {
+  Plan p;
+  Preset& s = p.s;
+  s = preset(one_of(a, "--preset", "demo", {"demo", "paper"}));
+  NetConfig& net = s.net;
+  TrainConfig& tc = s.train;
+  p.which = one_of(a, "--model", "both", {"both", "tasn", "baseline"});
+  p.kind = one_of(a, "--data", "synthetic", {"synthetic", "cub", "list"});
+  p.split = one_of(a, "--eval-split", "test", {"test", "val"});
+  p.eval_only = a.has("--eval-only");
+  constexpr std::int64_t kBig = std::int64_t(1) << 40;
+
+  if (p.which == "baseline")
+    no_effect(a, {"--beta", "--dense", "--iters", "--temperature", "--sampler-mode", "--att-input", "--att-width",
+                  "--att-weights", "--no-teacher-grad", "--dump-attention", "--dump-count"},
+              "with --model baseline (TASN options)");
+  if (p.kind == "synthetic") {
+    no_effect(a, {"--classes"}, "with generated data (8 classes, fixed)");
+    no_effect(a, {"--data-root", "--list", "--verify-images"}, "with generated data (--data synthetic)");
+  } else {
+    no_effect(a, {"--train-size", "--test-size"}, "with --data " + p.kind + " (the files decide)");
+    if (p.kind == "cub") no_effect(a, {"--list"}, "with --data cub");
+  }
+  if (!a.has("--dump-attention")) no_effect(a, {"--dump-count"}, "without --dump-attention");
+
+  net.image = int_opt(a, "--image", net.image, 8, kBig);
+  net.att_input = int_opt(a, "--att-input", net.att_input, 8, kBig);
+  net.out = int_opt(a, "--out-size", net.out, 8, kBig);
+  net.master_backbone.width = real_opt(a, "--width", net.master_backbone.width);
+  net.att_backbone.width = real_opt(a, "--att-width", net.att_backbone.width);
+  net.dense = real_opt(a, "--dense", net.dense);
+  net.iters = static_cast<int>(int_opt(a, "--iters", net.iters, 0, 1000));
+  net.beta = real_opt(a, "--beta", net.beta);
+  net.temperature = real_opt(a, "--temperature", net.temperature);
+  if (a.has("--no-teacher-grad")) net.teacher_grad = false;
+  net.mode = one_of(a, "--sampler-mode", "exact", {"exact", "official"}) == "exact" ? GridMode::Exact : GridMode::Official;
+  if (p.kind == "cub") net.classes = int_opt(a, "--classes", 200, 2, kBig);
+  if (p.kind == "list") {
+    TASN_CHECK_ARG(a.has("--list") && a.has("--classes"), "--data list needs --list FILE and --classes K");
+    net.classes = int_opt(a, "--classes", 0, 2, kBig);
+  }
+  if (p.kind == "synthetic") net.classes = data::SyntheticConfig{}.classes;
+  net.validate();
+
+  tc.epochs = int_opt(a, "--epochs", tc.epochs, 1, kBig);
+  tc.batch = int_opt(a, "--batch", tc.batch, 2, kBig);
+  tc.lr.base = real_opt(a, "--lr", tc.lr.base);
+  tc.sgd.momentum = real_opt(a, "--momentum", tc.sgd.momentum);
+  tc.sgd.weight_decay = real_opt(a, "--wd", tc.sgd.weight_decay);
+  if (a.has("--schedule")) tc.lr.kind = parse_schedule(a.get("--schedule", ""));
+  if (tc.lr.kind != Schedule::Step)
+    no_effect(a, {"--milestones", "--gamma"}, std::string("with --schedule ") + to_string(tc.lr.kind));
+  if (a.has("--milestones")) {
+    tc.lr.milestones.clear();
+    for (auto m : int_list(a, "--milestones", 1, kBig)) tc.lr.milestones.push_back(double(m));
+  }
+  tc.lr.gamma = real_opt(a, "--gamma", tc.lr.gamma);
+  tc.resume = a.get("--resume", "");
+  tc.overwrite = a.has("--overwrite");
+  tc.progress = !a.has("--no-progress");
+  tc.command = a.command;
+  tc.stop_after_epoch = int_opt(a, "--stop-after-epoch", 0, 0, tc.epochs);
+  tc.max_steps = int_opt(a, "--max-steps", 0, 0, kBig);
+  tc.validate();
+  s.train_size = int_opt(a, "--train-size", s.train_size, 1, kBig);
+  s.test_size = int_opt(a, "--test-size", s.test_size, 1, kBig);
+  if (p.kind == "synthetic" && !p.eval_only)
+    TASN_CHECK_ARG(s.train_size >= tc.batch, "--train-size ", s.train_size, " is smaller than one batch (--batch ",
+                   tc.batch, ")");
+  if (a.has("--dump-attention")) {
+    TASN_CHECK_ARG(!a.get("--dump-attention", "").empty(), "--dump-attention needs a folder, got \"\"");
+    int_opt(a, "--dump-count", 8, 1, kBig);
+  }
+  if (a.has("--threads")) {
+    const std::int64_t hw = std::max<std::int64_t>(1, std::thread::hardware_concurrency());
+    const std::int64_t t = data::parse_int(a.get("--threads", ""), "option --threads");
+    TASN_CHECK_ARG(t >= 1 && t <= 4 * hw, "option --threads must be in [1, ", 4 * hw, "] (this machine has ", hw,
+                   " hardware threads), got ", t);
+    cpu::set_num_threads(static_cast<int>(t));
+  }
+  TASN_CHECK_ARG(p.which != "both" || tc.resume.empty(), "--resume FILE needs --model tasn or --model baseline");
+  TASN_CHECK_ARG(!p.eval_only || !tc.resume.empty(), "--eval-only needs --resume FILE (the checkpoint to evaluate)");
+  TASN_CHECK_ARG(!(p.eval_only && tc.overwrite), "--overwrite has no effect with --eval-only (nothing is written)");
+  TASN_CHECK_ARG(!(a.has("--seeds") && a.has("--seed")), "give --seed or --seeds, not both");
+  TASN_CHECK_ARG(!(a.has("--seeds") && !tc.resume.empty()), "--resume continues one run: use --seed, not --seeds");
+  if (a.has("--seeds")) {
+    for (auto v : int_list(a, "--seeds", 0, kBig)) {
+      TASN_CHECK_ARG(std::find(p.seeds.begin(), p.seeds.end(), std::uint64_t(v)) == p.seeds.end(), "option --seeds: seed ",
+                     v, " is given twice");
+      p.seeds.push_back(static_cast<std::uint64_t>(v));
+    }
+  } else {
+    p.seeds.push_back(static_cast<std::uint64_t>(int_opt(a, "--seed", 1, 0, kBig)));
+  }
+  if (a.kv.count("--out")) TASN_CHECK_ARG(!a.get("--out", "").empty(), "--out needs a folder, got \"\"");
+  if (!tc.resume.empty()) check_readable(tc.resume, "the checkpoint (--resume)");
+  for (const char* k : {"--weights", "--att-weights", "--list"})
+    if (a.has(k)) check_readable(a.get(k, ""), std::string("the file of ") + k);
+
+  // the sizes must fit in this machine's memory (checked before anything is allocated)
+  const bool tasn = p.which != "baseline", baseline = p.which != "tasn";
+  const std::int64_t cached = p.kind == "synthetic" ? (p.eval_only ? 0 : s.train_size) + s.test_size : 0;
+  const MemoryEstimate est = estimate_memory(net, tc.batch, cached, tasn, baseline);
+  const double ram = physical_memory_bytes();
+  TASN_CHECK_ARG(ram <= 0 || est.total() <= ram, "this run needs about ", format_bytes(est.total()),
+                 " of memory (generated data ", format_bytes(est.data), ", parameters with gradients and momentum ",
+                 format_bytes(est.params), ", one step of batch ", tc.batch, " at image ", net.image, ", output ",
+                 net.out, ": ", format_bytes(est.step), "), more than this machine's ", format_bytes(ram),
+                 ": use smaller sizes (--image, --out-size, --train-size, --batch, --width)");
+  return p;
 }
 
 struct Data {
@@ -123,45 +282,69 @@ struct Data {
   std::string description;
 };
 
-Data make_data(const Args& a, Preset& s) {
+Data make_data(const Args& a, const Plan& p, std::uint64_t seed) {
   Data d;
-  const std::string kind = a.get("--data", "synthetic"), split = a.get("--eval-split", "test");
-  TASN_CHECK_ARG(split == "test" || split == "val", "--eval-split must be test or val, got \"", split, "\"");
-  if (kind == "synthetic") {
+  const Preset& s = p.s;
+  if (p.kind == "synthetic") {
     data::SyntheticConfig sc;
     sc.size = s.net.image;
     sc.patch = std::max<std::int64_t>(4, s.net.image / 6);  // 16 px at the demo's 96
-    sc.seed = s.train.seed;
-    s.net.classes = sc.classes;
-    d.train = std::make_unique<SyntheticDataset>(sc, data::Split::Train, s.train_size);
-    d.eval = std::make_unique<SyntheticDataset>(sc, split == "val" ? data::Split::Val : data::Split::Test, s.test_size);
+    sc.seed = seed;
+    // --eval-only trains nothing: the training split is not made (a one-image stand-in)
+    d.train = std::make_unique<SyntheticDataset>(sc, data::Split::Train, p.eval_only ? 1 : s.train_size);
+    d.eval = std::make_unique<SyntheticDataset>(sc, p.split == "val" ? data::Split::Val : data::Split::Test, s.test_size);
     std::ostringstream o;
     o << "generated fine-grained data (seed " << sc.seed << ", " << s.train_size << " train / " << s.test_size << " "
-      << split << " images, " << sc.size << " px, " << sc.classes << " classes)";
+      << p.split << " images, " << sc.size << " px, " << sc.classes << " classes)";
     d.description = o.str();
     return d;
   }
 #if defined(TASN_HAVE_STB)
   std::vector<data::ImageRecord> recs;
-  if (kind == "cub") {
-    s.net.classes = to_int(a, "--classes", 200);
-    recs = data::read_cub(a.get("--data-root", ""), s.net.classes);
-  } else if (kind == "list") {
-    TASN_CHECK_ARG(a.has("--list") && a.has("--classes"), "--data list needs --list FILE and --classes K");
-    s.net.classes = to_int(a, "--classes", 0);
-    recs = data::read_list(a.get("--list", ""), a.get("--data-root", "."), s.net.classes);
-  } else {
-    throw InvalidArgument("--data must be synthetic, cub or list, got \"" + kind + "\"");
-  }
-  FolderSplits fs = folder_datasets(recs, s.net.image, s.train.seed, split == "val");
-  d.description = kind + " data (" + std::to_string(fs.train->size()) + " train / " + std::to_string(fs.eval->size()) +
-                  " " + split + " images, " + std::to_string(s.net.classes) + " classes)";
+  if (p.kind == "cub") recs = data::read_cub(a.get("--data-root", ""), s.net.classes);
+  else recs = data::read_list(a.get("--list", ""), a.get("--data-root", "."), s.net.classes);
+  FolderSplits fs = folder_datasets(recs, s.net.image, seed, p.split == "val", a.has("--verify-images"));
+  d.description = p.kind + " data (" + std::to_string(fs.train->size()) + " train / " + std::to_string(fs.eval->size()) +
+                  " " + p.split + " images, " + std::to_string(s.net.classes) + " classes)";
   d.train = std::move(fs.train);
   d.eval = std::move(fs.eval);
   return d;
 #else
-  throw InvalidArgument("--data " + kind + " needs JPEG/PNG decoding: rebuild with Debian's libstb-dev installed");
+  (void)a;
+  throw InvalidArgument("--data " + p.kind + " needs JPEG/PNG decoding: rebuild with Debian's libstb-dev installed");
 #endif
+}
+
+// The run folders (one per seed), locked and claimed for every model to train, before any data
+// is made. With no --out given, "tasn-run" or the first of "tasn-run-2", "-3", ... that is free.
+std::vector<std::unique_ptr<RunFolder>> open_run_folders(const Args& a, const Plan& p, std::string& base) {
+  const bool given = a.kv.count("--out") > 0;
+  const TrainConfig& tc = p.s.train;
+  const auto open = [&](const std::string& b) {
+    std::vector<std::unique_ptr<RunFolder>> v;
+    for (std::uint64_t seed : p.seeds) {
+      const std::string dir = p.seeds.size() > 1 ? b + "/seed-" + std::to_string(seed) : b;
+      v.push_back(std::make_unique<RunFolder>(dir, a.command));
+      for (const std::string m : {"baseline", "tasn"})
+        if (p.which == "both" || p.which == m) v.back()->claim(m, tc.resume, tc.overwrite);
+    }
+    return v;
+  };
+  base = a.get("--out", "tasn-run");
+  if (given || !tc.resume.empty() || tc.overwrite) return open(base);
+  for (int k = 1;; ++k) {
+    const std::string b = k == 1 ? base : base + "-" + std::to_string(k);
+    try {
+      auto v = open(b);
+      if (k > 1) std::printf("output folder: %s (%s and the folders before it hold earlier runs or are in use)\n", b.c_str(), base.c_str());
+      base = b;
+      return v;
+    } catch (const io::IoError&) {
+      throw;
+    } catch (const InvalidArgument&) {
+      TASN_CHECK_ARG(k < 1000, "no free output folder among ", base, " .. ", b, ": give --out DIR");
+    }
+  }
 }
 
 struct RunRow {
@@ -170,76 +353,37 @@ struct RunRow {
 };
 
 int run(const Args& a) {
-  Preset s = preset(a.get("--preset", "demo"));
-  NetConfig& net = s.net;
+  const Plan plan = make_plan(a);
+  Preset s = plan.s;
+  const NetConfig& net = s.net;
   TrainConfig& tc = s.train;
-  net.image = to_int(a, "--image", net.image);
-  net.att_input = to_int(a, "--att-input", net.att_input);
-  net.out = to_int(a, "--out-size", net.out);
-  net.master_backbone.width = to_double(a, "--width", net.master_backbone.width);
-  net.att_backbone.width = to_double(a, "--att-width", net.att_backbone.width);
-  net.dense = to_double(a, "--dense", net.dense);
-  net.iters = static_cast<int>(to_int(a, "--iters", net.iters));
-  net.beta = to_double(a, "--beta", net.beta);
-  net.temperature = to_double(a, "--temperature", net.temperature);
-  if (a.has("--no-teacher-grad")) net.teacher_grad = false;
-  const std::string mode = a.get("--sampler-mode", "exact");
-  TASN_CHECK_ARG(mode == "exact" || mode == "official", "--sampler-mode must be exact or official, got \"", mode, "\"");
-  net.mode = mode == "exact" ? GridMode::Exact : GridMode::Official;
-  tc.epochs = to_int(a, "--epochs", tc.epochs);
-  tc.batch = to_int(a, "--batch", tc.batch);
-  tc.lr.base = to_double(a, "--lr", tc.lr.base);
-  tc.sgd.momentum = to_double(a, "--momentum", tc.sgd.momentum);
-  tc.sgd.weight_decay = to_double(a, "--wd", tc.sgd.weight_decay);
-  if (a.has("--schedule")) tc.lr.kind = parse_schedule(a.get("--schedule", ""));
-  if (a.has("--milestones")) {
-    tc.lr.milestones.clear();
-    for (auto m : to_ints("--milestones", a.get("--milestones", ""))) tc.lr.milestones.push_back(double(m));
+  std::string out_base;
+  std::vector<std::unique_ptr<RunFolder>> folders;
+  if (!plan.eval_only) {
+    folders = open_run_folders(a, plan, out_base);
+    for (const auto& f : folders)
+      for (const auto& r : f->removed()) std::printf("removed %s (a temporary file of an interrupted write)\n", r.c_str());
   }
-  tc.lr.gamma = to_double(a, "--gamma", tc.lr.gamma);
-  tc.out_dir = a.get("--out", "tasn-run");
-  tc.resume = a.get("--resume", "");
-  tc.progress = !a.has("--no-progress");
-  tc.stop_after_epoch = to_int(a, "--stop-after-epoch", 0);
-  tc.max_steps = to_int(a, "--max-steps", 0);
-  s.train_size = to_int(a, "--train-size", s.train_size);
-  s.test_size = to_int(a, "--test-size", s.test_size);
-  TASN_CHECK_ARG(std::isfinite(tc.lr.base) && tc.lr.base > 0, "--lr must be finite and > 0, got ", tc.lr.base);
-  TASN_CHECK_ARG(tc.sgd.momentum >= 0 && tc.sgd.momentum < 1, "--momentum must be in [0, 1), got ", tc.sgd.momentum);
-  TASN_CHECK_ARG(tc.sgd.weight_decay >= 0 && std::isfinite(tc.sgd.weight_decay), "--wd must be finite and >= 0, got ",
-                 tc.sgd.weight_decay);
-  TASN_CHECK_ARG(to_int(a, "--dump-count", 8) >= 1, "--dump-count must be >= 1");
-  if (a.has("--threads")) {
-    const std::int64_t t = to_int(a, "--threads", 1);
-    TASN_CHECK_ARG(t >= 1, "--threads must be >= 1, got ", t);
-    cpu::set_num_threads(static_cast<int>(t));
+  if (a.has("--dump-attention")) {
+    const std::string dir = a.get("--dump-attention", "");
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) throw io::IoError("cannot create the attention dump folder " + dir + ": " + ec.message());
+    if (::access(dir.c_str(), W_OK) != 0) io::fail("cannot write the attention dump folder", dir, errno);
   }
-  const std::string which = a.get("--model", "both");
-  TASN_CHECK_ARG(which == "both" || which == "tasn" || which == "baseline", "--model must be both, tasn or baseline, got \"",
-                 which, "\"");
-  TASN_CHECK_ARG(tc.resume.empty() || which != "both", "--resume FILE needs --model tasn or --model baseline");
-  TASN_CHECK_ARG(!a.has("--eval-only") || !tc.resume.empty(), "--eval-only needs --resume FILE (the checkpoint to evaluate)");
-
-  TASN_CHECK_ARG(!(a.has("--seeds") && a.has("--seed")), "give --seed or --seeds, not both");
-  TASN_CHECK_ARG(!(a.has("--seeds") && !tc.resume.empty()), "--resume continues one run: use --seed, not --seeds");
-  std::vector<std::uint64_t> seeds;
-  if (a.has("--seeds"))
-    for (auto v : to_ints("--seeds", a.get("--seeds", ""))) seeds.push_back(static_cast<std::uint64_t>(v));
-  else
-    seeds.push_back(static_cast<std::uint64_t>(to_int(a, "--seed", 1)));
 
   std::vector<std::vector<RunRow>> tables;
-  for (std::uint64_t seed : seeds) {
+  for (std::size_t si = 0; si < plan.seeds.size(); ++si) {
+    const std::uint64_t seed = plan.seeds[si];
     tc.seed = seed;
     const auto tdata = std::chrono::steady_clock::now();
-    Data d = make_data(a, s);
+    Data d = make_data(a, plan, seed);
     const double data_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - tdata).count();
-    net.validate();
     std::printf("data: %s, made in %.1f s\n", d.description.c_str(), data_s);
     std::fflush(stdout);
     std::vector<RunRow> rows;
     for (const std::string m : {"baseline", "tasn"}) {
-      if (which != "both" && which != m) continue;
+      if (plan.which != "both" && plan.which != m) continue;
       std::unique_ptr<Model> model;
       if (m == "tasn") model = std::make_unique<TasnNet>(net);
       else model = std::make_unique<BaselineNet>(net);
@@ -248,17 +392,17 @@ int run(const Args& a) {
         if (prefix == "master" && a.has("--weights")) load_backbone(*ps, a.get("--weights", ""));
         if (prefix == "att" && a.has("--att-weights")) load_backbone(*ps, a.get("--att-weights", ""));
       }
-      TrainConfig run_cfg = tc;
-      if (seeds.size() > 1) run_cfg.out_dir += "/seed-" + std::to_string(seed);
       RunRow row{m, {}};
-      if (a.has("--eval-only")) {
+      if (plan.eval_only) {
         const auto t0 = std::chrono::steady_clock::now();
         load_checkpoint(tc.resume, *model, nullptr);
         row.result.final_eval = evaluate(*model, *d.eval, tc.eval_batch);
         row.result.report_accuracy = row.result.final_eval.accuracy[model->reported_head()];
         row.result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       } else {
-        row.result = train_model(*model, *d.train, d.eval.get(), run_cfg, m);
+        TrainConfig run_cfg = tc;
+        run_cfg.out_dir = folders[si]->dir();
+        row.result = train_model(*model, *d.train, d.eval.get(), run_cfg, m, folders[si].get());
         if (row.result.stopped_nonfinite) {
           std::fprintf(stderr, "%s\n", row.result.message.c_str());
           return 3;
@@ -266,15 +410,14 @@ int run(const Args& a) {
       }
       if (a.has("--dump-attention"))
         if (auto* t = dynamic_cast<TasnNet*>(model.get())) {
-          const auto files = dump_attention(*t, *d.eval, to_int(a, "--dump-count", 8), a.get("--dump-attention", ""));
+          const auto files = dump_attention(*t, *d.eval, int_opt(a, "--dump-count", 8, 1, INT64_MAX), a.get("--dump-attention", ""));
           std::printf("attention dumps: %zu PNGs in %s\n", files.size(), a.get("--dump-attention", "").c_str());
         }
       rows.push_back(std::move(row));
     }
     // the table
-    std::printf("\nseed %llu: accuracy on the %s split%s (%s)\n", (unsigned long long)seed,
-                a.get("--eval-split", "test").c_str(), a.has("--eval-only") ? " of the checkpoint" : "",
-                d.description.c_str());
+    std::printf("\nseed %llu: accuracy on the %s split%s (%s)\n", (unsigned long long)seed, plan.split.c_str(),
+                plan.eval_only ? " of the checkpoint" : "", d.description.c_str());
     std::printf("| model | accuracy | time | heads |\n|---|---|---|---|\n");
     for (const auto& r : rows) {
       std::string heads;
@@ -307,6 +450,7 @@ int run(const Args& a) {
                   format_seconds(t / double(tables.size())).c_str());
     }
   }
+  if (!out_base.empty()) std::printf("results: %s\n", out_base.c_str());
   return 0;
 }
 
@@ -324,7 +468,13 @@ int main(int argc, char** argv) {
       std::fputs(kUsage, stdout);
       return 0;
     }
-    return run(a);
+    const int rc = run(a);
+    // the table and the evaluation lines are results too: a failed write of them is an error
+    if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
+      std::fprintf(stderr, "tasn_train: error: cannot write the standard output: %s\n", std::strerror(errno));
+      return 2;
+    }
+    return rc;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "tasn_train: error: %s\n", e.what());
     return 2;

@@ -16,7 +16,7 @@ using T = double;
 
 nn::Tensor<T> rnd(std::vector<std::int64_t> shape, std::uint64_t seed, double lo = -1, double hi = 1) {
   nn::Tensor<T> t(std::move(shape));
-  t.data = tt::random_tensor(t.numel(), seed, lo, hi);
+  t.set(tt::random_tensor(t.numel(), seed, lo, hi));
   return t;
 }
 
@@ -25,10 +25,10 @@ void expect_grad(const std::function<nn::Tensor<T>(const nn::Tensor<T>&)>& f, co
                  const nn::Tensor<T>& w, const nn::Tensor<T>& g, const char* what, double tol = 1e-7) {
   auto loss = [&](const std::vector<double>& d) {
     nn::Tensor<T> t = v;
-    t.data = d;
+    t.set(d);
     return tt::weighted_sum(f(t).data, w.data);
   };
-  const auto num = tt::numeric_gradient(loss, v.data, 1e-6);
+  const auto num = tt::numeric_gradient(loss, std::vector<double>(v.data.begin(), v.data.end()), 1e-6);
   EXPECT_LT(tt::relative_error(g.data, num), tol) << what;
   EXPECT_GT(tt::max_abs(num), 1e-6) << what << ": gradient unexpectedly zero";
 }

@@ -41,12 +41,12 @@ void check_against_torchvision(const char* arch, const nn::ResNetConfig& cfg_in)
   for (auto& [name, p] : ps.all())
     if (p.trainable) ours.insert(name);
   EXPECT_EQ(ours, theirs);
-  for (auto& [name, p] : ps.all()) p.value.data = tt::formula_values(name, p.value.shape);
+  for (auto& [name, p] : ps.all()) p.value.set(tt::formula_values(name, p.value.shape));
 
   nn::Tensor<T> x({2, 3, 64, 64});
-  x.data = tt::random_tensor(x.numel(), 900, -1.0, 1.0);
+  x.set(tt::random_tensor(x.numel(), 900, -1.0, 1.0));
   nn::Tensor<T> w({2, 10});
-  w.data = tt::random_tensor(w.numel(), 901, -1.0, 1.0);
+  w.set(tt::random_tensor(w.numel(), 901, -1.0, 1.0));
 
   nn::BatchNormState eval;
   eval.training = false;
@@ -91,11 +91,11 @@ TEST(NnAttentionNet, EqualsPyTorchTransliteration) {
   nn::AttentionNetConfig cfg;
   cfg.num_classes = 10;
   nn::AttentionNet<T> net(ps, cfg);
-  for (auto& [name, p] : ps.all()) p.value.data = tt::formula_values(name, p.value.shape);
+  for (auto& [name, p] : ps.all()) p.value.set(tt::formula_values(name, p.value.shape));
   nn::Tensor<T> x({2, 3, 64, 64});
-  x.data = tt::random_tensor(x.numel(), 910, -1.0, 1.0);
+  x.set(tt::random_tensor(x.numel(), 910, -1.0, 1.0));
   nn::Tensor<T> w({2, 10});
-  w.data = tt::random_tensor(w.numel(), 911, -1.0, 1.0);
+  w.set(tt::random_tensor(w.numel(), 911, -1.0, 1.0));
   const auto logits = net.forward(x, nn::BatchNormState{});
   auto r = tt::compare(logits.data, g.at("logits_train").data, 1e-10, 1e-9);
   EXPECT_TRUE(r.ok) << "logits: " << r.message();
@@ -125,7 +125,7 @@ TEST(NnResNet, TorchvisionInitialisation) {
   nn::ParamStore<float> ps;
   nn::ResNet<float> net(ps, nn::ResNetConfig::resnet50());
   nn::init_torchvision(ps, 42, /*zero_init_residual=*/true, ".bn3.weight");
-  auto stats = [](const std::vector<float>& v) {
+  auto stats = [](const auto& v) {
     double m = 0, q = 0;
     for (float x : v) m += x;
     m /= v.size();

@@ -5,13 +5,20 @@
 #include <gtest/gtest.h>
 #include <sys/resource.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <limits>
+#include <sstream>
 #include <string>
 
+#include "io/file_io.h"
 #include "support/test_support.h"
+#include "train/memory.h"
 #include "train/presets.h"
+#include "train/run_folder.h"
 #include "train/trainer.h"
 
 namespace {
@@ -20,6 +27,7 @@ using namespace tasn;
 using namespace tasn::train;
 namespace fs = std::filesystem;
 namespace tt = tasn::test;
+namespace io = tasn::io;
 
 // A tiny TASN: 48 px images, 16 px network input, width-8/16 CNNs.
 NetConfig tiny_net() {
@@ -351,6 +359,296 @@ TEST(Trainer, SgdMatchesTheFormula) {
   EXPECT_FLOAT_EQ(p.value.data[0], 1.0f - 0.201f - 0.1f * v0);
 }
 
+// ---- run folders, atomic checkpoints, resumes that lose nothing -----------------------------------
+
+std::string file_text(const fs::path& p) {
+  const auto b = io::read_file(p.string());
+  return {b.begin(), b.end()};
+}
+
+std::vector<std::int64_t> log_epochs(const fs::path& p, std::vector<bool>* complete = nullptr) {
+  std::vector<std::int64_t> e;
+  std::istringstream in(file_text(p));
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    e.push_back(j.at("epoch").get<std::int64_t>());
+    if (complete) complete->push_back(j.at("complete").get<bool>());
+  }
+  return e;
+}
+
+TEST(RunFolder, LockedWhileARunWritesAndStaleTemporariesGo) {
+  const fs::path dir = temp_dir("lock");
+  std::ofstream(dir / "tasn-last.safetensors.tmp-0123456789ab") << "half a checkpoint";
+  std::ofstream(dir / "baseline-last.safetensors.tmp") << "half a checkpoint, older naming";
+  std::ofstream(dir / "notes.txt") << "the user's";
+  {
+    RunFolder a(dir.string(), "tasn_train --first");
+    EXPECT_EQ(a.removed().size(), 2u);
+    EXPECT_FALSE(fs::exists(dir / "tasn-last.safetensors.tmp-0123456789ab"));
+    EXPECT_FALSE(fs::exists(dir / "baseline-last.safetensors.tmp"));
+    EXPECT_TRUE(fs::exists(dir / "notes.txt"));
+    const std::string msg = tt::invalid_argument_message([&] { RunFolder b(dir.string(), "tasn_train --second"); });
+    EXPECT_NE(msg.find("is in use by another run (pid " + std::to_string(::getpid())), std::string::npos) << msg;
+    EXPECT_NE(msg.find("tasn_train --first"), std::string::npos) << msg;
+    // train_model on a locked folder is refused before any step
+    BaselineNet m(tiny_net());
+    const SyntheticDataset train_set(tiny_data(), data::Split::Train, 16);
+    EXPECT_NE(tt::invalid_argument_message([&] { train_model(m, train_set, nullptr, tiny_train(dir.string()), "b"); })
+                  .find("in use by another run"),
+              std::string::npos);
+  }
+  EXPECT_NO_THROW(RunFolder(dir.string()));  // released with its owner
+  // a folder that cannot be written is found at once
+  const std::string msg = [&] {
+    try {
+      RunFolder r("/proc/tasn-no-such-folder");
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  }();
+  EXPECT_NE(msg.find("cannot create the output folder /proc/tasn-no-such-folder"), std::string::npos) << msg;
+  fs::remove_all(dir);
+}
+
+TEST(RunFolder, AFreshRunNeverDestroysAnEarlierOne) {
+  const SyntheticDataset train_set(tiny_data(), data::Split::Train, 32);  // 2 steps per epoch
+  const fs::path dir = temp_dir("fresh");
+  BaselineNet m(tiny_net());
+  init_model(m, 1);
+  TrainConfig c = tiny_train(dir.string());
+  c.epochs = 1;
+  train_model(m, train_set, nullptr, c, "baseline");
+  const std::string ckpt = file_text(dir / "baseline-last.safetensors"), log = file_text(dir / "baseline-metrics.jsonl");
+  // a second fresh run is refused, naming the ways out; nothing changes
+  BaselineNet m2(tiny_net());
+  init_model(m2, 2);
+  std::string msg = tt::invalid_argument_message([&] { train_model(m2, train_set, nullptr, c, "baseline"); });
+  EXPECT_NE(msg.find("already holds a baseline run"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("--resume " + (dir / "baseline-last.safetensors").string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find("--overwrite"), std::string::npos) << msg;
+  EXPECT_EQ(file_text(dir / "baseline-last.safetensors"), ckpt);
+  EXPECT_EQ(file_text(dir / "baseline-metrics.jsonl"), log);
+  // another model may share the folder
+  TasnNet t(tiny_net());
+  init_model(t, 1);
+  EXPECT_NO_THROW(train_model(t, train_set, nullptr, c, "tasn"));
+  // --overwrite: the earlier log survives a run that fails before its first epoch ends...
+  c.overwrite = true;
+  Diverging d(m2, 0);
+  EXPECT_TRUE(train_model(d, train_set, nullptr, c, "baseline").stopped_nonfinite);
+  EXPECT_EQ(file_text(dir / "baseline-metrics.jsonl"), log);
+  EXPECT_EQ(file_text(dir / "baseline-last.safetensors"), ckpt);
+  // ... and is replaced by one that finishes an epoch
+  train_model(m2, train_set, nullptr, c, "baseline");
+  EXPECT_EQ(log_epochs(dir / "baseline-metrics.jsonl"), std::vector<std::int64_t>{1});
+  EXPECT_NE(file_text(dir / "baseline-last.safetensors"), ckpt);
+  // resuming into a folder that holds another run is refused too
+  const fs::path other = temp_dir("fresh_other");
+  BaselineNet m3(tiny_net());
+  init_model(m3, 3);
+  TrainConfig c3 = tiny_train(other.string());
+  c3.stop_after_epoch = 1;
+  train_model(m3, train_set, nullptr, c3, "baseline");
+  TrainConfig into = tiny_train(dir.string());
+  into.resume = (other / "baseline-last.safetensors").string();
+  msg = tt::invalid_argument_message([&] { train_model(m3, train_set, nullptr, into, "baseline"); });
+  EXPECT_NE(msg.find("holds another baseline run"), std::string::npos) << msg;
+  fs::remove_all(dir);
+  fs::remove_all(other);
+}
+
+TEST(RunFolder, ResumedLogsHoldOneLinePerEpoch) {
+  const SyntheticDataset train_set(tiny_data(), data::Split::Train, 32);  // 2 steps per epoch
+  const fs::path dir = temp_dir("relog");
+  const fs::path ck = dir / "baseline-last.safetensors", lg = dir / "baseline-metrics.jsonl";
+  BaselineNet m(tiny_net());
+  init_model(m, 1);
+  TrainConfig c = tiny_train(dir.string());  // 3 epochs
+  c.stop_after_epoch = 1;
+  train_model(m, train_set, nullptr, c, "baseline");
+  const auto epoch1 = io::read_file(ck.string());
+  c.stop_after_epoch = 2;
+  c.resume = ck.string();
+  train_model(m, train_set, nullptr, c, "baseline");
+  ASSERT_EQ(log_epochs(lg), (std::vector<std::int64_t>{1, 2}));
+  // the log knows epoch 2 but the checkpoint is epoch 1's again (as after a crash between the
+  // two writes in an older version): the resumed run repeats epoch 2 and logs it once
+  io::write_file_atomic(ck.string(), epoch1.data(), epoch1.size());
+  c.stop_after_epoch = 0;
+  train_model(m, train_set, nullptr, c, "baseline");
+  EXPECT_EQ(log_epochs(lg), (std::vector<std::int64_t>{1, 2, 3}));
+  // a --max-steps stop leaves an unfinished epoch's line; the resumed run replaces it
+  const fs::path dir2 = temp_dir("relog2");
+  BaselineNet m2(tiny_net());
+  init_model(m2, 1);
+  TrainConfig p = tiny_train(dir2.string());
+  p.max_steps = 3;
+  train_model(m2, train_set, nullptr, p, "baseline");
+  std::vector<bool> complete;
+  ASSERT_EQ(log_epochs(dir2 / "baseline-metrics.jsonl", &complete), (std::vector<std::int64_t>{1, 2}));
+  EXPECT_EQ(complete, (std::vector<bool>{true, false}));
+  p.max_steps = 0;
+  p.resume = (dir2 / "baseline-last.safetensors").string();
+  train_model(m2, train_set, nullptr, p, "baseline");
+  complete.clear();
+  EXPECT_EQ(log_epochs(dir2 / "baseline-metrics.jsonl", &complete), (std::vector<std::int64_t>{1, 2, 3}));
+  EXPECT_EQ(complete, (std::vector<bool>{true, true, true}));
+  fs::remove_all(dir);
+  fs::remove_all(dir2);
+}
+
+// An evaluation split whose image `bad` cannot be loaded (a corrupt test image).
+class BrokenEval : public Dataset {
+ public:
+  BrokenEval(const Dataset& d, std::int64_t bad) : d_(d), bad_(bad) {}
+  std::int64_t size() const override { return d_.size(); }
+  std::int64_t side() const override { return d_.side(); }
+  data::Example get(std::int64_t i, std::int64_t e) const override {
+    TASN_CHECK_ARG(i != bad_, "data: cannot decode image /data/test/broken.jpg");
+    return d_.get(i, e);
+  }
+
+ private:
+  const Dataset& d_;
+  std::int64_t bad_;
+};
+
+TEST(Trainer, AFailedEvaluationKeepsTheFinishedEpoch) {
+  const SyntheticDataset train_set(tiny_data(), data::Split::Train, 32);
+  const SyntheticDataset test_set(tiny_data(), data::Split::Test, 8);
+  const BrokenEval broken(test_set, 5);
+  const fs::path dir = temp_dir("evalfail");
+  BaselineNet m(tiny_net());
+  init_model(m, 1);
+  const std::string msg = [&] {
+    try {
+      train_model(m, train_set, &broken, tiny_train(dir.string()), "baseline");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  }();
+  const std::string ck = (dir / "baseline-last.safetensors").string();
+  EXPECT_NE(msg.find("evaluation after epoch 1 failed: data: cannot decode image /data/test/broken.jpg"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("epoch 1 is saved in " + ck + " (continue with --resume " + ck + ")"), std::string::npos) << msg;
+  EXPECT_EQ(nn::safetensors::read(ck).metadata.at("epoch"), "1");
+  const auto j = nlohmann::json::parse(file_text(dir / "baseline-metrics.jsonl"));
+  EXPECT_EQ(j.at("epoch"), 1);
+  EXPECT_NE(j.at("eval_error").get<std::string>().find("broken.jpg"), std::string::npos);
+  // the saved epoch resumes once the data are fixed
+  TrainConfig c = tiny_train(dir.string());
+  c.resume = ck;
+  BaselineNet m2(tiny_net());
+  EXPECT_EQ(train_model(m2, train_set, &test_set, c, "baseline").epochs_done, 3);
+  fs::remove_all(dir);
+}
+
+// Renames fail from the n-th on (a full disk at the second checkpoint): the run stops with the
+// OS reason and the path, the first checkpoint stays, no temporary is left.
+int g_renames = 0;
+int rename_fails_from_second(const char* a, const char* b) {
+  if (++g_renames >= 2) {
+    errno = ENOSPC;
+    return -1;
+  }
+  return ::rename(a, b);
+}
+
+TEST(Trainer, AFailedCheckpointWriteStopsAndKeepsThePreviousOne) {
+  const SyntheticDataset train_set(tiny_data(), data::Split::Train, 32);
+  const fs::path dir = temp_dir("ckptfail");
+  BaselineNet m(tiny_net());
+  init_model(m, 1);
+  const io::Syscalls saved = io::syscalls();
+  g_renames = 0;
+  io::syscalls().rename = rename_fails_from_second;
+  std::string msg = "no error";
+  try {
+    train_model(m, train_set, nullptr, tiny_train(dir.string()), "baseline");
+  } catch (const io::IoError& e) {
+    msg = e.what();
+  }
+  io::syscalls() = saved;
+  const std::string ck = (dir / "baseline-last.safetensors").string();
+  EXPECT_NE(msg.find("cannot save the checkpoint of epoch 2"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("No space left on device"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("the last good checkpoint is " + ck + " (unchanged)"), std::string::npos) << msg;
+  EXPECT_EQ(nn::safetensors::read(ck).metadata.at("epoch"), "1");
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(dir)) files.push_back(e.path().filename().string());
+  std::sort(files.begin(), files.end());
+  EXPECT_EQ(files, (std::vector<std::string>{".tasn-lock", "baseline-last.safetensors", "baseline-metrics.jsonl"}));
+  fs::remove_all(dir);
+}
+
+// Metadata edited by hand, a flipped data byte: refused with a message, never "epoch -4".
+TEST(Trainer, EditedCheckpointsAreRefused) {
+  const SyntheticDataset train_set(tiny_data(), data::Split::Train, 32);  // 2 steps per epoch
+  const fs::path dir = temp_dir("edited");
+  BaselineNet m(tiny_net());
+  init_model(m, 1);
+  TrainConfig c = tiny_train((dir / "run").string());
+  c.stop_after_epoch = 1;
+  train_model(m, train_set, nullptr, c, "baseline");
+  const std::string ck = (dir / "run" / "baseline-last.safetensors").string();
+  const auto good = nn::safetensors::read(ck);
+  Sgd opt(m.stores(), c.sgd);
+  const auto tensors = checkpoint_tensors(m, &opt);
+  TrainConfig r = tiny_train("");
+  struct Case {
+    const char* key;
+    const char* value;
+    const char* expect;
+  };
+  for (const Case& k : {Case{"epoch", "-4", "metadata epoch is -4 (must be >= 0)"},
+                        Case{"epoch", "1x", "metadata epoch: \"1x\" is not an integer"},
+                        Case{"global_step", "", "metadata global_step: \"\" is not an integer"},
+                        Case{"global_step", "3", "global step 3 is not epoch 1 x 2 steps per epoch"}}) {
+    auto meta = good.metadata;
+    meta.erase(nn::safetensors::kChecksumKey);
+    meta[k.key] = k.value;
+    const std::string p = (dir / "edited.safetensors").string();
+    nn::safetensors::write(p, tensors, meta);
+    r.resume = p;
+    BaselineNet fresh(tiny_net());
+    const std::string msg = tt::invalid_argument_message([&] { train_model(fresh, train_set, nullptr, r, "b"); });
+    EXPECT_NE(msg.find(k.expect), std::string::npos) << k.key << "=" << k.value << ": " << msg;
+  }
+  // one flipped bit in the tensor data
+  auto bytes = io::read_file(ck);
+  bytes[bytes.size() - 5] ^= 0x10;
+  const std::string flipped = (dir / "flipped.safetensors").string();
+  io::write_file_atomic(flipped, bytes.data(), bytes.size());
+  const std::string msg = tt::invalid_argument_message([&] { nn::safetensors::read(flipped); });
+  EXPECT_NE(msg.find("do not match their checksum"), std::string::npos) << msg;
+  // a shape whose element count overflows
+  std::string h = "{\"w\":{\"dtype\":\"F32\",\"shape\":[4611686018427387904,8],\"data_offsets\":[0,0]}}";
+  std::string file(8, '\0');
+  for (int i = 0; i < 8; ++i) file[i] = char((h.size() >> (8 * i)) & 0xff);
+  file += h;
+  io::write_file_atomic((dir / "huge.safetensors").string(), file.data(), file.size());
+  const std::string huge = tt::invalid_argument_message([&] { nn::safetensors::read((dir / "huge.safetensors").string()); });
+  EXPECT_NE(huge.find("more elements than any file holds"), std::string::npos) << huge;
+  fs::remove_all(dir);
+}
+
+// The memory estimate is below the measured peak (so a refused run cannot fit) and grows with
+// the sizes the issue named.
+TEST(Trainer, MemoryEstimateIsALowerBoundAndCatchesAbsurdSizes) {
+  Preset demo = preset("demo");
+  const MemoryEstimate e = estimate_memory(demo.net, demo.train.batch, 5000, true, true);
+  // measured: README command 1 (both models, 4000 + 1000 images) peaked at 757 MiB RSS
+  // (/usr/bin/time -v, 2026-12-02); the estimate is 184 MiB
+  EXPECT_GT(e.total(), 64.0 * 1024 * 1024);
+  EXPECT_LT(e.total(), 757.0 * 1024 * 1024);
+  NetConfig big = demo.net;
+  big.image = 100000;
+  EXPECT_GT(estimate_memory(big, 32, 5000, true, true).total(), 1e14);
+  EXPECT_GT(estimate_memory(demo.net, 32, 100000000000, true, true).total(), 1e15);
+}
+
 long peak_rss_mib() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
@@ -409,6 +707,11 @@ TEST(Trainer, PaperPresetBuildsTheFullNetworkAndSteps) {
   const long rss = peak_rss_mib();
   std::printf("paper preset, batch 2: peak RSS %ld MiB\n", rss);
   EXPECT_LT(rss, 3 * 1024);  // measured 1116 MiB
+  // the pre-flight memory estimate of this step stays below what it really took
+  const double est = estimate_memory(s.net, 2, 0, true, false).total();
+  std::printf("paper preset, batch 2: estimated %.0f MiB\n", est / (1024.0 * 1024.0));
+  EXPECT_LT(est, double(rss) * 1024.0 * 1024.0);
+  EXPECT_GT(est, 0.25 * double(rss) * 1024.0 * 1024.0);
 }
 
 }  // namespace

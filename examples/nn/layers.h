@@ -31,13 +31,24 @@ inline std::string shape_string(const std::vector<std::int64_t>& shape) {
 template <class T>
 struct Tensor {
   std::vector<std::int64_t> shape;
-  std::vector<T> data;
+  // Aligned to Eigen's packet size, so every tensor starts at the same alignment: Eigen's
+  // vectorised loops peel a scalar prologue that depends on the address, and results (and a
+  // resumed run) would otherwise depend on where the heap put the tensor.
+  std::vector<T, Eigen::aligned_allocator<T>> data;
 
   Tensor() = default;
   explicit Tensor(std::vector<std::int64_t> s, T fill = T(0)) : shape(std::move(s)) {
     std::int64_t n = 1;
     for (auto d : shape) n = tasn::detail::checked_mul(n, d, "Tensor");
     data.assign(static_cast<std::size_t>(n), fill);
+  }
+  // Replaces the values (numel of them, in row-major order).
+  template <class Container>
+  Tensor& set(const Container& values) {
+    TASN_CHECK_ARG(static_cast<std::int64_t>(values.size()) == numel(), "Tensor::set: ", values.size(),
+                   " values for a tensor of shape ", shape_str(), " (", numel(), " elements)");
+    std::copy(values.begin(), values.end(), data.begin());
+    return *this;
   }
   std::int64_t numel() const { return static_cast<std::int64_t>(data.size()); }
   std::int64_t dim(std::size_t i) const { return shape.at(i); }

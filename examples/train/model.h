@@ -57,10 +57,28 @@ struct NetConfig {
   double distill_weight = 1.0;
   bool teacher_grad = true;  // official graph: the soft target is not detached
 
+  // Every value in range; the operators' options through the library's own checks (the same
+  // ones the operators run at the first step), so a bad option is refused before any work.
   void validate() const {
     TASN_CHECK_ARG(classes >= 2, "NetConfig: classes must be >= 2, got ", classes);
     TASN_CHECK_ARG(image >= 8 && att_input >= 8 && out >= 8, "NetConfig: image, att_input and out sides must be >= 8, got ",
                    image, ", ", att_input, ", ", out);
+    for (const auto* b : {&att_backbone, &master_backbone})
+      TASN_CHECK_ARG(std::isfinite(b->width) && b->width > 0, "NetConfig: ", b == &att_backbone ? "att-width" : "width",
+                     " must be finite and > 0, got ", b->width);
+    TrilinearAttentionOptions t;
+    t.beta = beta;
+    t.validate("NetConfig (--beta)");
+    GridOptions g;
+    g.out_h = g.out_w = out;
+    g.dense = dense;
+    g.iters = iters;
+    g.validate("NetConfig (--dense, --iters)");
+    DistillationOptions d;
+    d.temperature = temperature;
+    d.validate("NetConfig (--temperature)");
+    TASN_CHECK_ARG(std::isfinite(head_grad_scale) && std::isfinite(att_grad_scale) && std::isfinite(distill_weight),
+                   "NetConfig: loss weights must be finite");
   }
 };
 
@@ -121,7 +139,7 @@ inline Tensor<float> images_tensor(const std::vector<float>& images, std::int64_
   TASN_CHECK_ARG(per > 0 && !images.empty() && static_cast<std::int64_t>(images.size()) % per == 0, what,
                  ": images hold ", images.size(), " floats, not a whole number of (3, ", side, ", ", side, ") images");
   Tensor<float> t({static_cast<std::int64_t>(images.size()) / per, 3, side, side});
-  t.data = images;
+  t.data.assign(images.begin(), images.end());
   return t;
 }
 

@@ -3,6 +3,11 @@
 // head each epoch, a progress bar, a JSON-lines metrics log, safetensors checkpoints with the
 // optimiser state and a bit-exact resume, a non-finite-loss stop, and attention dumps (PNG).
 //
+// What a run writes is never lost (docs/trainer.md, "Run folders"): the output folder is locked
+// and claimed before training (train/run_folder.h), every file is written atomically and checked
+// through close (io/file_io.h), the checkpoint of a finished epoch is written before its
+// evaluation, and a failure names the file, the OS reason and the checkpoint to resume from.
+//
 // Determinism: the epoch order comes from (seed, epoch), the detail-map channel of a step from
 // (seed, global step), the generated images from (seed, split, index) and augmentation from
 // (seed, epoch, index); the CPU layers have no order-dependent reductions across threads. So a run
@@ -30,12 +35,16 @@
 #include <nlohmann/json.hpp>
 
 #include "data/batch_loader.h"
+#include "data/parse.h"
 #include "data/synthetic.h"
+#include "io/file_io.h"
+#include "io/text.h"
 #include "nn/safetensors.h"
 #include "png.h"
 #include "tasn/core/parallel.h"
 #include "train/model.h"
 #include "train/optim.h"
+#include "train/run_folder.h"
 
 namespace tasn::train {
 
@@ -126,12 +135,35 @@ struct TrainConfig {
   LrSchedule lr;
   SgdOptions sgd;
   std::uint64_t seed = 1;
-  std::string out_dir;          // metrics log + checkpoints ("" : none written)
+  std::string out_dir;          // metrics log + checkpoints ("" : none written); see RunFolder
   std::string resume;           // checkpoint to continue from
+  bool overwrite = false;       // a fresh run may replace an earlier run's results in out_dir
+  std::string command;          // what the run folder's lock names as its holder
   bool progress = true;         // progress bar on stderr
   std::int64_t eval_every = 1;  // epochs between evaluations (the last epoch is always evaluated)
   std::int64_t stop_after_epoch = 0;  // > 0: stop after this epoch (an interruption, for tests)
   std::int64_t max_steps = 0;         // > 0: stop after this many steps of this run (smoke tests)
+
+  // Every value in range (tasn::InvalidArgument naming the option otherwise).
+  void validate() const {
+    TASN_CHECK_ARG(epochs >= 1, "epochs must be >= 1, got ", epochs);
+    TASN_CHECK_ARG(batch >= 2, "batch must be >= 2 (batch norm needs two samples), got ", batch);
+    TASN_CHECK_ARG(eval_batch >= 1, "eval batch must be >= 1, got ", eval_batch);
+    TASN_CHECK_ARG(std::isfinite(lr.base) && lr.base > 0, "lr must be finite and > 0, got ", lr.base);
+    TASN_CHECK_ARG(std::isfinite(lr.gamma) && lr.gamma > 0, "gamma must be finite and > 0, got ", lr.gamma);
+    for (std::size_t i = 0; i < lr.milestones.size(); ++i)
+      TASN_CHECK_ARG(lr.milestones[i] >= 1 && lr.milestones[i] <= double(epochs) &&
+                         (i == 0 || lr.milestones[i] > lr.milestones[i - 1]),
+                     "milestones must increase within 1..epochs (", epochs, "), got ", lr.milestones[i], " at position ",
+                     i + 1);
+    TASN_CHECK_ARG(sgd.momentum >= 0 && sgd.momentum < 1, "momentum must be in [0, 1), got ", sgd.momentum);
+    TASN_CHECK_ARG(std::isfinite(sgd.weight_decay) && sgd.weight_decay >= 0, "weight decay must be finite and >= 0, got ",
+                   sgd.weight_decay);
+    TASN_CHECK_ARG(eval_every >= 0, "eval_every must be >= 0, got ", eval_every);
+    TASN_CHECK_ARG(stop_after_epoch >= 0 && stop_after_epoch <= epochs, "stop-after-epoch must be in 0..epochs (",
+                   epochs, "), got ", stop_after_epoch);
+    TASN_CHECK_ARG(max_steps >= 0, "max-steps must be >= 0, got ", max_steps);
+  }
 };
 
 struct EvalResult {
@@ -198,7 +230,8 @@ inline std::string train_signature(const TrainConfig& c, const Dataset& train_se
     << " lr=" << c.lr.base << " gamma=" << c.lr.gamma << " warmup=" << c.lr.warmup << " final_div=" << c.lr.final_div
     << " milestones=";
   for (double ms : c.lr.milestones) s << ms << ",";
-  s << " momentum=" << c.sgd.momentum << " wd=" << c.sgd.weight_decay << " | data: " << train_set.describe()
+  // The data description may hold paths: any bytes, escaped to valid UTF-8 one to one (JSON).
+  s << " momentum=" << c.sgd.momentum << " wd=" << c.sgd.weight_decay << " | data: " << io::escape_bytes(train_set.describe())
     << " n=" << train_set.size() << " | " << m.training_string();
   return s.str();
 }
@@ -215,18 +248,28 @@ inline void load_backbone(nn::ParamStore<float>& ps, const std::string& file) {
   nn::safetensors::load(ps, file, o);
 }
 
-// Checkpoint: "<store>.<name>" values (parameters and BN statistics), "optim.<store>.<name>"
-// momentum buffers, metadata epoch / global_step / model / signature / train.
-inline void save_checkpoint(const std::string& path, Model& m, Sgd* opt, std::int64_t epoch, std::int64_t step,
-                            const std::string& train_sig = "") {
+// The tensors of a checkpoint: "<store>.<name>" values (parameters and BN statistics) and
+// "optim.<store>.<name>" momentum buffers.
+inline std::map<std::string, const Tensor<float>*> checkpoint_tensors(Model& m, Sgd* opt) {
   std::map<std::string, const Tensor<float>*> t;
   for (auto& [prefix, ps] : m.stores())
     for (auto& [name, p] : ps->all()) t[prefix + "." + name] = &p.value;
   if (opt)
     for (auto& [name, b] : opt->buffers()) t["optim." + name] = &b;
-  nn::safetensors::write(path, t,
-                         {{"epoch", std::to_string(epoch)}, {"global_step", std::to_string(step)}, {"model", m.name()},
-                          {"signature", model_signature(m)}, {"train", train_sig}});
+  return t;
+}
+
+inline std::map<std::string, std::string> checkpoint_metadata(Model& m, std::int64_t epoch, std::int64_t step,
+                                                              const std::string& train_sig) {
+  return {{"epoch", std::to_string(epoch)}, {"global_step", std::to_string(step)}, {"model", m.name()},
+          {"signature", model_signature(m)}, {"train", train_sig}};
+}
+
+// Checkpoint: tensors (checkpoint_tensors) and metadata epoch / global_step / model / signature /
+// train, written atomically (a failure leaves the previous checkpoint as it was).
+inline void save_checkpoint(const std::string& path, Model& m, Sgd* opt, std::int64_t epoch, std::int64_t step,
+                            const std::string& train_sig = "") {
+  nn::safetensors::write(path, checkpoint_tensors(m, opt), checkpoint_metadata(m, epoch, step, train_sig));
 }
 
 struct CheckpointInfo {
@@ -235,7 +278,8 @@ struct CheckpointInfo {
 };
 
 // Loads values (and momentum buffers when opt is given); checks everything — the model, every
-// tensor, and `check` (called with the metadata) — before changing anything.
+// tensor, the metadata (epoch, global step: whole non-negative numbers) and `check` (called with
+// the metadata) — before changing anything.
 inline CheckpointInfo load_checkpoint(const std::string& path, Model& m, Sgd* opt,
                                       const std::function<void(const CheckpointInfo&)>& check = {}) {
   const nn::safetensors::File f = nn::safetensors::read(path);
@@ -261,14 +305,70 @@ inline CheckpointInfo load_checkpoint(const std::string& path, Model& m, Sgd* op
   if (opt)
     for (auto& [name, b] : opt->buffers()) need("optim." + name, b);
   CheckpointInfo info;
-  info.epoch = std::stoll(meta("epoch"));
-  info.global_step = std::stoll(meta("global_step"));
+  for (auto [key, dst] : {std::pair<const char*, std::int64_t*>{"epoch", &info.epoch}, {"global_step", &info.global_step}}) {
+    *dst = data::parse_int(meta(key), "checkpoint " + path + ": metadata " + key);
+    TASN_CHECK_ARG(*dst >= 0, "checkpoint ", path, ": metadata ", key, " is ", *dst, " (must be >= 0)");
+  }
   info.train = f.metadata.count("train") ? f.metadata.at("train") : "";
   if (check) check(info);
   for (auto& [dst, e] : pending)
     for (std::size_t i = 0; i < e->values.size(); ++i) dst->data[i] = static_cast<float>(e->values[i]);
   return info;
 }
+
+// The first parameter or buffer holding a NaN or an infinity ("" when all are finite).
+inline std::string first_non_finite(Model& m) {
+  for (auto& [prefix, ps] : m.stores())
+    for (auto& [name, p] : ps->all())
+      for (float v : p.value.data)
+        if (!std::isfinite(v)) return prefix + "." + name;
+  return "";
+}
+
+// The metrics log of a run (one JSON object per line). Fresh runs replace an earlier log (only
+// with --overwrite: RunFolder::claim); resumed runs keep the lines of the epochs up to the
+// checkpoint's and drop later ones (the resumed run repeats those epochs bit for bit), so the
+// log never holds two lines for one epoch. Nothing is changed before the first line is written.
+class MetricsLog {
+ public:
+  MetricsLog() = default;
+  MetricsLog(std::string path, bool fresh, std::int64_t keep_through_epoch)
+      : path_(std::move(path)), fresh_(fresh), keep_(keep_through_epoch) {}
+
+  void append(const nlohmann::json& j) {
+    if (path_.empty()) return;
+    if (!file_.enabled()) {
+      if (!fresh_) drop_later_epochs();
+      file_ = io::AppendFile(path_, fresh_, "metrics log");
+    }
+    file_.append(j.dump() + "\n");
+  }
+  void close() { file_.close(); }
+
+ private:
+  void drop_later_epochs() const {
+    if (!std::filesystem::exists(path_)) return;
+    const auto bytes = io::read_file(path_, "metrics log");
+    std::string kept, line;
+    bool dropped = false;
+    for (std::size_t i = 0; i < bytes.size(); ++i) {
+      line.push_back(static_cast<char>(bytes[i]));
+      if (bytes[i] != '\n' && i + 1 < bytes.size()) continue;
+      const auto j = nlohmann::json::parse(line, nullptr, false);
+      const bool later = !j.is_discarded() && j.is_object() && j.contains("epoch") && j["epoch"].is_number_integer() &&
+                         j["epoch"].get<std::int64_t>() > keep_;
+      if (later) dropped = true;
+      else kept += line;
+      line.clear();
+    }
+    if (dropped) io::write_file_atomic(path_, kept.data(), kept.size(), "metrics log");
+  }
+
+  std::string path_;
+  bool fresh_ = true;
+  std::int64_t keep_ = 0;
+  io::AppendFile file_;
+};
 
 // Progress line: "tasn  epoch 2/5 [#####.....] 60/125  loss 1.234  acc 45.3%  210 img/s  ETA 0:32"
 class Progress {
@@ -343,10 +443,14 @@ inline EvalResult evaluate(Model& m, const Dataset& d, std::int64_t batch) {
 
 // ---- training -----------------------------------------------------------------------------------
 
+// Trains `m`. With c.out_dir set the run writes its metrics log and checkpoints into that folder,
+// which it locks and claims first (RunFolder; pass `folder` when the caller has locked it already).
+// Everything checkable is checked before the first step: the configuration, the folder, the
+// checkpoint metadata (valid UTF-8), and on resume the checkpoint's model, training signature
+// and epoch / step counts.
 inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset* eval_set, const TrainConfig& c,
-                         const std::string& label) {
-  TASN_CHECK_ARG(c.epochs >= 1 && c.batch >= 2, "train: need epochs >= 1 and batch >= 2 (batch norm), got ", c.epochs,
-                 " and ", c.batch);
+                               const std::string& label, const RunFolder* folder = nullptr) {
+  c.validate();
   TASN_CHECK_ARG(train_set.size() >= c.batch, "train: the training split holds ", train_set.size(),
                  " images, fewer than one batch of ", c.batch);
   const auto t0 = std::chrono::steady_clock::now();
@@ -361,6 +465,20 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
   data::BatchLoader loader(train_set.size(), [&](std::int64_t i) { return train_set.get(i, cur_epoch.load()); }, lo);
   const std::int64_t steps = loader.batches_per_epoch();
   const std::string train_sig = train_signature(c, train_set, m);
+
+  std::unique_ptr<RunFolder> own_folder;
+  if (!c.out_dir.empty() && !folder) {
+    own_folder = std::make_unique<RunFolder>(c.out_dir, c.command.empty() ? label : c.command);
+    folder = own_folder.get();
+  }
+  const std::string ckpt = folder ? folder->checkpoint(m.name()) : "";
+  if (folder) {
+    folder->claim(m.name(), c.resume, c.overwrite);
+    std::vector<std::string> names;
+    for (const auto& [name, t] : checkpoint_tensors(m, &opt)) names.push_back(name);
+    nn::safetensors::check_header_strings(names, checkpoint_metadata(m, c.epochs, c.epochs * steps, train_sig), ckpt);
+  }
+
   std::int64_t first_epoch = 1;
   if (!c.resume.empty()) {
     const CheckpointInfo info = load_checkpoint(c.resume, m, &opt, [&](const CheckpointInfo& ci) {
@@ -369,23 +487,27 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
                      ci.train, "\", here \"", train_sig, "\"");
       TASN_CHECK_ARG(ci.epoch < c.epochs, "checkpoint ", c.resume, " has finished epoch ", ci.epoch, " of ", c.epochs,
                      ": nothing left to train (use --eval-only to evaluate it)");
+      TASN_CHECK_ARG(ci.global_step == ci.epoch * steps, "checkpoint ", c.resume, ": global step ", ci.global_step,
+                     " is not epoch ", ci.epoch, " x ", steps, " steps per epoch (the metadata was edited?)");
     });
     first_epoch = info.epoch + 1;
     res.global_step = info.global_step;
   }
   res.epochs_done = first_epoch - 1;
-  if (!c.out_dir.empty()) std::filesystem::create_directories(c.out_dir);
-  const std::string ckpt = c.out_dir.empty() ? "" : c.out_dir + "/" + m.name() + "-last.safetensors";
-  std::ofstream log;
-  if (!c.out_dir.empty()) log.open(c.out_dir + "/" + m.name() + "-metrics.jsonl", first_epoch > 1 ? std::ios::app : std::ios::trunc);
+  MetricsLog log;
+  if (folder) {
+    std::error_code ec;
+    // continuing this folder's own run: keep its log; else (fresh, --overwrite, or resuming a
+    // checkpoint from elsewhere into a folder without a run) start the log anew
+    const bool own_run = !c.resume.empty() && std::filesystem::equivalent(c.resume, ckpt, ec);
+    log = MetricsLog(folder->metrics(m.name()), !own_run, first_epoch - 1);
+  }
+  // the checkpoint to name when training stops: updated after every checkpoint written
+  std::string last_good = !c.resume.empty() ? c.resume : std::string("none (no checkpoint written)");
 
   Progress bar(c.progress, label);
-  // Ends the run after a non-finite loss, gradient or evaluation output in `epoch`, whose
-  // checkpoint is not written: the last good one is the previous epoch's (or the resumed one).
-  const auto stop_nonfinite = [&](const std::string& what, std::int64_t epoch) {
-    const std::string good = epoch > first_epoch && !ckpt.empty() ? ckpt
-                             : !c.resume.empty()                  ? c.resume
-                                                                  : std::string("none (no checkpoint written)");
+  // Ends the run after a non-finite loss, gradient, parameter or evaluation output in `epoch`.
+  const auto stop_nonfinite = [&](const std::string& what, const std::string& good) {
     res.stopped_nonfinite = true;
     res.message = label + ": non-finite " + what + "; training stopped, the last good checkpoint is " + good;
     res.seconds = since();
@@ -411,7 +533,7 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
              << ", step " << step << " (";
         for (const auto& [n, l] : st.losses) what << n << " " << l << " ";
         what << ")";
-        return stop_nonfinite(what.str(), epoch);
+        return stop_nonfinite(what.str(), last_good);
       }
       ++res.global_step;
       ++run_steps;
@@ -428,19 +550,46 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
     }
     const double epoch_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
     const bool complete = step == steps;  // a --max-steps stop leaves the epoch unfinished
-    if (complete) res.epochs_done = epoch;
     const bool last = epoch == c.epochs || (c.stop_after_epoch > 0 && epoch >= c.stop_after_epoch) ||
                       (c.max_steps > 0 && run_steps >= c.max_steps);
+    // A finished epoch is saved first, before anything after it (evaluation, the log) can fail.
+    // Only finished epochs are checkpointed: resuming continues with the next one.
+    if (complete) {
+      if (const std::string bad = first_non_finite(m); !bad.empty())
+        return stop_nonfinite("parameter or statistic " + bad + " after epoch " + std::to_string(epoch), last_good);
+      res.epochs_done = epoch;
+      if (!ckpt.empty()) {
+        try {
+          save_checkpoint(ckpt, m, &opt, epoch, res.global_step, train_sig);
+        } catch (const io::IoError& e) {
+          throw io::IoError(label + ": cannot save the checkpoint of epoch " + std::to_string(epoch) + ": " + e.what() +
+                            "; the last good checkpoint is " + last_good + " (unchanged)");
+        }
+        last_good = ckpt;
+      }
+    }
     nlohmann::json j = {{"model", m.name()}, {"epoch", epoch}, {"global_step", res.global_step},
                         {"lr_last_step", lr}, {"complete", complete}, {"train_loss", loss_sum / double(std::max<std::int64_t>(seen, 1))},
                         {"train_acc", double(correct) / double(std::max<std::int64_t>(seen, 1))},
                         {"epoch_seconds", epoch_s}, {"images_per_second", double(seen) / std::max(epoch_s, 1e-9)}};
     for (const auto& [n, l] : parts) j["train_loss_" + n] = l / double(std::max<std::int64_t>(seen, 1));
     if (eval_set && (last || (c.eval_every > 0 && epoch % c.eval_every == 0))) {
+      const std::string saved = complete && !ckpt.empty()
+                                    ? "epoch " + std::to_string(epoch) + " is saved in " + ckpt + " (continue with --resume " + ckpt + ")"
+                                    : "the last checkpoint is " + last_good;
       try {
         res.final_eval = evaluate(m, *eval_set, c.eval_batch);
       } catch (const NonFinite& e) {
-        return stop_nonfinite("evaluation output after epoch " + std::to_string(epoch) + " (" + e.what() + ")", epoch);
+        j["eval_error"] = io::escape_bytes(e.what());
+        log.append(j);
+        return stop_nonfinite("evaluation output after epoch " + std::to_string(epoch) + " (" + e.what() + ")",
+                              complete && !ckpt.empty() ? ckpt + " (epoch " + std::to_string(epoch) +
+                                                              ", written before this evaluation)"
+                                                        : last_good);
+      } catch (const std::exception& e) {
+        j["eval_error"] = io::escape_bytes(e.what());
+        log.append(j);
+        throw Error(label + ": the evaluation after epoch " + std::to_string(epoch) + " failed: " + e.what() + "; " + saved);
       }
       std::ostringstream s;
       s << label << " epoch " << epoch << " eval:";
@@ -457,11 +606,10 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
       res.report_accuracy = res.final_eval.accuracy[m.reported_head()];
       bar.line(s.str());
     }
-    if (log.is_open()) log << j.dump() << "\n" << std::flush;
-    // only finished epochs are checkpointed: resuming continues with the next one
-    if (!ckpt.empty() && complete) save_checkpoint(ckpt, m, &opt, epoch, res.global_step, train_sig);
+    log.append(j);
     if (last) break;
   }
+  log.close();
   res.seconds = since();
   return res;
 }
