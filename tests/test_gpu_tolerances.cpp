@@ -639,10 +639,7 @@ TEST(GpuTolerances, MarginalsAndGridMatchCpu) {
   legacy.add("Marginals my", legacy_sampler_ok(gmy, my, 1e-5, &msg), msg);
   legacy.add("Marginals mx", legacy_sampler_ok(gmx, mx, 1e-5, &msg), msg);
   for (auto mode : {tasn::GridMode::Exact, tasn::GridMode::Official}) {
-    tasn::GridOptions opt;
-    opt.out_h = 224;
-    opt.out_w = 200;
-    opt.mode = mode;
+    const tasn::GridOptions opt = tt::gpu_cases::grid_options(mode);
     std::vector<float> gy(N * opt.out_h), gx(N * opt.out_w);
     tasn::cpu::sampling_grid<float>(my.data(), mx.data(), N, Hs, Ws, opt, gy.data(), gx.data());
     // The device sums in other orders (block reductions and scans) in double: perturb the CPU's input

@@ -79,10 +79,7 @@ TEST_P(GpuSampler, MarginalsAndGridMatchCpu) {
   EXPECT_EQ(gm.my, gm2.my);
   EXPECT_EQ(gm.mx, gm2.mx);
   for (auto mode : {tasn::GridMode::Exact, tasn::GridMode::Official}) {
-    tasn::GridOptions opt;
-    opt.out_h = 224;
-    opt.out_w = 200;
-    opt.mode = mode;
+    const tasn::GridOptions opt = tt::gpu_cases::grid_options(mode);
     std::vector<float> gy(N * opt.out_h), gx(N * opt.out_w);
     tasn::cpu::sampling_grid<float>(my.data(), mx.data(), N, Hs, Ws, opt, gy.data(), gx.data());
     const auto gg = g::sampling_grid(my, mx, N, Hs, Ws, opt);

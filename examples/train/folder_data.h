@@ -20,7 +20,6 @@ struct FolderSplits {
   std::unique_ptr<Dataset> train, eval;
 };
 
-// val: evaluate on every 10th training image (held out of training) instead of the test split.
 // The training data's identity for the training signature: sizes, seed, and a hash of every
 // training record's path (relative to the root, so the root may be spelled or moved freely) and
 // label, plus the first and last path for people reading it.
@@ -28,12 +27,11 @@ inline std::string folder_description(const std::vector<data::ImageRecord>& tr, 
                                       bool val) {
   std::string all;
   for (const auto& r : tr) all += r.rel + '\n' + std::to_string(r.label) + '\n';
-  char h[24];
-  std::snprintf(h, sizeof h, "%016llx", static_cast<unsigned long long>(fnv1a(all)));
   return "folder side=" + std::to_string(side) + " seed=" + std::to_string(seed) + " val=" + std::to_string(val) +
-         " n=" + std::to_string(tr.size()) + " records=" + h + " first=" + tr.front().rel + " last=" + tr.back().rel;
+         " n=" + std::to_string(tr.size()) + " records=" + fnv1a_hex(all) + " first=" + tr.front().rel + " last=" + tr.back().rel;
 }
 
+// val: evaluate on every 10th training image (held out of training) instead of the test split.
 inline FolderSplits folder_datasets(const std::vector<data::ImageRecord>& recs, std::int64_t side, std::uint64_t seed,
                                     bool val, bool decode_all = false) {
   std::vector<data::ImageRecord> tr, ev;

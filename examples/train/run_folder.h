@@ -100,14 +100,19 @@ class RunFolder {
     return fs::exists(checkpoint(model)) || fs::exists(metrics(model));
   }
 
+  // True when `resume` is this folder's own checkpoint of `model` (the run continues here).
+  bool resumes_own(const std::string& model, const std::string& resume) const {
+    std::error_code ec;
+    return !resume.empty() && std::filesystem::equivalent(resume, checkpoint(model), ec);
+  }
+
   // May a run of `model` write its results here? Fresh runs (resume == ""): only into a folder
   // without results of `model`; resumed runs: only where there are none or where the resumed
   // checkpoint is this folder's own. `overwrite` allows replacing an earlier run.
   void claim(const std::string& model, const std::string& resume, bool overwrite) const {
     namespace fs = std::filesystem;
     if (overwrite || !holds(model)) return;
-    std::error_code ec;
-    if (!resume.empty() && fs::exists(checkpoint(model)) && fs::equivalent(resume, checkpoint(model), ec)) return;
+    if (resumes_own(model, resume)) return;
     const std::string files = (fs::exists(checkpoint(model)) ? checkpoint(model) : "") +
                               (fs::exists(checkpoint(model)) && fs::exists(metrics(model)) ? ", " : "") +
                               (fs::exists(metrics(model)) ? metrics(model) : "");

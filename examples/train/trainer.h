@@ -204,6 +204,13 @@ inline std::uint64_t fnv1a(const std::string& s) {
   return h;
 }
 
+// fnv1a(s) as 16 hex digits.
+inline std::string fnv1a_hex(const std::string& s) {
+  char h[24];
+  std::snprintf(h, sizeof h, "%016llx", static_cast<unsigned long long>(fnv1a(s)));
+  return h;
+}
+
 // Initialises every store with torchvision's scheme from (seed, store name): the "master" store
 // of TASN and of the baseline start from the same weights for the same seed.
 inline void init_model(Model& m, std::uint64_t seed) {
@@ -216,9 +223,7 @@ inline std::string model_signature(Model& m) {
   std::ostringstream s;
   for (auto& [prefix, ps] : m.stores())
     for (auto& [name, p] : ps->all()) s << ";" << prefix << "." << name << nn::shape_string(p.value.shape);
-  char h[24];
-  std::snprintf(h, sizeof h, "%016llx", static_cast<unsigned long long>(fnv1a(s.str())));
-  return m.config_string() + " params=" + h;
+  return m.config_string() + " params=" + fnv1a_hex(s.str());
 }
 
 // What a resumed run must share with the run that wrote the checkpoint (the step sequence): the
@@ -496,11 +501,9 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
   res.epochs_done = first_epoch - 1;
   MetricsLog log;
   if (folder) {
-    std::error_code ec;
     // continuing this folder's own run: keep its log; else (fresh, --overwrite, or resuming a
     // checkpoint from elsewhere into a folder without a run) start the log anew
-    const bool own_run = !c.resume.empty() && std::filesystem::equivalent(c.resume, ckpt, ec);
-    log = MetricsLog(folder->metrics(m.name()), !own_run, first_epoch - 1);
+    log = MetricsLog(folder->metrics(m.name()), !folder->resumes_own(m.name(), c.resume), first_epoch - 1);
   }
   // the checkpoint to name when training stops: updated after every checkpoint written
   std::string last_good = !c.resume.empty() ? c.resume : std::string("none (no checkpoint written)");

@@ -29,6 +29,15 @@ inline std::vector<long long> cross_entropy_labels(long n, long k) {
   return y;
 }
 
+// The grid tests' output size: 224 x 200 in the given mode.
+inline GridOptions grid_options(GridMode mode) {
+  GridOptions opt;
+  opt.out_h = 224;
+  opt.out_w = 200;
+  opt.mode = mode;
+  return opt;
+}
+
 // attention_sample on (3, 3, 160, 192) images with 14 x 14 maps; sample 2's map is all zero, so it
 // falls back to the identity grid.
 struct AttentionSampleCase {
