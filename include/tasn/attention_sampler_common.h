@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "tasn/core/common.h"
+#include "tasn/core/tensor.h"
 #include "tasn/core/random.h"
 #include "tasn/core/softmax_math.h"
 
@@ -23,24 +24,57 @@ enum class GridMode {
 
 inline const char* to_string(GridMode m) { return m == GridMode::Exact ? "exact" : "official"; }
 
+// The grid of SPEC 3b, 3c. The output size (Ho, Wo) is that of the gy / gx (or out) views.
 struct GridOptions {
-  std::int64_t out_h = 224, out_w = 224;  // output grid size (Ho, Wo)
-  double dense = 4.0;                     // largest magnification the limit allows
-  int iters = 5;                          // magnification-limit iterations
+  std::int64_t out_h = 224, out_w = 224;  // TRANSITION: old API only; removed with it (sizes come from the views)
+  double dense = 4.0;              // largest magnification the limit allows, finite and > 0
+  int iters = 5;                   // magnification-limit iterations, >= 0
   GridMode mode = GridMode::Exact;
+  // Refuse NaN/Inf marginals. With false a sample with a non-finite marginal gets the identity
+  // grid (both backends).
+  bool check_finite = true;
 
   void validate(const char* op) const {
-    TASN_CHECK_ARG(out_h >= 1 && out_w >= 1, op, ": output size must be >= 1, got (", out_h, ", ",
-                   out_w, ")");
     TASN_CHECK_ARG(std::isfinite(dense) && dense > 0.0, op, ": dense must be finite and > 0, got ", dense);
     TASN_CHECK_ARG(iters >= 0, op, ": iters must be >= 0, got ", iters);
   }
 };
 
+struct StructureMapOptions {
+  bool distinct = false;     // channels whose spatial sums equal an earlier channel's count once
+  bool check_finite = true;  // refuse NaN/Inf in m (false: they reach the map)
+};
+
+struct DetailMapOptions {
+  bool training = true;      // one channel per sample (channels, or the seeded pick); false: the plain sum
+  std::uint64_t seed = 0;    // the pick when no channels are given (sampler::pick_index)
+  bool check_finite = true;  // refuse NaN/Inf in m
+};
+
+struct UpsampleOptions {
+  bool squared = false;      // square after upsampling (the official structure map)
+  bool check_finite = true;  // refuse NaN/Inf in the input map
+};
+
+struct MarginalsOptions {
+  // Refuse NaN/Inf in the map. With false a sample whose (upsampled) map holds one falls back to
+  // the uniform marginals (fallback[n] = 1), on both backends.
+  bool check_finite = true;
+};
+
+struct SampleOptions {
+  // Refuse NaN/Inf in the image and the grid (and dout in the backward passes). With false a
+  // non-finite grid coordinate gives NaN outputs, as torch.nn.functional.grid_sample.
+  bool check_finite = true;
+};
+
+// attention_sample: marginals of the attention map (upsampled to (upsample_h, upsample_w), 0: the
+// image size), the grid, and separable sampling to the size of `out`.
 struct AttentionSampleOptions {
-  GridOptions grid;                             // output size, dense, iters, mode
+  GridOptions grid;                             // dense, iters, mode (grid.check_finite is not used)
   std::int64_t upsample_h = 0, upsample_w = 0;  // marginals of the map upsampled to this size (0: image size)
   bool squared = false;                         // square the upsampled map first (official structure map)
+  bool check_finite = true;                     // refuse NaN/Inf in img and attention
 
   void validate(const char* op) const {
     grid.validate(op);
@@ -53,17 +87,101 @@ struct AttentionSampleOptions {
   std::int64_t marginal_w(std::int64_t Wi) const { return upsample_w > 0 ? upsample_w : Wi; }
 };
 
-// grid (N, Ho, Wo, 2) with grid[n, y, x] = (gx[n, x], gy[n, y]): a separable grid in general form.
+// ---- arguments (the same struct for tasn::cpu:: and tasn::cuda::) ------------------------------
+// T: the image / feature type (CPU: float, double; CUDA: float, __half, __nv_bfloat16).
+// Maps, marginals and grids have type compute_type_t<T> (T on the CPU, float on CUDA).
+
+// out (N, h, w) = sum over the channels of m (N, C, h, w).
 template <class T>
-void separable_to_general_grid(const T* gy, const T* gx, std::int64_t N, std::int64_t Ho, std::int64_t Wo,
-                               T* grid) {
-  for (std::int64_t n = 0; n < N; ++n)
-    for (std::int64_t y = 0; y < Ho; ++y)
-      for (std::int64_t x = 0; x < Wo; ++x) {
-        grid[((n * Ho + y) * Wo + x) * 2] = gx[n * Wo + x];
-        grid[((n * Ho + y) * Wo + x) * 2 + 1] = gy[n * Ho + y];
-      }
-}
+struct StructureMapArgs {
+  Tensor4<const T> m;
+  Tensor3<compute_type_t<T>> out;
+  StructureMapOptions options;
+};
+
+// out (N, h, w) = one channel of m per sample (training), or the plain sum (evaluation).
+template <class T>
+struct DetailMapArgs {
+  Tensor4<const T> m;                   // (N, C, h, w)
+  Tensor1<const std::int64_t> channels;  // optional (N): the channel of each sample, in [0, C)
+  Tensor3<compute_type_t<T>> out;       // (N, h, w)
+  Tensor1<std::int64_t> chosen;         // optional (N): the channels used (-1: out of range, CUDA)
+  DetailMapOptions options;
+};
+
+// out (N, H, W) = bilinear upsampling (align_corners) of in (N, h, w). V: float or double.
+template <class V>
+struct UpsampleArgs {
+  Tensor3<const V> in;
+  Tensor3<V> out;
+  UpsampleOptions options;
+};
+
+// my (N, Hs), mx (N, Ws): marginals of map (N, h, w) upsampled to (Hs, Ws).
+template <class V>
+struct MarginalsArgs {
+  Tensor3<const V> map;
+  Tensor2<V> my, mx;
+  Tensor1<unsigned char> fallback;  // optional (N): 1 where the uniform marginals were used
+  MarginalsOptions options;
+};
+
+// gy (N, Ho), gx (N, Wo): the separable sampling grid from marginals my (N, Hs), mx (N, Ws).
+template <class V>
+struct GridArgs {
+  Tensor2<const V> my, mx;
+  Tensor2<V> gy, gx;
+  GridOptions options;
+};
+
+// out (N, C, Ho, Wo) = img (N, C, Hi, Wi) sampled at (gx[n, x], gy[n, y]); zeros padding.
+template <class T>
+struct SampleSeparableArgs {
+  Tensor4<const T> img;
+  Tensor2<const compute_type_t<T>> gy, gx;  // (N, Ho), (N, Wo)
+  Tensor4<T> out;
+  SampleOptions options;
+};
+
+// dimg (N, C, Hi, Wi) = the transpose of sample_separable applied to dout (N, C, Ho, Wo).
+template <class T>
+struct SampleSeparableBackwardArgs {
+  Tensor4<const T> dout;
+  Tensor2<const compute_type_t<T>> gy, gx;
+  Tensor4<T> dimg;
+  SampleOptions options;
+};
+
+// out (N, C, Ho, Wo) = grid_sample(img, grid (N, Ho, Wo, 2) of (x, y), bilinear, zeros, align_corners).
+template <class T>
+struct SampleGridArgs {
+  Tensor4<const T> img;
+  Tensor4<const compute_type_t<T>> grid;
+  Tensor4<T> out;
+  SampleOptions options;
+};
+
+// Backward of sample_grid: dimg (optional) and dgrid (optional); img is needed for dgrid only.
+template <class T>
+struct SampleGridBackwardArgs {
+  Tensor4<const T> img;                   // (N, C, Hi, Wi); may be absent without dgrid
+  Tensor4<const compute_type_t<T>> grid;  // (N, Ho, Wo, 2)
+  Tensor4<const T> dout;                  // (N, C, Ho, Wo)
+  Tensor4<T> dimg;                        // optional (N, C, Hi, Wi); its shape also gives (Hi, Wi) without img
+  Tensor4<compute_type_t<T>> dgrid;       // optional (N, Ho, Wo, 2)
+  SampleOptions options;
+};
+
+// out (N, C, Ho, Wo) sampled from img (N, C, Hi, Wi) where attention (N, Ha, Wa) is high.
+template <class T>
+struct AttentionSampleArgs {
+  Tensor4<const T> img;
+  Tensor3<const compute_type_t<T>> attention;
+  Tensor4<T> out;
+  Tensor2<compute_type_t<T>> gy, gx;  // optional (N, Ho), (N, Wo): the grid used
+  Tensor1<unsigned char> fallback;    // optional (N), as MarginalsArgs::fallback
+  AttentionSampleOptions options;
+};
 
 namespace sampler {
 

@@ -18,7 +18,8 @@
 
 #include "tasn/core/common.h"
 #include "tasn/core/softmax_math.h"
-#include "tasn/core/view.h"
+#include "tasn/core/tensor.h"
+#include "tasn/core/view.h"  // TRANSITION: removed with the pointer overloads
 
 namespace tasn {
 
@@ -35,6 +36,8 @@ struct DistillationOptions {
   bool kl = false;            // KL divergence instead of the soft-target cross-entropy
   bool t_squared = false;     // multiply loss and gradients by T^2 (Hinton et al.)
   Reduction reduction = Reduction::Mean;
+  // Refuse NaN/Inf in student, teacher and dloss (tasn/core/value_checks.cuh on CUDA).
+  bool check_finite = true;
 
   void validate(const char* op) const {
     TASN_CHECK_ARG(std::isfinite(temperature) && temperature > 0.0, op,
@@ -59,6 +62,10 @@ struct CrossEntropyOptions {
   double grad_scale = 1.0;
   double label_smoothing = 0.0;  // eps in [0, 1]
   Reduction reduction = Reduction::Mean;
+  // Refuse NaN/Inf in logits and dloss, and labels that are neither ignore_index nor in [0, K),
+  // with the same tasn::InvalidArgument on both backends. With false: no scan, no CUDA
+  // synchronisation; a bad label gives its row a NaN loss and zero gradient.
+  bool check_finite = true;
 
   void validate(const char* op) const {
     TASN_CHECK_ARG(std::isfinite(grad_scale), op, ": grad_scale must be finite, got ", grad_scale);
@@ -80,13 +87,6 @@ inline void validate_logits_shape(std::int64_t n, std::int64_t k, const char* op
 inline std::int64_t loss_elems(std::int64_t n, Reduction r) { return r == Reduction::None ? n : 1; }
 
 namespace detail {
-
-// The message for a label that is neither ignore_index nor in [0, k) (CPU check and GPU status).
-inline std::string bad_label_message(const char* op, std::int64_t row, std::int64_t label, std::int64_t k,
-                                     std::int64_t ignore_index) {
-  return concat(op, ": labels[", row, "] = ", label, " is out of range [0, ", k, ") and is not ignore_index (",
-                ignore_index, ")");
-}
 
 inline const char* loss_size_reason(Reduction r) {
   return r == Reduction::None ? "reduction none: one per row" : "reduction sum/mean: one value";
@@ -118,6 +118,49 @@ void check_cross_entropy_views(MatrixView<const T> logits, VectorView<const std:
 }
 
 }  // namespace detail
+
+// Options of topk_correct.
+struct TopkOptions {
+  std::int64_t ignore_index = -100;  // rows with this label are not counted
+  // Refuse labels that are neither ignore_index nor in [0, K) (NaN logits are allowed: they rank
+  // above the label, see ranks_above_label). With false a bad label's row is not counted.
+  bool check_finite = true;
+};
+
+// ---- arguments (the same struct for tasn::cpu:: and tasn::cuda::) ------------------------------
+// Outputs: loss (Reduction::None: N values, Sum / Mean: 1), optional; gradients optional;
+// dloss: upstream gradient of loss (same size as loss), absent = 1.
+
+template <class T>
+struct DistillationArgs {
+  Tensor2<const T> student;  // (N, K) logits
+  Tensor2<const T> teacher;  // (N, K) logits
+  Tensor1<T> loss;           // optional: (N) or (1)
+  Tensor2<T> dstudent;       // optional: (N, K)
+  Tensor2<T> dteacher;       // optional: (N, K) (off by default: the teacher is usually detached)
+  Tensor1<const T> dloss;    // optional: (N) or (1)
+  DistillationOptions options;
+};
+
+template <class T>
+struct CrossEntropyArgs {
+  Tensor2<const T> logits;              // (N, K)
+  Tensor1<const std::int64_t> labels;   // (N)
+  Tensor1<T> loss;                      // optional: (N) or (1)
+  Tensor2<T> dlogits;                   // optional: (N, K)
+  Tensor1<const T> dloss;               // optional: (N) or (1)
+  CrossEntropyOptions options;
+};
+
+// correct[j] = rows (label != ignore_index) whose label is among the top j+1 logits, j < max_k
+// = correct.size[0]. Counts are int64 on both backends.
+template <class T>
+struct TopkArgs {
+  Tensor2<const T> logits;              // (N, K)
+  Tensor1<const std::int64_t> labels;   // (N)
+  Tensor1<std::int64_t> correct;        // (max_k), max_k >= 1; overwritten
+  TopkOptions options;
+};
 
 // ---- per-element math (CPU and CUDA) ---------------------------------------------------------
 // Row weights are split so that no intermediate product can overflow into inf * 0 = NaN: the

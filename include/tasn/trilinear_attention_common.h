@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "tasn/core/common.h"
+#include "tasn/core/tensor.h"
 
 namespace tasn {
 
@@ -37,8 +38,9 @@ struct TrilinearAttentionOptions {
   // Scale inside the spatial softmax, S = softmax(beta * X). Official MXNet code: 7; paper: 1.
   // In (0, FLT_MAX]: the CUDA path (and the CPU path on float data) computes with beta as a float.
   double beta = 7.0;
-  // CPU path only: scan x (and dm) for NaN/Inf and throw instead of returning NaN maps.
-  // The CUDA path never inspects values on the host (no synchronisation); see the docs.
+  // Refuse NaN/Inf in x (and dm) with tasn::InvalidArgument, on both backends (on CUDA: one
+  // device scan and one stream synchronisation per call, see tasn/core/value_checks.cuh). With
+  // false nothing is scanned and non-finite inputs give non-finite outputs.
   bool check_finite = true;
 
   void validate(const char* op) const {
@@ -55,5 +57,27 @@ inline std::int64_t trilinear_saved_elems(const TrilinearShape& s) {
   s.validate("trilinear_saved_elems");
   return s.n * s.c * (s.p() + s.c);
 }
+
+// ---- arguments (the same struct for tasn::cpu:: and tasn::cuda::) ------------------------------
+
+// Forward: m = trilinear_attention(x). `saved` (optional, trilinear_saved_elems elements)
+// receives S then A for the backward pass.
+template <class T>
+struct TrilinearForwardArgs {
+  Tensor4<const T> x;    // (N, C, H, W); N may be 0
+  Tensor4<T> m;          // (N, C, H, W)
+  Tensor1<T> saved;      // optional: (N*C*(H*W + C)): S (N, C, H*W) then A (N, C, C)
+  TrilinearAttentionOptions options;
+};
+
+// Backward: dx from dm. `saved` from the forward pass, or absent (S and A are recomputed).
+template <class T>
+struct TrilinearBackwardArgs {
+  Tensor4<const T> x;    // (N, C, H, W)
+  Tensor4<const T> dm;   // (N, C, H, W)
+  Tensor1<const T> saved;  // optional, as TrilinearForwardArgs::saved
+  Tensor4<T> dx;         // (N, C, H, W)
+  TrilinearAttentionOptions options;
+};
 
 }  // namespace tasn

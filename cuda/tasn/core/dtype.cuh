@@ -9,6 +9,20 @@
 
 #include <type_traits>
 
+#include "tasn/core/tensor.h"
+
+namespace tasn {
+// Images of half or bfloat16 go with float maps, marginals and grids; the math runs in float.
+template <>
+struct compute_type<__half> {
+  using type = float;
+};
+template <>
+struct compute_type<__nv_bfloat16> {
+  using type = float;
+};
+}  // namespace tasn
+
 namespace tasn::cuda {
 
 template <class T>

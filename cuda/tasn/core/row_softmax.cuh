@@ -29,6 +29,26 @@ inline const char* to_string(RowKernel k) {
   return k == RowKernel::Warp ? "warp" : k == RowKernel::Block ? "block" : "auto";
 }
 
+// For tests and benchmarks only: the row-kernel variant every operator uses (Auto: by row
+// length). Process-wide and not synchronised; set it through ScopedRowKernel.
+namespace testing {
+inline RowKernel& forced_row_kernel() {
+  static RowKernel kernel = RowKernel::Auto;
+  return kernel;
+}
+// Forces `kernel` for its lifetime, then restores the previous choice.
+class ScopedRowKernel {
+ public:
+  explicit ScopedRowKernel(RowKernel kernel) : old_(forced_row_kernel()) { forced_row_kernel() = kernel; }
+  ~ScopedRowKernel() { forced_row_kernel() = old_; }
+  ScopedRowKernel(const ScopedRowKernel&) = delete;
+  ScopedRowKernel& operator=(const ScopedRowKernel&) = delete;
+
+ private:
+  RowKernel old_;
+};
+}  // namespace testing
+
 namespace kernels {
 
 constexpr int kWarp = 32;

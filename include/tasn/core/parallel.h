@@ -33,12 +33,17 @@ inline void set_num_threads(int n) {
 #endif
 }
 
-// Calls f(i) for i in [begin, end), statically split over the available threads.
+// Scratch slots a parallel_for_slots started here uses: slot indices lie in [0, num_slots()).
+// An operator sizes per-thread scratch in its workspace as num_slots() regions.
+inline int num_slots() { return num_threads(); }
+
+// Calls f(i, slot) for i in [begin, end), statically split over the available threads; `slot`
+// (in [0, num_slots())) identifies the thread, so f may use per-slot scratch without locking.
 // An exception thrown by f (e.g. a scratch allocation that failed, reported as
 // tasn::InvalidArgument) is rethrown to the caller once the threads have joined; iterations not
 // yet started are then skipped. (An exception must not leave an OpenMP region: that terminates.)
 template <class F>
-void parallel_for(std::int64_t begin, std::int64_t end, F&& f) {
+void parallel_for_slots(std::int64_t begin, std::int64_t end, F&& f) {
   if (end <= begin) return;
 #if defined(_OPENMP)
   if (num_threads() > 1 && end - begin > 1) {
@@ -48,7 +53,7 @@ void parallel_for(std::int64_t begin, std::int64_t end, F&& f) {
     for (std::int64_t i = begin; i < end; ++i) {
       if (failed.load(std::memory_order_relaxed)) continue;
       try {
-        f(i);
+        f(i, omp_get_thread_num());
       } catch (...) {
 #pragma omp critical(tasn_parallel_for_error)
         {
@@ -61,7 +66,13 @@ void parallel_for(std::int64_t begin, std::int64_t end, F&& f) {
     return;
   }
 #endif
-  for (std::int64_t i = begin; i < end; ++i) f(i);
+  for (std::int64_t i = begin; i < end; ++i) f(i, 0);
+}
+
+// Calls f(i) for i in [begin, end), as parallel_for_slots.
+template <class F>
+void parallel_for(std::int64_t begin, std::int64_t end, F&& f) {
+  parallel_for_slots(begin, end, [&](std::int64_t i, int) { f(i); });
 }
 
 }  // namespace tasn::cpu

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "tasn/core/common.h"
+#include "tasn/core/tensor.h"
 
 namespace tasn::detail {
 
@@ -50,5 +51,33 @@ std::vector<T> scratch_vector(const char* op, const char* buffer, std::int64_t e
   return allocate_scratch(op, buffer, elems, sizeof(T),
                           [&] { return std::vector<T>(static_cast<std::size_t>(elems), value); });
 }
+
+// The workspace a CPU operator computes in: the caller's (checked: size and alignment) or, when
+// the caller gives none (data == nullptr), one of `need` bytes allocated here through
+// allocate_scratch and freed with this object. The only allocation a CPU operator makes.
+class HostWorkspace {
+ public:
+  HostWorkspace(const Workspace& given, std::size_t need, const char* op) {
+    if (given.data != nullptr || need == 0) {
+      check_workspace(given, need, op);
+      data_ = given.data;
+      return;
+    }
+    own_ = allocate_scratch(op, "the workspace", static_cast<std::int64_t>(need), 1, [&] {
+      return static_cast<unsigned char*>(::operator new(align_up(need), std::align_val_t(kWorkspaceAlign)));
+    });
+    data_ = own_;
+  }
+  HostWorkspace(const HostWorkspace&) = delete;
+  HostWorkspace& operator=(const HostWorkspace&) = delete;
+  ~HostWorkspace() {
+    if (own_) ::operator delete(own_, std::align_val_t(kWorkspaceAlign));
+  }
+  void* data() const { return data_; }
+
+ private:
+  void* data_ = nullptr;
+  unsigned char* own_ = nullptr;
+};
 
 }  // namespace tasn::detail

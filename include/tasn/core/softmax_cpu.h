@@ -7,6 +7,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -15,6 +16,7 @@
 
 #include "tasn/core/common.h"
 #include "tasn/core/parallel.h"
+#include "tasn/core/tensor.h"
 #include "tasn/core/scratch.h"
 #include "tasn/core/softmax_math.h"
 #include "tasn/core/vec_cpu.h"
@@ -98,19 +100,16 @@ template <class T>
 void check_all_finite(const T* data, std::int64_t numel, const char* name, const char* op) {
   constexpr std::int64_t kChunk = std::int64_t(1) << 16;
   const std::int64_t chunks = (numel + kChunk - 1) / kChunk;
-  auto chunk_ok = detail::scratch_vector<unsigned char>(op, "the finiteness flags", chunks, 1);
+  std::atomic<std::int64_t> first_bad{chunks};  // the first chunk holding a non-finite value
   parallel_for(0, chunks, [&](std::int64_t c) {
     const std::int64_t b = c * kChunk;
-    chunk_ok[c] = all_finite_serial(data + b, std::min(kChunk, numel - b));
-  });
-  for (std::int64_t c = 0; c < chunks; ++c) {
-    if (chunk_ok[c]) continue;
-    for (std::int64_t i = c * kChunk; i < numel; ++i) {
-      if (!std::isfinite(data[i]))
-        throw InvalidArgument(detail::concat(op, ": ", name, " holds a non-finite value (", data[i],
-                                             ") at flat index ", i, " of ", numel));
+    if (all_finite_serial(data + b, std::min(kChunk, numel - b))) return;
+    std::int64_t cur = first_bad.load();
+    while (c < cur && !first_bad.compare_exchange_weak(cur, c)) {
     }
-  }
+  });
+  for (std::int64_t i = first_bad.load() * kChunk; i < numel; ++i)
+    if (!std::isfinite(data[i])) throw InvalidArgument(detail::nonfinite_message(op, name, data[i], i, numel));
 }
 
 }  // namespace tasn::cpu
