@@ -50,7 +50,7 @@ void BM_Sample(benchmark::State& state, bool backward) {
   tasn::cpu::attention_marginals<float>(att.data(), kN, kHa, kWa, kHi, kWi, my.data(), mx.data());
   tasn::cpu::sampling_grid<float>(my.data(), mx.data(), kN, kHi, kWi, opt, gy.data(), gx.data());
   std::vector<float> grid(kN * kO * kO * 2);
-  tasn::separable_to_general_grid(gy.data(), gx.data(), kN, kO, kO, grid.data());
+  tasn::detail::separable_to_general_grid(gy.data(), gx.data(), kN, kO, kO, grid.data());
   auto separable = [&] {
     if (backward)
       tasn::cpu::sample_separable_backward<float>(dout.data(), kN, kC, kHi, kWi, gy.data(), gx.data(), kO, kO, dimg.data());

@@ -133,7 +133,7 @@ void BM_Sample(benchmark::State& state, bool backward) {
   {  // the same grid in general form
     const auto hy = gy.to_host(), hx = gx.to_host();
     std::vector<float> hg(kN * kO * kO * 2);
-    tasn::separable_to_general_grid(hy.data(), hx.data(), kN, kO, kO, hg.data());
+    tasn::detail::separable_to_general_grid(hy.data(), hx.data(), kN, kO, kO, hg.data());
     grid = DeviceBuffer<float>::from_host(hg);
   }
   const std::size_t wsb = std::max(tasn::cuda::sample_separable_backward_workspace_bytes(kN, kC, kHi, kWi, kO, kO),

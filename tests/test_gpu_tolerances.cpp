@@ -543,12 +543,9 @@ bool legacy_sampler_ok(const std::vector<float>& got, const std::vector<float>& 
 // sampler::upsample_at<T, float> as nvcc contracts it: (1 - f) a + f b -> fma(f, b, (1 - f) a).
 float upsample_at_fma(const float* map, std::int64_t h, std::int64_t w, std::int64_t H, std::int64_t W, std::int64_t y,
                       std::int64_t x) {
-  const float sy = tasn::sampler::align_corners_src<float>(y, h, H), sx = tasn::sampler::align_corners_src<float>(x, w, W);
-  std::int64_t y0 = static_cast<std::int64_t>(sy), x0 = static_cast<std::int64_t>(sx);
-  y0 = std::min(y0, h - 1);
-  x0 = std::min(x0, w - 1);
-  const std::int64_t y1 = std::min(y0 + 1, h - 1), x1 = std::min(x0 + 1, w - 1);
-  const float fy = sy - static_cast<float>(y0), fx = sx - static_cast<float>(x0);
+  const auto ty = tasn::resize_tap<float>(y, h, H, true), tx = tasn::resize_tap<float>(x, w, W, true);
+  const std::int64_t y0 = ty.i0, y1 = ty.i1, x0 = tx.i0, x1 = tx.i1;
+  const float fy = ty.w1, fx = tx.w1;
   const float r0 = std::fma(fx, map[y0 * w + x1], (1.f - fx) * map[y0 * w + x0]);
   const float r1 = std::fma(fx, map[y1 * w + x1], (1.f - fx) * map[y1 * w + x0]);
   return std::fma(fy, r1, (1.f - fy) * r0);

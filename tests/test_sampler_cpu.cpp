@@ -256,7 +256,7 @@ TEST(SamplerSampling, SeparableEqualsGeneralAndIsDeterministic) {
   gy[0] = -1.f;
   gx[Wo - 1] = 1.f;
   std::vector<float> grid(N * Ho * Wo * 2);
-  tasn::separable_to_general_grid(gy.data(), gx.data(), N, Ho, Wo, grid.data());
+  tasn::detail::separable_to_general_grid(gy.data(), gx.data(), N, Ho, Wo, grid.data());
   std::vector<float> a(N * C * Ho * Wo), b(a.size());
   tasn::cpu::sample_separable<float>(img.data(), N, C, Hi, Wi, gy.data(), gx.data(), Ho, Wo, a.data());
   tasn::cpu::sample_grid<float>(img.data(), N, C, Hi, Wi, grid.data(), Ho, Wo, b.data());

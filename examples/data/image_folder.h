@@ -33,6 +33,7 @@
 #include "tasn/core/common.h"
 #include "tasn/core/parallel.h"
 #include "tasn/core/random.h"
+#include "tasn/core/resize.h"
 
 namespace tasn::data {
 
@@ -255,17 +256,14 @@ inline std::vector<float> preprocess(const RgbImage& img, const Preprocess& p, s
   }
   std::vector<float> out(static_cast<std::size_t>(3 * p.crop * p.crop));
   for (std::int64_t y = 0; y < p.crop; ++y) {
-    const double sy = std::max(0.0, (double(y + y0) + 0.5) * double(img.h) / double(H) - 0.5);
-    const std::int64_t iy0 = std::min<std::int64_t>(static_cast<std::int64_t>(sy), img.h - 1), iy1 = std::min(iy0 + 1, img.h - 1);
-    const double fy = sy - double(iy0);
+    const auto ty = tasn::resize_tap<double>(y + y0, img.h, H, false);  // the library's bilinear taps
     for (std::int64_t x = 0; x < p.crop; ++x) {
       const std::int64_t xs = flip ? p.crop - 1 - x : x;
-      const double sx = std::max(0.0, (double(xs + x0) + 0.5) * double(img.w) / double(W) - 0.5);
-      const std::int64_t ix0 = std::min<std::int64_t>(static_cast<std::int64_t>(sx), img.w - 1), ix1 = std::min(ix0 + 1, img.w - 1);
-      const double fx = sx - double(ix0);
+      const auto tx = tasn::resize_tap<double>(xs + x0, img.w, W, false);
       for (int c = 0; c < 3; ++c) {
         auto px = [&](std::int64_t yy, std::int64_t xx) { return double(img.pixels[(yy * img.w + xx) * 3 + c]); };
-        const double v = (1 - fy) * ((1 - fx) * px(iy0, ix0) + fx * px(iy0, ix1)) + fy * ((1 - fx) * px(iy1, ix0) + fx * px(iy1, ix1));
+        const double v = tasn::bilinear_blend(px(ty.i0, tx.i0), px(ty.i0, tx.i1), px(ty.i1, tx.i0), px(ty.i1, tx.i1),
+                                              ty.w1, tx.w1);
         out[(c * p.crop + y) * p.crop + x] = static_cast<float>(v) - p.mean[c];
       }
     }

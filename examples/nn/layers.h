@@ -19,6 +19,7 @@
 
 #include "tasn/core/common.h"
 #include "tasn/core/parallel.h"
+#include "tasn/core/resize.h"
 
 namespace tasn::nn {
 
@@ -447,25 +448,11 @@ void linear_backward(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<T
 
 // ---- bilinear resize (align_corners true or false), batch concat / slice -----------------------
 
+// Taps in double (tasn::resize_tap, the library's one bilinear implementation), weights in T.
 template <class T>
-struct ResizeTap {
-  std::int64_t i0, i1;
-  T w1;  // weight of i1; i0 gets 1 - w1
-};
-
-template <class T>
-ResizeTap<T> resize_tap(std::int64_t dst, std::int64_t in, std::int64_t out, bool align_corners) {
-  double src;
-  if (align_corners) {
-    src = out > 1 ? double(dst) * double(in - 1) / double(out - 1) : 0.0;
-  } else {
-    src = (double(dst) + 0.5) * double(in) / double(out) - 0.5;  // PyTorch: negative clamps to 0
-    if (src < 0) src = 0;
-  }
-  std::int64_t i0 = static_cast<std::int64_t>(src);
-  if (i0 > in - 1) i0 = in - 1;
-  const std::int64_t i1 = i0 + 1 < in ? i0 + 1 : in - 1;
-  return {i0, i1, static_cast<T>(src - double(i0))};
+ResizeTap<T> layer_tap(std::int64_t dst, std::int64_t in, std::int64_t out, bool align_corners) {
+  const auto t = tasn::resize_tap<double>(dst, in, out, align_corners);
+  return {t.i0, t.i1, static_cast<T>(t.w1)};
 }
 
 template <class T>
@@ -477,12 +464,11 @@ Tensor<T> resize_bilinear_forward(const Tensor<T>& x, std::int64_t Ho, std::int6
   cpu::parallel_for(0, NC, [&](std::int64_t nc) {
     const T* in = x.ptr() + nc * H * W;
     for (std::int64_t oy = 0; oy < Ho; ++oy) {
-      const auto ty = resize_tap<T>(oy, H, Ho, align_corners);
+      const auto ty = layer_tap<T>(oy, H, Ho, align_corners);
       for (std::int64_t ox = 0; ox < Wo; ++ox) {
-        const auto tx = resize_tap<T>(ox, W, Wo, align_corners);
-        const T top = (1 - tx.w1) * in[ty.i0 * W + tx.i0] + tx.w1 * in[ty.i0 * W + tx.i1];
-        const T bot = (1 - tx.w1) * in[ty.i1 * W + tx.i0] + tx.w1 * in[ty.i1 * W + tx.i1];
-        y.data[(nc * Ho + oy) * Wo + ox] = (1 - ty.w1) * top + ty.w1 * bot;
+        const auto tx = layer_tap<T>(ox, W, Wo, align_corners);
+        y.data[(nc * Ho + oy) * Wo + ox] = tasn::bilinear_blend(in[ty.i0 * W + tx.i0], in[ty.i0 * W + tx.i1],
+                                                                in[ty.i1 * W + tx.i0], in[ty.i1 * W + tx.i1], ty.w1, tx.w1);
       }
     }
   });
@@ -495,9 +481,9 @@ void resize_bilinear_backward(const Tensor<T>& dy, bool align_corners, Tensor<T>
   cpu::parallel_for(0, NC, [&](std::int64_t nc) {
     T* g = dx.ptr() + nc * H * W;
     for (std::int64_t oy = 0; oy < Ho; ++oy) {
-      const auto ty = resize_tap<T>(oy, H, Ho, align_corners);
+      const auto ty = layer_tap<T>(oy, H, Ho, align_corners);
       for (std::int64_t ox = 0; ox < Wo; ++ox) {
-        const auto tx = resize_tap<T>(ox, W, Wo, align_corners);
+        const auto tx = layer_tap<T>(ox, W, Wo, align_corners);
         const T d = dy.data[(nc * Ho + oy) * Wo + ox];
         g[ty.i0 * W + tx.i0] += (1 - ty.w1) * (1 - tx.w1) * d;
         g[ty.i0 * W + tx.i1] += (1 - ty.w1) * tx.w1 * d;

@@ -255,20 +255,10 @@ void sampling_grid(const T* my, const T* mx, std::int64_t N, std::int64_t Hs, st
   check_all_finite(my, N * Hs, "my", op);
   check_all_finite(mx, N * Ws, "mx", op);
   parallel_for(0, N, [&](std::int64_t n) {
-    auto ry = detail_sampler::scratch_vector<double>(op, "the row marginal", Hs);
-    auto rx = detail_sampler::scratch_vector<double>(op, "the column marginal", Ws);
-    std::copy(my + n * Hs, my + (n + 1) * Hs, ry.begin());
-    std::copy(mx + n * Ws, mx + (n + 1) * Ws, rx.begin());
-    detail_sampler::normalise_marginals(ry, rx);
-    detail_sampler::limit_marginals(ry, rx, opt.out_h, opt.out_w, opt);
-    for (auto [m, O, g] : {std::tuple<std::vector<double>*, std::int64_t, T*>{&ry, opt.out_h, gy + n * opt.out_h},
-                           std::tuple<std::vector<double>*, std::int64_t, T*>{&rx, opt.out_w, gx + n * opt.out_w}}) {
-      const auto c = detail_sampler::knot_cdf(*m, opt.mode, op);
-      const auto S = static_cast<std::int64_t>(m->size());
-      for (std::int64_t i = 0; i < O; ++i)
-        g[i] = static_cast<T>(opt.mode == GridMode::Exact ? sampler::exact_grid_value(c.data(), S, O, i)
-                                                          : sampler::official_grid_value(c.data(), S, O, i));
-    }
+    auto scratch = detail_sampler::scratch_vector<double>(op, "the grid scratch", sampler::grid_scratch_elems(Hs, Ws));
+    sampler::SerialGroup g;
+    sampler::grid_of_sample(g, my + n * Hs, mx + n * Ws, Hs, Ws, opt.out_h, opt.out_w, opt, scratch.data(),
+                            gy + n * opt.out_h, gx + n * opt.out_w);
   });
 }
 

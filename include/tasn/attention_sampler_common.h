@@ -13,6 +13,7 @@
 #include "tasn/core/common.h"
 #include "tasn/core/tensor.h"
 #include "tasn/core/random.h"
+#include "tasn/core/resize.h"
 #include "tasn/core/softmax_math.h"
 
 namespace tasn {
@@ -35,6 +36,8 @@ struct GridOptions {
   bool check_finite = true;
 
   void validate(const char* op) const {
+    TASN_CHECK_ARG(out_h >= 1 && out_w >= 1, op, ": output size must be >= 1, got (", out_h, ", ", out_w,
+                   ")");  // TRANSITION: removed with out_h / out_w
     TASN_CHECK_ARG(std::isfinite(dense) && dense > 0.0, op, ": dense must be finite and > 0, got ", dense);
     TASN_CHECK_ARG(iters >= 0, op, ": iters must be >= 0, got ", iters);
   }
@@ -183,6 +186,20 @@ struct AttentionSampleArgs {
   AttentionSampleOptions options;
 };
 
+namespace detail {
+// grid (N, Ho, Wo, 2) with grid[n, y, x] = (gx[n, x], gy[n, y]): a separable grid in general form.
+// For tests and benchmarks (sample_grid against sample_separable on the same grid).
+template <class T>
+void separable_to_general_grid(const T* gy, const T* gx, std::int64_t N, std::int64_t Ho, std::int64_t Wo, T* grid) {
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t y = 0; y < Ho; ++y)
+      for (std::int64_t x = 0; x < Wo; ++x) {
+        grid[((n * Ho + y) * Wo + x) * 2] = gx[n * Wo + x];
+        grid[((n * Ho + y) * Wo + x) * 2 + 1] = gy[n * Ho + y];
+      }
+}
+}  // namespace detail
+
 namespace sampler {
 
 // Sum of x[0, p) in double in the order of a 32-lane warp: lane l adds x[l], x[l + 32], ...,
@@ -312,26 +329,13 @@ inline void check_attention_sample_args(const char* op, std::int64_t N, std::int
 
 // ---- bilinear interpolation, align_corners = true --------------------------------------------
 
-// Source coordinate of destination index `dst` when resizing `in` samples to `out` samples.
-template <class Acc>
-TASN_HD Acc align_corners_src(std::int64_t dst, std::int64_t in, std::int64_t out) {
-  return out > 1 ? static_cast<Acc>(dst) * static_cast<Acc>(in - 1) / static_cast<Acc>(out - 1) : Acc(0);
-}
-
-// Value of the bilinear upsampling of map (h x w) to (H x W) at destination (y, x). The same
-// function serves the materialised upsample and the fused marginals, so both agree bit for bit.
+// Value of the bilinear upsampling (align_corners) of map (h x w) to (H x W) at destination
+// (y, x): tasn::resize_at. The same function serves the materialised upsample and the fused
+// marginals, on CPU and GPU, so all agree bit for bit.
 template <class T, class Acc = float>
 TASN_HD Acc upsample_at(const T* map, std::int64_t h, std::int64_t w, std::int64_t H, std::int64_t W,
                         std::int64_t y, std::int64_t x) {
-  const Acc sy = align_corners_src<Acc>(y, h, H), sx = align_corners_src<Acc>(x, w, W);
-  std::int64_t y0 = static_cast<std::int64_t>(sy), x0 = static_cast<std::int64_t>(sx);
-  y0 = y0 < h - 1 ? y0 : h - 1;
-  x0 = x0 < w - 1 ? x0 : w - 1;
-  const std::int64_t y1 = y0 + 1 < h ? y0 + 1 : h - 1, x1 = x0 + 1 < w ? x0 + 1 : w - 1;
-  const Acc fy = sy - static_cast<Acc>(y0), fx = sx - static_cast<Acc>(x0);
-  const Acc r0 = (Acc(1) - fx) * static_cast<Acc>(map[y0 * w + x0]) + fx * static_cast<Acc>(map[y0 * w + x1]);
-  const Acc r1 = (Acc(1) - fx) * static_cast<Acc>(map[y1 * w + x0]) + fx * static_cast<Acc>(map[y1 * w + x1]);
-  return (Acc(1) - fy) * r0 + fy * r1;
+  return resize_at<Acc>(map, h, w, H, W, y, x, true);
 }
 
 // ---- sampling taps: grid value g in [-1, 1] (align_corners) over `size` pixels ----------------
@@ -471,6 +475,115 @@ TASN_HD double official_grid_value(const double* c, std::int64_t S, std::int64_t
   const double prev = j > 0 ? c[j - 1] : 0.0;
   const double u = static_cast<double>(j) + (target - c[j]) / (c[j] - prev);
   return 2.0 * u / static_cast<double>(S - 1) - 1.0;
+}
+
+// ---- one sample's grid: normalisation, limit and CDF inversion (SPEC 3a-3c) ------------------
+
+// The threads that cooperate on one sample. The CPU runs grid_of_sample with SerialGroup (one
+// thread), the CUDA grid kernel with a block (tasn::cuda::kernels::BlockRowGroup, the same
+// interface): the same routine, so the CPU tests execute the code the kernel runs. Every member
+// calls every reduction (uniform control flow); reductions return the group's result to all.
+struct SerialGroup {
+  TASN_HD int rank() const { return 0; }
+  TASN_HD int size() const { return 1; }
+  TASN_HD double sum(double v) { return v; }
+  TASN_HD double max(double v) { return v; }
+  TASN_HD bool any(bool v) { return v; }
+  TASN_HD void sync() {}
+  // In-place inclusive prefix sum of v[0, n), in index order.
+  TASN_HD void inclusive_scan(double* v, std::int64_t n) {
+    for (std::int64_t i = 1; i < n; ++i) v[i] += v[i - 1];
+  }
+};
+
+// Doubles of scratch grid_of_sample needs: the limited marginals and the knot CDFs of both axes.
+TASN_HD std::int64_t grid_scratch_elems(std::int64_t Hs, std::int64_t Ws) { return 2 * (Hs + Ws); }
+
+// When the weights t[0, len) sum to infinity: pre = their maximum and mass = the sum of t / pre.
+template <class Group>
+TASN_HD void rescale_overflowed_mass(Group& g, const double* t, std::int64_t len, double& mass, double& pre) {
+  if (hd_isfinite(mass)) return;  // mass is the group's sum: the branch is uniform
+  double a = 0.0;
+  for (std::int64_t i = g.rank(); i < len; i += g.size()) a = t[i] > a ? t[i] : a;
+  pre = g.max(a);
+  a = 0.0;
+  for (std::int64_t i = g.rank(); i < len; i += g.size()) a += t[i] / pre;
+  mass = g.sum(a);
+}
+
+// The grid gy[0, Ho), gx[0, Wo) of one sample from its marginals my[0, Hs), mx[0, Ws):
+//  1. normalisation: weights max(m, 0), summed in double (pre-divided by their maximum when the
+//     sum overflows); a non-finite value or no positive mass on either axis makes both axes
+//     uniform (the identity grid; callers with check_finite refuse non-finite marginals first);
+//  2. the magnification limit (opt.iters iterations, cap opt.dense * O / S on the first);
+//  3. the knot CDF of each axis (exact: trapezoids from 0; official: c[0] = 1, c[k] += m[k]) and
+//     its inversion at every output coordinate (exact_grid_value / official_grid_value).
+// scratch: grid_scratch_elems(Hs, Ws) doubles. Returns whether the sample fell back to uniform.
+template <class Group, class V, class G>
+TASN_HD bool grid_of_sample(Group& g, const V* my, const V* mx, std::int64_t Hs, std::int64_t Ws, std::int64_t Ho,
+                            std::int64_t Wo, const GridOptions& opt, double* scratch, G* gy, G* gx) {
+  double* ty = scratch;
+  double* tx = ty + Hs;
+  double* cdf_y = tx + Ws;
+  double* cdf_x = cdf_y + Hs;
+  bool bad_local = false;
+  double sum_y = 0.0, sum_x = 0.0;
+  for (std::int64_t i = g.rank(); i < Hs; i += g.size()) {
+    const double v = static_cast<double>(my[i]);
+    bad_local = bad_local || !hd_isfinite(v);
+    sum_y += (ty[i] = marginal_weight(v));
+  }
+  for (std::int64_t i = g.rank(); i < Ws; i += g.size()) {
+    const double v = static_cast<double>(mx[i]);
+    bad_local = bad_local || !hd_isfinite(v);
+    sum_x += (tx[i] = marginal_weight(v));
+  }
+  const bool bad = g.any(bad_local);
+  double mass_y = g.sum(sum_y), mass_x = g.sum(sum_x);
+  double pre_y = 1.0, pre_x = 1.0;
+  if (!bad) {  // uniform across the group
+    rescale_overflowed_mass(g, ty, Hs, mass_y, pre_y);
+    rescale_overflowed_mass(g, tx, Ws, mass_x, pre_x);
+  }
+  const bool fallback = bad || !marginal_usable(mass_y) || !marginal_usable(mass_x);
+  for (std::int64_t i = g.rank(); i < Hs; i += g.size())
+    ty[i] = normalised_marginal(ty[i], pre_y, mass_y, Hs, fallback) * static_cast<double>(Ho);
+  for (std::int64_t i = g.rank(); i < Ws; i += g.size())
+    tx[i] = normalised_marginal(tx[i], pre_x, mass_x, Ws, fallback) * static_cast<double>(Wo);
+  g.sync();
+  const double t0y = opt.dense * static_cast<double>(Ho) / static_cast<double>(Hs);
+  const double t0x = opt.dense * static_cast<double>(Wo) / static_cast<double>(Ws);
+  for (int it = 0; it < opt.iters; ++it) {
+    double a = 0.0, b = 0.0;
+    for (std::int64_t i = g.rank(); i < Hs; i += g.size()) a = ty[i] > a ? ty[i] : a;
+    for (std::int64_t i = g.rank(); i < Ws; i += g.size()) b = tx[i] > b ? tx[i] : b;
+    const double max_y = g.max(a), max_x = g.max(b);
+    const double cy = limit_threshold(max_y, max_x, t0y, it), cx = limit_threshold(max_y, max_x, t0x, it);
+    a = 0.0;
+    b = 0.0;
+    for (std::int64_t i = g.rank(); i < Hs; i += g.size()) a += (ty[i] = ty[i] < cy ? ty[i] : cy);
+    for (std::int64_t i = g.rank(); i < Ws; i += g.size()) b += (tx[i] = tx[i] < cx ? tx[i] : cx);
+    const double add_y = (static_cast<double>(Ho) - g.sum(a)) / static_cast<double>(Hs);
+    const double add_x = (static_cast<double>(Wo) - g.sum(b)) / static_cast<double>(Ws);
+    for (std::int64_t i = g.rank(); i < Hs; i += g.size()) ty[i] += add_y;
+    for (std::int64_t i = g.rank(); i < Ws; i += g.size()) tx[i] += add_x;
+    g.sync();
+  }
+  const bool official = opt.mode == GridMode::Official;
+  for (int axis = 0; axis < 2; ++axis) {
+    const double* t = axis == 0 ? ty : tx;
+    double* c = axis == 0 ? cdf_y : cdf_x;
+    const std::int64_t S = axis == 0 ? Hs : Ws, O = axis == 0 ? Ho : Wo;
+    G* out = axis == 0 ? gy : gx;
+    for (std::int64_t i = g.rank(); i < S; i += g.size())
+      c[i] = official ? (i == 0 ? 1.0 : t[i]) : (i == 0 ? 0.0 : 0.5 * (t[i - 1] + t[i]));
+    g.sync();
+    g.inclusive_scan(c, S);
+    for (std::int64_t i = g.rank(); i < O; i += g.size())
+      out[i] = static_cast<G>(official ? official_grid_value(c, S, O, i) : exact_grid_value(c, S, O, i));
+    g.sync();
+  }
+  return fallback;
 }
 
 // ---- counter-based channel choice (SPEC 2) ---------------------------------------------------

@@ -670,11 +670,8 @@ inline MarginalsPre marginals_pre(const std::vector<float>& map, std::int64_t N,
           e = 0.0;
         } else {
           v = tasn::sampler::upsample_at<float, double>(a, h, w, Hs, Ws, y, x);
-          const double sy = tasn::sampler::align_corners_src<double>(y, h, Hs);
-          const double sx = tasn::sampler::align_corners_src<double>(x, w, Ws);
-          const std::int64_t y0 = std::min<std::int64_t>(static_cast<std::int64_t>(sy), h - 1);
-          const std::int64_t x0 = std::min<std::int64_t>(static_cast<std::int64_t>(sx), w - 1);
-          const std::int64_t y1 = std::min(y0 + 1, h - 1), x1 = std::min(x0 + 1, w - 1);
+          const auto ty = tasn::resize_tap<double>(y, h, Hs, true), tx = tasn::resize_tap<double>(x, w, Ws, true);
+          const std::int64_t y0 = ty.i0, y1 = ty.i1, x0 = tx.i0, x1 = tx.i1;
           const double m4 = std::max({std::fabs(double(a[y0 * w + x0])), std::fabs(double(a[y0 * w + x1])),
                                       std::fabs(double(a[y1 * w + x0])), std::fabs(double(a[y1 * w + x1]))});
           e = 2 * gamma(4.0) * m4;

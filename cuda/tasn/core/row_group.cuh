@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
 #include <cub/warp/warp_reduce.cuh>
 
 #include "tasn/core/row_softmax.cuh"
@@ -56,42 +57,72 @@ class BlockRowGroup {
  public:
   static constexpr int kBlockThreads = BLOCK;
   struct TempStorage {
-    typename cub::BlockReduce<float, BLOCK>::TempStorage f;
-    typename cub::BlockReduce<double, BLOCK>::TempStorage d;
-    typename cub::BlockReduce<Stats, BLOCK>::TempStorage s;
+    union {
+      typename cub::BlockReduce<float, BLOCK>::TempStorage f;
+      typename cub::BlockReduce<double, BLOCK>::TempStorage d;
+      typename cub::BlockReduce<Stats, BLOCK>::TempStorage s;
+      typename cub::BlockReduce<int, BLOCK>::TempStorage i;
+      typename cub::BlockScan<double, BLOCK>::TempStorage scan;
+    } u;
     Stats bcast;
     double bcast_d;
+    int bcast_i;
   };
   __device__ explicit BlockRowGroup(TempStorage& t) : t_(t) {}
   __device__ int rank() const { return threadIdx.x; }
   __device__ static constexpr int size() { return BLOCK; }
 
   __device__ float sum(float v) {
-    const float r = cub::BlockReduce<float, BLOCK>(t_.f).Sum(v);
+    const float r = cub::BlockReduce<float, BLOCK>(t_.u.f).Sum(v);
     if (threadIdx.x == 0) t_.bcast.s = r;
     __syncthreads();
     const float out = t_.bcast.s;
     __syncthreads();  // bcast and the CUB storage may be reused right after
     return out;
   }
-  __device__ double sum(double v) {
-    const double r = cub::BlockReduce<double, BLOCK>(t_.d).Sum(v);
-    if (threadIdx.x == 0) t_.bcast_d = r;
+  __device__ double sum(double v) { return bcast(cub::BlockReduce<double, BLOCK>(t_.u.d).Sum(v)); }
+  __device__ double max(double v) {
+    return bcast(cub::BlockReduce<double, BLOCK>(t_.u.d).Reduce(v, [](double a, double b) { return a > b ? a : b; }));
+  }
+  __device__ bool any(bool v) {
+    const int r = cub::BlockReduce<int, BLOCK>(t_.u.i).Reduce(v ? 1 : 0, [](int a, int b) { return a | b; });
+    if (threadIdx.x == 0) t_.bcast_i = r;
     __syncthreads();
-    const double out = t_.bcast_d;
+    const int out = t_.bcast_i;
     __syncthreads();
-    return out;
+    return out != 0;
   }
   __device__ Stats stats(Stats v, float scale) {
-    const Stats r = cub::BlockReduce<Stats, BLOCK>(t_.s).Reduce(v, SoftmaxStatsCombine<float>{scale});
+    const Stats r = cub::BlockReduce<Stats, BLOCK>(t_.u.s).Reduce(v, SoftmaxStatsCombine<float>{scale});
     if (threadIdx.x == 0) t_.bcast = r;
     __syncthreads();
     const Stats out = t_.bcast;
     __syncthreads();
     return out;
   }
+  __device__ void sync() { __syncthreads(); }
+  // In-place inclusive prefix sum of v[0, n) (shared or global memory), BLOCK elements at a time
+  // with a running carry; every thread sees the result on return.
+  __device__ void inclusive_scan(double* v, std::int64_t n) {
+    double carry = 0.0;
+    for (std::int64_t base = 0; base < n; base += BLOCK) {
+      const std::int64_t i = base + threadIdx.x;
+      double x = i < n ? v[i] : 0.0, total;
+      cub::BlockScan<double, BLOCK>(t_.u.scan).InclusiveSum(x, x, total);
+      if (i < n) v[i] = x + carry;
+      carry += total;  // the block aggregate, known to every thread
+      __syncthreads();
+    }
+  }
 
  private:
+  __device__ double bcast(double r) {
+    if (threadIdx.x == 0) t_.bcast_d = r;
+    __syncthreads();
+    const double out = t_.bcast_d;
+    __syncthreads();
+    return out;
+  }
   TempStorage& t_;
 };
 
