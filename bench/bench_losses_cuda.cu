@@ -4,6 +4,8 @@
 // Counters: GB/s of the compulsory traffic (read the logits once, write the gradient once;
 // distillation reads both logit tensors) and x_memcpy = device-to-device memcpy time of the same
 // byte count / kernel time, measured in the same run (1.0 = at the memory-traffic bound).
+// The kernels alone, as before the value checks existed: options.check_finite = false (with it,
+// each call adds a scan of its inputs and one read-back with a stream synchronisation).
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
@@ -26,16 +28,20 @@ void BM_Distillation(benchmark::State& state, RowKernel kernel) {
   TASN_BENCH_REQUIRE_DEVICE(state);
   const std::int64_t n = state.range(0), k = state.range(1);
   Stream stream;
-  const tasn::cuda::Context ctx{stream.get(), nullptr, kernel};
+  const tasn::cuda::testing::ScopedRowKernel forced(kernel);
+  tasn::cuda::Context ctx;
+  ctx.stream = stream.get();
   auto zs = random_device<T>(n * k, -10.f, 10.f, 1), zt = random_device<T>(n * k, -10.f, 10.f, 2);
   DeviceBuffer<T> loss(1), g(n * k);
-  tasn::DistillationOptions opt;
-  const std::size_t wb = tasn::cuda::distillation_workspace_bytes(n, opt.reduction);
+  tasn::DistillationArgs<T> args;
+  args.student = {zs.get(), {n, k}};
+  args.teacher = {zt.get(), {n, k}};
+  args.loss = {loss.get(), {1}};
+  args.dstudent = {g.get(), {n, k}};
+  args.options.check_finite = false;
+  const std::size_t wb = tasn::cuda::workspace_bytes(args);
   DeviceBuffer<unsigned char> ws(wb);
-  auto op = [&] {
-    tasn::cuda::distillation_loss<T>(zs.get(), zt.get(), n, k, opt, loss.get(), g.get(), nullptr, nullptr,
-                                     ws.get(), wb, ctx);
-  };
+  auto op = [&] { tasn::cuda::distillation_loss(ctx, args, {ws.get(), wb}); };
   EventTimer timer(stream.get());
   op();
   const double bytes = 3.0 * n * k * sizeof(T);
@@ -48,20 +54,24 @@ void BM_CrossEntropy(benchmark::State& state, RowKernel kernel) {
   TASN_BENCH_REQUIRE_DEVICE(state);
   const std::int64_t n = state.range(0), k = state.range(1);
   Stream stream;
-  const tasn::cuda::Context ctx{stream.get(), nullptr, kernel};
+  const tasn::cuda::testing::ScopedRowKernel forced(kernel);
+  tasn::cuda::Context ctx;
+  ctx.stream = stream.get();
   auto z = random_device<T>(n * k, -10.f, 10.f, 3);
   std::vector<std::int64_t> y(n);
   for (std::int64_t i = 0; i < n; ++i) y[i] = (i * 7919) % k;
   auto labels = DeviceBuffer<std::int64_t>::from_host(y);
   DeviceBuffer<T> loss(1), g(n * k);
-  tasn::CrossEntropyOptions opt;
-  opt.grad_scale = 0.5;
-  const std::size_t wb = tasn::cuda::cross_entropy_workspace_bytes(n, opt.reduction);
+  tasn::CrossEntropyArgs<T> args;
+  args.logits = {z.get(), {n, k}};
+  args.labels = {labels.get(), {n}};
+  args.loss = {loss.get(), {1}};
+  args.dlogits = {g.get(), {n, k}};
+  args.options.grad_scale = 0.5;
+  args.options.check_finite = false;
+  const std::size_t wb = tasn::cuda::workspace_bytes(args);
   DeviceBuffer<unsigned char> ws(wb);
-  auto op = [&] {
-    tasn::cuda::softmax_cross_entropy<T>(z.get(), labels.get(), n, k, opt, loss.get(), g.get(), nullptr,
-                                         nullptr, ws.get(), wb, ctx);
-  };
+  auto op = [&] { tasn::cuda::softmax_cross_entropy(ctx, args, {ws.get(), wb}); };
   EventTimer timer(stream.get());
   op();
   const double bytes = 2.0 * n * k * sizeof(T);

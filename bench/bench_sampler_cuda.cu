@@ -3,7 +3,13 @@
 //
 // Counters and baselines (measured in the same run):
 //   marginals  fused (no upsampled map in memory) vs materialised (upsample kernel + marginals of
-//              the 512 x 512 maps): x_materialised = materialised time / fused time
+//              the 512 x 512 maps): x_materialised = materialised time / fused time; and the
+//              fused kernels (a block per (sample, 32 rows or columns) with per-block resize-tap
+//              tables, then a normalisation) against the old one-block-per-sample kernel
+//              (bench/sampler_cuda_baseline.cuh): x_old = old time / new time
+//   tap lists  the separable backward's transposed tap lists, one launch with a block per
+//              (sample, axis), against the old kernel (one thread per sample, one launch per
+//              axis): x_old = old time / new time
 //   grid       the block-parallel grid kernel vs a serial per-sample generator (one thread per
 //              sample, as the official PyTorch port): x_serial = serial time / parallel time
 //   sampling   forward and backward in GB/s of the compulsory traffic (image read once + output
@@ -14,10 +20,10 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
 #include <vector>
 
 #include "bench_cuda_common.cuh"
+#include "sampler_cuda_baseline.cuh"
 #include "tasn/attention_sampler.cuh"
 
 namespace {
@@ -26,6 +32,15 @@ using tasn::bench::EventTimer;
 using tasn::bench::random_device;
 using tasn::bench::Stream;
 using tasn::cuda::DeviceBuffer;
+using tasn::Tensor2;
+using tasn::Tensor4;
+
+// The benchmarks time the operators without value checks (no read-back in the timed loop).
+template <class Args>
+Args unchecked(Args a) {
+  a.options.check_finite = false;
+  return a;
+}
 
 constexpr std::int64_t kN = 96, kC = 3, kHi = 512, kWi = 512, kHa = 28, kWa = 28, kO = 224;
 
@@ -78,18 +93,32 @@ void BM_Marginals(benchmark::State& state) {
   const tasn::cuda::Context ctx{stream.get(), nullptr};
   auto att = random_device<float>(kN * kHa * kWa, 0.f, 1.f, 1);
   DeviceBuffer<float> up(kN * kHi * kWi), my(kN * kHi), mx(kN * kWi);
-  auto fused = [&] { tasn::cuda::attention_marginals(att.get(), kN, kHa, kWa, kHi, kWi, my.get(), mx.get(), nullptr, ctx); };
+  const auto fused_args = unchecked(tasn::MarginalsArgs<float>{
+      {att.get(), {kN, kHa, kWa}}, {my.get(), {kN, kHi}}, {mx.get(), {kN, kWi}}, {}, {}});
+  const auto up_args =
+      unchecked(tasn::UpsampleArgs<float>{{att.get(), {kN, kHa, kWa}}, {up.get(), {kN, kHi, kWi}}, {}});
+  const auto mat_args = unchecked(tasn::MarginalsArgs<float>{
+      {up.get(), {kN, kHi, kWi}}, {my.get(), {kN, kHi}}, {mx.get(), {kN, kWi}}, {}, {}});
+  auto fused = [&] { tasn::cuda::attention_marginals(ctx, fused_args); };
   auto materialised = [&] {
-    tasn::cuda::upsample_bilinear(att.get(), kN, kHa, kWa, kHi, kWi, false, up.get(), ctx);
-    tasn::cuda::attention_marginals(up.get(), kN, kHi, kWi, kHi, kWi, my.get(), mx.get(), nullptr, ctx);
+    tasn::cuda::upsample_bilinear(ctx, up_args);
+    tasn::cuda::attention_marginals(ctx, mat_args);
+  };
+  auto old = [&] {
+    tasn::bench::sampler_baseline::marginals_kernel<<<kN, tasn::cuda::sampler_kernels::kBlock, 0, stream.get()>>>(
+        att.get(), kHa, kWa, kHi, kWi, my.get(), mx.get(), nullptr);
   };
   EventTimer timer(stream.get());
   fused();
   materialised();
+  old();
   const double mat = timer.best_of(5, materialised);
+  const double old_s = timer.best_of(5, old);
   const double sec = tasn::bench::run_timed(state, timer, fused);
   state.counters["materialised_us"] = mat * 1e6;
   state.counters["x_materialised"] = mat / sec;
+  state.counters["old_us"] = old_s * 1e6;
+  state.counters["x_old"] = old_s / sec;
 }
 
 void BM_Grid(benchmark::State& state) {
@@ -100,8 +129,9 @@ void BM_Grid(benchmark::State& state) {
   DeviceBuffer<float> gy(kN * kO), gx(kN * kO);
   DeviceBuffer<double> scratch(kN * 4 * kHi);
   tasn::GridOptions opt;
-  opt.out_h = opt.out_w = kO;
-  auto parallel = [&] { tasn::cuda::sampling_grid(my.get(), mx.get(), kN, kHi, kWi, opt, gy.get(), gx.get(), ctx); };
+  const auto args = unchecked(tasn::GridArgs<float>{
+      {my.get(), {kN, kHi}}, {mx.get(), {kN, kWi}}, {gy.get(), {kN, kO}}, {gx.get(), {kN, kO}}, opt});
+  auto parallel = [&] { tasn::cuda::sampling_grid(ctx, args); };
   auto serial = [&] {
     serial_grid_kernel<<<(kN + 31) / 32, 32, 0, stream.get()>>>(my.get(), mx.get(), kN, kHi, kO, opt.dense, opt.iters,
                                                            scratch.get(), gy.get(), gx.get());
@@ -126,32 +156,34 @@ void BM_Sample(benchmark::State& state, bool backward) {
   // a realistic non-uniform grid: the structure grid of random attention
   auto att = random_device<float>(kN * kHa * kWa, 0.f, 1.f, 6);
   DeviceBuffer<float> my(kN * kHi), mx(kN * kWi), gy(kN * kO), gx(kN * kO), grid(kN * kO * kO * 2);
-  tasn::GridOptions opt;
-  opt.out_h = opt.out_w = kO;
-  tasn::cuda::attention_marginals(att.get(), kN, kHa, kWa, kHi, kWi, my.get(), mx.get(), nullptr, ctx);
-  tasn::cuda::sampling_grid(my.get(), mx.get(), kN, kHi, kWi, opt, gy.get(), gx.get(), ctx);
+  tasn::cuda::attention_marginals(ctx, unchecked(tasn::MarginalsArgs<float>{
+                                          {att.get(), {kN, kHa, kWa}}, {my.get(), {kN, kHi}}, {mx.get(), {kN, kWi}}, {}, {}}));
+  tasn::cuda::sampling_grid(ctx, unchecked(tasn::GridArgs<float>{
+                                     {my.get(), {kN, kHi}}, {mx.get(), {kN, kWi}}, {gy.get(), {kN, kO}}, {gx.get(), {kN, kO}}, {}}));
   {  // the same grid in general form
     const auto hy = gy.to_host(), hx = gx.to_host();
     std::vector<float> hg(kN * kO * kO * 2);
     tasn::detail::separable_to_general_grid(hy.data(), hx.data(), kN, kO, kO, hg.data());
     grid = DeviceBuffer<float>::from_host(hg);
   }
-  const std::size_t wsb = std::max(tasn::cuda::sample_separable_backward_workspace_bytes(kN, kC, kHi, kWi, kO, kO),
-                                   tasn::cuda::sample_grid_backward_workspace_bytes(kN, kC, kHi, kWi, std::is_same_v<T, float>));
+  const Tensor4<const T> imgv(img.get(), {kN, kC, kHi, kWi}), doutv(dout.get(), {kN, kC, kO, kO});
+  const Tensor2<const float> gyv(gy.get(), {kN, kO}), gxv(gx.get(), {kN, kO});
+  const Tensor4<const float> gridv(grid.get(), {kN, kO, kO, 2});
+  const Tensor4<T> outv(out.get(), {kN, kC, kO, kO}), dimgv(dimg.get(), {kN, kC, kHi, kWi});
+  const auto sep_fwd = unchecked(tasn::SampleSeparableArgs<T>{imgv, gyv, gxv, outv, {}});
+  const auto sep_bwd = unchecked(tasn::SampleSeparableBackwardArgs<T>{doutv, gyv, gxv, dimgv, {}});
+  const auto gen_fwd = unchecked(tasn::SampleGridArgs<T>{imgv, gridv, outv, {}});
+  const auto gen_bwd = unchecked(tasn::SampleGridBackwardArgs<T>{imgv, gridv, doutv, dimgv, {}, {}});
+  const std::size_t wsb = std::max(tasn::cuda::workspace_bytes(sep_bwd), tasn::cuda::workspace_bytes(gen_bwd));
   DeviceBuffer<unsigned char> ws(wsb);
+  const tasn::Workspace w{ws.get(), wsb};
   auto separable = [&] {
-    if (backward)
-      tasn::cuda::sample_separable_backward<T>(dout.get(), kN, kC, kHi, kWi, gy.get(), gx.get(), kO, kO, dimg.get(),
-                                               ws.get(), wsb, ctx);
-    else
-      tasn::cuda::sample_separable<T>(img.get(), kN, kC, kHi, kWi, gy.get(), gx.get(), kO, kO, out.get(), ctx);
+    if (backward) tasn::cuda::sample_separable_backward(ctx, sep_bwd, w);
+    else tasn::cuda::sample_separable(ctx, sep_fwd);
   };
   auto general = [&] {
-    if (backward)
-      tasn::cuda::sample_grid_backward<T>(img.get(), grid.get(), dout.get(), kN, kC, kHi, kWi, kO, kO, dimg.get(),
-                                          nullptr, ws.get(), wsb, ctx);
-    else
-      tasn::cuda::sample_grid<T>(img.get(), kN, kC, kHi, kWi, grid.get(), kO, kO, out.get(), ctx);
+    if (backward) tasn::cuda::sample_grid_backward(ctx, gen_bwd, w);
+    else tasn::cuda::sample_grid(ctx, gen_fwd);
   };
   EventTimer timer(stream.get());
   separable();
@@ -165,12 +197,43 @@ void BM_Sample(benchmark::State& state, bool backward) {
   state.counters["x_general"] = gen / sec;
 }
 
+// The separable backward's tap lists of both axes: the one-launch kernel against the old one
+// (a thread per sample, a launch per axis), on the structure grid of random attention.
+void BM_TapLists(benchmark::State& state) {
+  TASN_BENCH_REQUIRE_DEVICE(state);
+  Stream stream;
+  const tasn::cuda::Context ctx{stream.get(), nullptr};
+  auto att = random_device<float>(kN * kHa * kWa, 0.f, 1.f, 7);
+  DeviceBuffer<float> my(kN * kHi), mx(kN * kWi), gy(kN * kO), gx(kN * kO);
+  tasn::cuda::attention_marginals(ctx, unchecked(tasn::MarginalsArgs<float>{
+                                          {att.get(), {kN, kHa, kWa}}, {my.get(), {kN, kHi}}, {mx.get(), {kN, kWi}}, {}, {}}));
+  tasn::cuda::sampling_grid(ctx, unchecked(tasn::GridArgs<float>{
+                                     {my.get(), {kN, kHi}}, {mx.get(), {kN, kWi}}, {gy.get(), {kN, kO}}, {gx.get(), {kN, kO}}, {}}));
+  DeviceBuffer<int> yo(kN * (kHi + 1)), ye(kN * 2 * kO), xo(kN * (kWi + 1)), xe(kN * 2 * kO);
+  DeviceBuffer<float> yw(kN * 2 * kO), xw(kN * 2 * kO);
+  const tasn::cuda::sampler_kernels::TapLists ly{yo.get(), ye.get(), yw.get()}, lx{xo.get(), xe.get(), xw.get()};
+  auto fresh = [&] { tasn::cuda::detail_sampler::build_tap_lists(ctx, gy.get(), gx.get(), kN, kO, kO, kHi, kWi, ly, lx); };
+  auto old = [&] {
+    namespace b = tasn::bench::sampler_baseline;
+    b::tap_lists_kernel<<<(kN + 63) / 64, 64, 0, stream.get()>>>(gx.get(), kN, kO, kWi, lx);
+    b::tap_lists_kernel<<<(kN + 63) / 64, 64, 0, stream.get()>>>(gy.get(), kN, kO, kHi, ly);
+  };
+  EventTimer timer(stream.get());
+  fresh();
+  old();
+  const double old_s = timer.best_of(5, old);
+  const double sec = tasn::bench::run_timed(state, timer, fresh);
+  state.counters["old_us"] = old_s * 1e6;
+  state.counters["x_old"] = old_s / sec;
+}
+
 void BM_SampleF32(benchmark::State& s, bool b) { BM_Sample<float>(s, b); }
 void BM_SampleF16(benchmark::State& s, bool b) { BM_Sample<__half>(s, b); }
 void BM_SampleBF16(benchmark::State& s, bool b) { BM_Sample<__nv_bfloat16>(s, b); }
 
 BENCHMARK(BM_Marginals)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Grid)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_TapLists)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(BM_SampleF32, forward, false)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(BM_SampleF32, backward, true)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(BM_SampleF16, forward, false)->UseManualTime()->Unit(benchmark::kMicrosecond);

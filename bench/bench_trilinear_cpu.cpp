@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "bench_common.h"
@@ -28,7 +29,7 @@ constexpr std::int64_t kC = 512, kH = 28, kW = 28;
 template <class T>
 void gemms_only(const T* x, const T* dm, T* out, const TrilinearShape& s, bool backward) {
   const std::int64_t C = s.c, P = s.p();
-  auto body = [&](std::int64_t n, bool) {
+  auto body = [&](std::int64_t n, int, bool) {
     Eigen::Map<const RowMatrix<T>> X(x + n * C * P, C, P), dM(dm + n * C * P, C, P);
     Eigen::Map<RowMatrix<T>> O(out + n * C * P, C, P);
     RowMatrix<T> B(C, C);
@@ -51,16 +52,29 @@ void BM_Trilinear(benchmark::State& state, bool backward) {
   const TrilinearShape s{state.range(0), kC, kH, kW};
   const auto x = tasn::bench::filled<T>(s.numel(), 1, T(0), T(3));
   const auto dm = tasn::bench::filled<T>(s.numel(), 2, T(-1), T(1));
-  std::vector<T> m(x.size()), dx(x.size()), saved(tasn::trilinear_saved_elems(s));
-  tasn::cpu::trilinear_attention_forward<T>(x.data(), m.data(), saved.data(), s);  // warm-up
+  const std::int64_t ns = tasn::trilinear_saved_elems(s.n, s.c, s.h, s.w);
+  std::vector<T> m(x.size()), dx(x.size()), saved(static_cast<std::size_t>(ns));
+  const tasn::Tensor4<const T> xv(x.data(), {s.n, s.c, s.h, s.w});
+  const tasn::TrilinearForwardArgs<T> fa{xv, tasn::Tensor4<T>(m.data(), {s.n, s.c, s.h, s.w}),
+                                         tasn::Tensor1<T>(saved.data(), {ns}), {}};
+  const tasn::TrilinearBackwardArgs<T> ba{xv, tasn::Tensor4<const T>(dm.data(), {s.n, s.c, s.h, s.w}),
+                                          tasn::Tensor1<const T>(saved.data(), {ns}),
+                                          tasn::Tensor4<T>(dx.data(), {s.n, s.c, s.h, s.w}), {}};
+  // One workspace for the run (the operator would otherwise allocate its own in every call).
+  const std::size_t wbytes = std::max(tasn::cpu::workspace_bytes(fa), tasn::cpu::workspace_bytes(ba));
+  std::vector<unsigned char> wbuf(wbytes + tasn::detail::kWorkspaceAlign);
+  void* wp = wbuf.data();
+  std::size_t space = wbuf.size();
+  const tasn::Workspace ws{std::align(tasn::detail::kWorkspaceAlign, wbytes, wp, space), wbytes};
+  tasn::cpu::trilinear_attention_forward(fa, ws);  // warm-up
 
   const double gemm_s = tasn::bench::best_seconds(2, [&] { gemms_only<T>(x.data(), dm.data(), m.data(), s, backward); });
   const auto t0 = Clock::now();
   for (auto _ : state) {
     if (backward)
-      tasn::cpu::trilinear_attention_backward<T>(x.data(), dm.data(), saved.data(), dx.data(), s);
+      tasn::cpu::trilinear_attention_backward(ba, ws);
     else
-      tasn::cpu::trilinear_attention_forward<T>(x.data(), m.data(), saved.data(), s);
+      tasn::cpu::trilinear_attention_forward(fa, ws);
     benchmark::ClobberMemory();
   }
   const double per_iter = std::chrono::duration<double>(Clock::now() - t0).count() /
@@ -71,7 +85,7 @@ void BM_Trilinear(benchmark::State& state, bool backward) {
   state.counters["x_gemm"] = per_iter / gemm_s;
   state.counters["threads"] = tasn::cpu::num_threads();
   // Compulsory traffic: x (+ dm) read, m or dx written, S and A read or written.
-  const double bytes = sizeof(T) * double(s.numel() * (backward ? 3 : 2) + tasn::trilinear_saved_elems(s));
+  const double bytes = sizeof(T) * double(s.numel() * (backward ? 3 : 2) + ns);
   state.SetBytesProcessed(static_cast<std::int64_t>(bytes * state.iterations()));
 }
 

@@ -38,21 +38,31 @@ void BM_TrilinearCuda(benchmark::State& state, bool backward) {
   const std::int64_t N = s.n, C = s.c, P = s.p(), ncp = s.numel();
   Stream stream;
   tasn::cuda::CublasHandle cublas;
-  const Context ctx{stream.get(), cublas.get(), RowKernel::Auto};
+  const Context ctx{stream.get(), cublas.get()};
   auto x = random_device<T>(ncp, 0.f, 3.f, 1);
   auto dm = random_device<T>(ncp, -1.f, 1.f, 2);
-  DeviceBuffer<T> m(ncp), dx(ncp), saved(tasn::trilinear_saved_elems(s));
-  const std::size_t wf = tasn::cuda::trilinear_attention_forward_workspace_bytes<T>(s, true);
-  const std::size_t wb = tasn::cuda::trilinear_attention_backward_workspace_bytes<T>(s, true);
+  const std::int64_t ns = tasn::trilinear_saved_elems(N, C, kH, kW);
+  DeviceBuffer<T> m(ncp), dx(ncp), saved(ns);
+  // check_finite = false: the pass alone, as before the value checks existed (with them each call
+  // adds a scan of x (and dm) and one stream synchronisation).
+  tasn::TrilinearAttentionOptions opt;
+  opt.check_finite = false;
+  const tasn::Tensor4<const T> xv(x.get(), {N, C, kH, kW});
+  const tasn::TrilinearForwardArgs<T> fa{xv, tasn::Tensor4<T>(m.get(), {N, C, kH, kW}), tasn::Tensor1<T>(saved.get(), {ns}),
+                                         opt};
+  const tasn::TrilinearBackwardArgs<T> ba{xv, tasn::Tensor4<const T>(dm.get(), {N, C, kH, kW}),
+                                          tasn::Tensor1<const T>(saved.get(), {ns}),
+                                          tasn::Tensor4<T>(dx.get(), {N, C, kH, kW}), opt};
+  const std::size_t wf = tasn::cuda::workspace_bytes(fa);
+  const std::size_t wb = tasn::cuda::workspace_bytes(ba);
   DeviceBuffer<unsigned char> ws(std::max(wf, wb));
   DeviceBuffer<float> f1(N * C * std::max(C, P)), f2(ncp);
-  const tasn::TrilinearAttentionOptions opt;
 
   auto op = [&] {
     if (backward)
-      tasn::cuda::trilinear_attention_backward<T>(x.get(), dm.get(), saved.get(), dx.get(), s, opt, ws.get(), wb, ctx);
+      tasn::cuda::trilinear_attention_backward(ctx, ba, {ws.get(), wb});
     else
-      tasn::cuda::trilinear_attention_forward<T>(x.get(), m.get(), saved.get(), s, opt, ws.get(), wf, ctx);
+      tasn::cuda::trilinear_attention_forward(ctx, fa, {ws.get(), wf});
   };
   const cudaDataType_t t = tasn::cuda::data_type<T>();
   const T* sp = saved.get();
@@ -75,7 +85,7 @@ void BM_TrilinearCuda(benchmark::State& state, bool backward) {
                       1.f, f2.get(), CUDA_R_32F, P, C * P, N);
     }
   };
-  tasn::cuda::trilinear_attention_forward<T>(x.get(), m.get(), saved.get(), s, opt, ws.get(), wf, ctx);
+  tasn::cuda::trilinear_attention_forward(ctx, fa, {ws.get(), wf});
   op();
   gemms();
   EventTimer timer(stream.get());

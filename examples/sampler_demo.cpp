@@ -123,27 +123,57 @@ int main(int argc, char** argv) {
   const auto m = make_maps();
 
   // SPEC 2: structure map (distinct channel sum) and detail map (the detail channel, index 4).
+  // Every operator takes its arguments struct: views (pointer + sizes) and options.
+  using tasn::Tensor1;
+  using tasn::Tensor2;
+  using tasn::Tensor3;
+  using tasn::Tensor4;
   std::vector<float> smap(kA * kA), dmap(kA * kA);
-  tasn::cpu::structure_map<float>(m.data(), 1, kC, kA, kA, true, smap.data());
+  tasn::StructureMapArgs<float> sm{Tensor4<const float>(m.data(), {1, kC, kA, kA}), Tensor3<float>(smap.data(), {1, kA, kA}), {}};
+  sm.options.distinct = true;
+  tasn::cpu::structure_map(sm);
   const std::int64_t detail_channel = 4;
-  tasn::cpu::detail_map<float>(m.data(), 1, kC, kA, kA, true, &detail_channel, 0, dmap.data());
+  tasn::DetailMapArgs<float> dm{};
+  dm.m = sm.m;
+  dm.channels = Tensor1<const std::int64_t>(&detail_channel, {1});
+  dm.out = Tensor3<float>(dmap.data(), {1, kA, kA});
+  tasn::cpu::detail_map(dm);
 
-  // SPEC 3: upsample to the image size, marginals, grid (exact mode, dense 4, 5 iterations), sample.
-  tasn::AttentionSampleOptions opt;
-  opt.grid.out_h = opt.grid.out_w = kOut;
+  // SPEC 3: upsample to the image size, marginals, grid (exact mode, dense 4, 5 iterations), sample
+  // to the size of the output view (kOut x kOut).
   std::vector<float> structure(3 * kOut * kOut), detail(3 * kOut * kOut), uniform(3 * kOut * kOut);
   std::vector<float> sgy(kOut), sgx(kOut), dgy(kOut), dgx(kOut);
-  opt.squared = true;  // the official structure map is squared after upsampling
-  tasn::cpu::attention_sample<float>(img.data(), 1, 3, kS, kS, smap.data(), kA, kA, opt, structure.data(), sgy.data(), sgx.data());
-  opt.squared = false;
-  tasn::cpu::attention_sample<float>(img.data(), 1, 3, kS, kS, dmap.data(), kA, kA, opt, detail.data(), dgy.data(), dgx.data());
+  tasn::AttentionSampleArgs<float> as{};
+  as.img = Tensor4<const float>(img.data(), {1, 3, kS, kS});
+  as.attention = Tensor3<const float>(smap.data(), {1, kA, kA});
+  as.out = Tensor4<float>(structure.data(), {1, 3, kOut, kOut});
+  as.gy = Tensor2<float>(sgy.data(), {1, kOut});
+  as.gx = Tensor2<float>(sgx.data(), {1, kOut});
+  as.options.squared = true;  // the official structure map is squared after upsampling
+  tasn::cpu::attention_sample(as);
+  as.attention = Tensor3<const float>(dmap.data(), {1, kA, kA});
+  as.out = Tensor4<float>(detail.data(), {1, 3, kOut, kOut});
+  as.gy = Tensor2<float>(dgy.data(), {1, kOut});
+  as.gx = Tensor2<float>(dgx.data(), {1, kOut});
+  as.options.squared = false;
+  tasn::cpu::attention_sample(as);
+  const tasn::AttentionSampleOptions& opt = as.options;
   std::vector<float> lin(kOut);
   for (int i = 0; i < kOut; ++i) lin[i] = -1.f + 2.f * i / (kOut - 1);
-  tasn::cpu::sample_separable<float>(img.data(), 1, 3, kS, kS, lin.data(), lin.data(), kOut, kOut, uniform.data());
+  tasn::cpu::sample_separable(tasn::SampleSeparableArgs<float>{Tensor4<const float>(img.data(), {1, 3, kS, kS}),
+                                                               Tensor2<const float>(lin.data(), {1, kOut}),
+                                                               Tensor2<const float>(lin.data(), {1, kOut}),
+                                                               Tensor4<float>(uniform.data(), {1, 3, kOut, kOut}),
+                                                               {}});
 
   std::vector<float> sup(kS * kS), dup(kS * kS);
-  tasn::cpu::upsample_bilinear<float>(smap.data(), 1, kA, kA, kS, kS, true, sup.data());
-  tasn::cpu::upsample_bilinear<float>(dmap.data(), 1, kA, kA, kS, kS, false, dup.data());
+  tasn::UpsampleArgs<float> up{Tensor3<const float>(smap.data(), {1, kA, kA}), Tensor3<float>(sup.data(), {1, kS, kS}), {}};
+  up.options.squared = true;
+  tasn::cpu::upsample_bilinear(up);
+  up.in = Tensor3<const float>(dmap.data(), {1, kA, kA});
+  up.out = Tensor3<float>(dup.data(), {1, kS, kS});
+  up.options.squared = false;
+  tasn::cpu::upsample_bilinear(up);
   write_png(dir + "/input.png", to_rgb(img, kS, kS), kS, kS);
   write_png(dir + "/attention_structure.png", heat(sup, kS, kS), kS, kS);
   write_png(dir + "/attention_detail.png", heat(dup, kS, kS), kS, kS);

@@ -116,10 +116,11 @@ int main(int argc, char** argv) {
   const int G = static_cast<int>(blobs.size());
   std::mt19937 rng(7);
   const auto x = make_features(C, H, W, blobs, rng);
-  const tasn::TrilinearShape s{1, C, H, W};
-  std::vector<float> m(x.size()), saved(tasn::trilinear_saved_elems(s));
-  tasn::cpu::trilinear_attention_forward<float>(x.data(), m.data(), saved.data(), s);
-  const float* A = saved.data() + s.numel();
+  std::vector<float> m(x.size()), saved(tasn::trilinear_saved_elems(1, C, H, W));
+  tasn::cpu::trilinear_attention_forward(tasn::TrilinearForwardArgs<float>{
+      tasn::Tensor4<const float>(x.data(), {1, C, H, W}), tasn::Tensor4<float>(m.data(), {1, C, H, W}),
+      tasn::Tensor1<float>(saved.data(), {static_cast<std::int64_t>(saved.size())}), {}});
+  const float* A = saved.data() + x.size();
 
   std::printf("trilinear attention on generated features: N=1, C=%d in %d groups, %dx%d, beta=7\n",
               C, G, H, W);
@@ -157,19 +158,20 @@ int main(int argc, char** argv) {
   print_map("channel 0 of M (its attention map)", &m[0], H, W);
 
   // ---- 2. how fast: TASN size ------------------------------------------------------------
-  const tasn::TrilinearShape big{batch, 512, 28, 28};
-  std::vector<float> xb(big.numel()), mb(big.numel()), dxb(big.numel()),
-      sb(tasn::trilinear_saved_elems(big));
+  const std::int64_t nb = batch, numel = nb * 512 * 28 * 28, ns = tasn::trilinear_saved_elems(nb, 512, 28, 28);
+  std::vector<float> xb(numel), mb(numel), dxb(numel), sb(ns);
   std::uniform_real_distribution<float> u(0.f, 3.f);
   for (auto& v : xb) v = u(rng);
   std::vector<float> dmb(xb.rbegin(), xb.rend());
-  const double fwd = best_seconds(3, [&] {
-    tasn::cpu::trilinear_attention_forward<float>(xb.data(), mb.data(), sb.data(), big);
-  });
-  const double bwd = best_seconds(3, [&] {
-    tasn::cpu::trilinear_attention_backward<float>(xb.data(), dmb.data(), sb.data(), dxb.data(), big);
-  });
-  const double gemm_flop = 2.0 * big.n * 512.0 * 512.0 * big.p();
+  const tasn::Tensor4<const float> xv(xb.data(), {nb, 512, 28, 28});
+  const tasn::TrilinearForwardArgs<float> fa{xv, tasn::Tensor4<float>(mb.data(), {nb, 512, 28, 28}),
+                                             tasn::Tensor1<float>(sb.data(), {ns}), {}};
+  const tasn::TrilinearBackwardArgs<float> ba{xv, tasn::Tensor4<const float>(dmb.data(), {nb, 512, 28, 28}),
+                                              tasn::Tensor1<const float>(sb.data(), {ns}),
+                                              tasn::Tensor4<float>(dxb.data(), {nb, 512, 28, 28}), {}};
+  const double fwd = best_seconds(3, [&] { tasn::cpu::trilinear_attention_forward(fa); });
+  const double bwd = best_seconds(3, [&] { tasn::cpu::trilinear_attention_backward(ba); });
+  const double gemm_flop = 2.0 * double(nb) * 512.0 * 512.0 * 28.0 * 28.0;
   std::printf("\nCPU speed at the TASN size N=%d, C=512, 28x28, float, %d threads:\n", batch,
               tasn::cpu::num_threads());
   std::printf("  forward  %8.2f ms  %6.1f GFLOP/s  (2 GEMMs + 2 softmaxes)\n", fwd * 1e3, 2 * gemm_flop / fwd * 1e-9);

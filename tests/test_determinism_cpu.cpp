@@ -13,6 +13,7 @@
 #include <random>
 #include <vector>
 
+#include "support/loss_calls.h"
 #include "tasn/attention_sampler.h"
 #include "tasn/core/softmax_cpu.h"
 #include "tasn/core/vec_cpu.h"
@@ -150,8 +151,12 @@ TYPED_TEST(DeterminismCpu, TrilinearAttention) {
     Shifted<T> x(x0, off), m(std::vector<T>(numel), (off + 3) % kOffsets),
         saved(std::vector<T>(saved_n), (off + 9) % kOffsets), dm(dm0, (off * 7) % kOffsets),
         dx(std::vector<T>(numel), (off + 1) % kOffsets);
-    tasn::cpu::trilinear_attention_forward(x.data(), m.data(), saved.data(), shape);
-    tasn::cpu::trilinear_attention_backward(x.data(), dm.data(), saved.data(), dx.data(), shape);
+    const tasn::Tensor4<const T> xv(x.data(), {shape.n, shape.c, shape.h, shape.w});
+    tasn::cpu::trilinear_attention_forward(tasn::TrilinearForwardArgs<T>{
+        xv, tasn::Tensor4<T>(m.data(), {shape.n, shape.c, shape.h, shape.w}), tasn::Tensor1<T>(saved.data(), {saved_n}), {}});
+    tasn::cpu::trilinear_attention_backward(tasn::TrilinearBackwardArgs<T>{
+        xv, tasn::Tensor4<const T>(dm.data(), {shape.n, shape.c, shape.h, shape.w}),
+        tasn::Tensor1<const T>(saved.data(), {saved_n}), tasn::Tensor4<T>(dx.data(), {shape.n, shape.c, shape.h, shape.w}), {}});
     return std::vector<std::vector<T>>{m.values(), saved.values(), dx.values()};
   }, "trilinear attention");
 }
@@ -169,8 +174,8 @@ TYPED_TEST(DeterminismCpu, Losses) {
     Shifted<T> s(s0, off), t(t0, (off + 5) % kOffsets), ds(std::vector<T>(n * k), (off * 3) % kOffsets),
         dt(std::vector<T>(n * k), (off + 2) % kOffsets), dl(std::vector<T>(n * k), (off + 13) % kOffsets);
     T dloss = 0, closs = 0;
-    tasn::cpu::distillation_loss(s.data(), t.data(), n, k, dopt, &dloss, ds.data(), dt.data());
-    tasn::cpu::softmax_cross_entropy(s.data(), labels.data(), n, k, copt, &closs, dl.data());
+    tasn::cpu::distillation_loss(tasn::test::distillation_args(s.data(), t.data(), n, k, dopt, &dloss, ds.data(), dt.data()));
+    tasn::cpu::softmax_cross_entropy(tasn::test::cross_entropy_args(s.data(), labels.data(), n, k, copt, &closs, dl.data()));
     return std::vector<std::vector<T>>{{dloss}, ds.values(), dt.values(), {closs}, dl.values()};
   }, "losses");
 }
@@ -178,9 +183,8 @@ TYPED_TEST(DeterminismCpu, Losses) {
 TYPED_TEST(DeterminismCpu, AttentionSampler) {
   using T = TypeParam;
   const std::int64_t N = 2, C = 3, Hi = 19, Wi = 23, Ha = 5, Wa = 6;
+  const std::int64_t Ho = 11, Wo = 13;
   tasn::AttentionSampleOptions opt;
-  opt.grid.out_h = 11;
-  opt.grid.out_w = 13;
   opt.squared = true;
   const auto img0 = random_values<T>(N * C * Hi * Wi, 11), att0 = random_values<T>(N * Ha * Wa, 12, 0.0, 1.0),
              dout0 = random_values<T>(N * C * 11 * 13, 13);
@@ -188,8 +192,16 @@ TYPED_TEST(DeterminismCpu, AttentionSampler) {
     Shifted<T> img(img0, off), att(att0, (off + 4) % kOffsets), out(std::vector<T>(N * C * 11 * 13), (off * 5) % kOffsets),
         gy(std::vector<T>(N * 11), (off + 6) % kOffsets), gx(std::vector<T>(N * 13), (off + 8) % kOffsets),
         dout(dout0, (off * 9) % kOffsets), dimg(std::vector<T>(N * C * Hi * Wi), (off + 10) % kOffsets);
-    tasn::cpu::attention_sample(img.data(), N, C, Hi, Wi, att.data(), Ha, Wa, opt, out.data(), gy.data(), gx.data());
-    tasn::cpu::sample_separable_backward(dout.data(), N, C, Hi, Wi, gy.data(), gx.data(), 11, 13, dimg.data());
+    tasn::AttentionSampleArgs<T> as{};
+    as.img = {img.data(), {N, C, Hi, Wi}};
+    as.attention = {att.data(), {N, Ha, Wa}};
+    as.out = {out.data(), {N, C, Ho, Wo}};
+    as.gy = {gy.data(), {N, Ho}};
+    as.gx = {gx.data(), {N, Wo}};
+    as.options = opt;
+    tasn::cpu::attention_sample(as);
+    tasn::cpu::sample_separable_backward(tasn::SampleSeparableBackwardArgs<T>{
+        {dout.data(), {N, C, Ho, Wo}}, {gy.data(), {N, Ho}}, {gx.data(), {N, Wo}}, {dimg.data(), {N, C, Hi, Wi}}, {}});
     return std::vector<std::vector<T>>{out.values(), gy.values(), gx.values(), dimg.values()};
   }, "attention sampler");
 }

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <map>
 #include <set>
 #include <string>
@@ -27,6 +28,7 @@
 
 #include "support/gpu_cases.h"
 #include "support/gpu_tolerance.h"
+#include "support/loss_calls.h"
 #include "support/test_support.h"
 #include "tasn/attention_sampler.h"
 #include "tasn/core/softmax_cpu.h"
@@ -340,9 +342,14 @@ TEST(GpuTolerances, TrilinearMatchesCpu) {
         dm.resize(static_cast<std::size_t>(s.numel()));
         const auto got = trilinear_replay(dt, x, dm, s, 7.f, kernel);
         const auto xd = tt::cast_vector<double>(x), dmd = tt::cast_vector<double>(dm);
-        std::vector<double> m(xd.size()), saved(tasn::trilinear_saved_elems(s)), dx(xd.size());
-        tasn::cpu::trilinear_attention_forward<double>(xd.data(), m.data(), saved.data(), s);
-        tasn::cpu::trilinear_attention_backward<double>(xd.data(), dmd.data(), saved.data(), dx.data(), s);
+        const std::int64_t ns = tasn::trilinear_saved_elems(s.n, s.c, s.h, s.w);
+        std::vector<double> m(xd.size()), saved(static_cast<std::size_t>(ns)), dx(xd.size());
+        const tasn::Tensor4<const double> xv(xd.data(), {s.n, s.c, s.h, s.w});
+        tasn::cpu::trilinear_attention_forward(tasn::TrilinearForwardArgs<double>{
+            xv, tasn::Tensor4<double>(m.data(), {s.n, s.c, s.h, s.w}), tasn::Tensor1<double>(saved.data(), {ns}), {}});
+        tasn::cpu::trilinear_attention_backward(tasn::TrilinearBackwardArgs<double>{
+            xv, tasn::Tensor4<const double>(dmd.data(), {s.n, s.c, s.h, s.w}), tasn::Tensor1<const double>(saved.data(), {ns}),
+            tasn::Tensor4<double>(dx.data(), {s.n, s.c, s.h, s.w}), {}});
         const auto pre = tol::trilinear_pre(dt, xd, dmd, s, 7.0, kernel);
         expect_covered("Trilinear m " + tag, got.m, m, dt, pre.m);
         expect_covered("Trilinear dx " + tag, got.dx, dx, dt, pre.dx);
@@ -456,7 +463,7 @@ TEST(GpuTolerances, DistillationMatchesCpu) {
             const auto got = distillation_replay(dt, zs, zt, n, k, opt, up, kernel);
             const auto zsd = tt::cast_vector<double>(zs), ztd = tt::cast_vector<double>(zt), upd = tt::cast_vector<double>(up);
             std::vector<double> loss(tasn::loss_elems(n, red)), gs(n * k), gtt(n * k);
-            tasn::cpu::distillation_loss<double>(zsd.data(), ztd.data(), n, k, opt, loss.data(), gs.data(), gtt.data(), upd.data());
+            tasn::cpu::distillation_loss(tt::distillation_args<double>(zsd.data(), ztd.data(), n, k, opt, loss.data(), gs.data(), gtt.data(), upd.data()));
             const auto pre = tol::distillation_pre(zsd, ztd, n, k, opt, upd, kernel);
             const std::string tag = std::string(dname(dt)) + "/" + kname(kernel) + " K=" + std::to_string(k) +
                                     (kl ? " kl " : " ce ") + tasn::to_string(red);
@@ -521,7 +528,7 @@ TEST(GpuTolerances, CrossEntropyMatchesCpu) {
           const auto zd = tt::cast_vector<double>(z);
           const std::vector<std::int64_t> y64(y.begin(), y.end());
           std::vector<double> loss(tasn::loss_elems(n, red)), gz(n * k);
-          tasn::cpu::softmax_cross_entropy<double>(zd.data(), y64.data(), n, k, opt, loss.data(), gz.data());
+          tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<double>(zd.data(), y64.data(), n, k, opt, loss.data(), gz.data()));
           const auto pre = tol::cross_entropy_pre(zd, y, n, k, opt, kernel);
           const std::string tag = std::string(dname(dt)) + "/" + kname(kernel) + " K=" + std::to_string(k) + " " + tasn::to_string(red);
           expect_covered("CrossEntropy loss " + tag, got.loss, loss, dt, pre.loss);
@@ -551,8 +558,12 @@ float upsample_at_fma(const float* map, std::int64_t h, std::int64_t w, std::int
   return std::fma(fy, r1, (1.f - fy) * r0);
 }
 
-// marginals_kernel: maxima of the (fused) upsampled map, double sums in 256 thread-strided partials
-// folded in reverse, normalised in double, rounded to float.
+// The fused marginals (tasn/attention_sampler.cuh): pass 1 (marginal_maxima_kernel) takes each row's
+// and column's maximum of the upsampled map (starting at +0, v replaces it only when v > max: the
+// order of the chunked blocks does not matter; a row or column holding a non-finite value is NaN);
+// pass 2 (marginal_normalise_kernel) sums each axis in double in the kernel's fixed order - thread t
+// of 256 adds entries t, t + 256, ... in index order, then the partials pairwise, p[t] += p[t + s]
+// for s = 128, 64, ..., 1 - and divides in double, rounded to float.
 void marginals_replay(const std::vector<float>& map, long N, long h, long w, long Hs, long Ws, std::vector<float>& my,
                       std::vector<float>& mx, std::vector<unsigned char>& fb) {
   my.assign(N * Hs, 0.f);
@@ -562,20 +573,28 @@ void marginals_replay(const std::vector<float>& map, long N, long h, long w, lon
     const float* a = map.data() + n * h * w;
     float* ry = my.data() + n * Hs;
     float* rx = mx.data() + n * Ws;
-    bool bad = false;
+    std::vector<unsigned char> bad_y(Hs, 0), bad_x(Ws, 0);
     for (long y = 0; y < Hs; ++y)
       for (long x = 0; x < Ws; ++x) {
         const float v = (Hs == h && Ws == w) ? a[y * w + x] : upsample_at_fma(a, h, w, Hs, Ws, y, x);
-        bad |= !std::isfinite(v);
-        ry[y] = std::fmax(ry[y], v);
-        rx[x] = std::fmax(rx[x], v);
+        if (!std::isfinite(v)) bad_y[y] = bad_x[x] = 1;
+        ry[y] = v > ry[y] ? v : ry[y];
+        rx[x] = v > rx[x] ? v : rx[x];
       }
-    auto mass_of = [](const float* r, long len) {
+    for (long y = 0; y < Hs; ++y)
+      if (bad_y[y]) ry[y] = std::numeric_limits<float>::quiet_NaN();
+    for (long x = 0; x < Ws; ++x)
+      if (bad_x[x]) rx[x] = std::numeric_limits<float>::quiet_NaN();
+    bool bad = false;
+    auto mass_of = [&bad](const float* r, long len) {
       std::vector<double> part(256, 0.0);
-      for (long i = 0; i < len; ++i) part[i % 256] += r[i];
-      double s = 0.0;
-      for (long t = 255; t >= 0; --t) s += part[t];
-      return s;
+      for (long i = 0; i < len; ++i) {
+        bad = bad || !std::isfinite(r[i]);
+        part[i % 256] += static_cast<double>(r[i]);
+      }
+      for (long s = 128; s > 0; s /= 2)
+        for (long t = 0; t < s; ++t) part[t] += part[t + s];
+      return part[0];
     };
     const double my_mass = mass_of(ry, Hs), mx_mass = mass_of(rx, Ws);
     const bool fell = bad || !(my_mass > 0.0) || !(mx_mass > 0.0) || !std::isfinite(my_mass) || !std::isfinite(mx_mass);
@@ -594,7 +613,9 @@ TEST(GpuTolerances, AttentionMapsMatchCpu) {
       for (long c : {3L, 9L, 10L})
         for (long i = 0; i < p; ++i) m[(n * C + c) * p + i] = 0.f;
     std::vector<float> ref(N * p);
-    tasn::cpu::structure_map<float>(m.data(), N, C, h, w, true, ref.data());
+    tasn::StructureMapArgs<float> sm{{m.data(), {N, C, h, w}}, {ref.data(), {N, h, w}}, {}};
+    sm.options.distinct = true;
+    tasn::cpu::structure_map(sm);
     // the device adds the distinct channels in channel order too, but per pixel in a thread: replay
     // the same sum in reverse channel order (another order the bound must cover)
     std::vector<float> got(N * p, 0.f);
@@ -624,7 +645,8 @@ TEST(GpuTolerances, MarginalsAndGridMatchCpu) {
   for (long i = 0; i < h * w; ++i) map[3 * h * w + i] = 0.f;
   std::vector<float> my(N * Hs), mx(N * Ws);
   std::vector<unsigned char> fb(N);
-  tasn::cpu::attention_marginals<float>(map.data(), N, h, w, Hs, Ws, my.data(), mx.data(), fb.data());
+  tasn::cpu::attention_marginals(tasn::MarginalsArgs<float>{
+      {map.data(), {N, h, w}}, {my.data(), {N, Hs}}, {mx.data(), {N, Ws}}, {fb.data(), {N}}, {}});
   std::vector<float> gmy, gmx;
   std::vector<unsigned char> gfb;
   marginals_replay(map, N, h, w, Hs, Ws, gmy, gmx, gfb);
@@ -637,8 +659,10 @@ TEST(GpuTolerances, MarginalsAndGridMatchCpu) {
   legacy.add("Marginals mx", legacy_sampler_ok(gmx, mx, 1e-5, &msg), msg);
   for (auto mode : {tasn::GridMode::Exact, tasn::GridMode::Official}) {
     const tasn::GridOptions opt = tt::gpu_cases::grid_options(mode);
-    std::vector<float> gy(N * opt.out_h), gx(N * opt.out_w);
-    tasn::cpu::sampling_grid<float>(my.data(), mx.data(), N, Hs, Ws, opt, gy.data(), gx.data());
+    const long Ho = tt::gpu_cases::kGridHo, Wo = tt::gpu_cases::kGridWo;
+    std::vector<float> gy(N * Ho), gx(N * Wo);
+    tasn::cpu::sampling_grid(tasn::GridArgs<float>{
+        {my.data(), {N, Hs}}, {mx.data(), {N, Ws}}, {gy.data(), {N, Ho}}, {gx.data(), {N, Wo}}, opt});
     // The device sums in other orders (block reductions and scans) in double: perturb the CPU's input
     // marginals by one double ulp-scale relative amount to replay that, then run the CPU grid.
     std::vector<double> dmy(my.begin(), my.end()), dmx(mx.begin(), mx.end());
@@ -648,7 +672,8 @@ TEST(GpuTolerances, MarginalsAndGridMatchCpu) {
       for (std::size_t i = 0; i < py.size(); ++i) py[i] *= 1.0 + (i % 3 == 0 ? 0x1p-50 : -0x1p-51);
       for (std::size_t i = 0; i < px.size(); ++i) px[i] *= 1.0 + (i % 5 == 0 ? -0x1p-50 : 0x1p-51);
       std::vector<double> oy(gy.size()), ox(gx.size());
-      tasn::cpu::sampling_grid<double>(py.data(), px.data(), N, Hs, Ws, opt, oy.data(), ox.data());
+      tasn::cpu::sampling_grid(tasn::GridArgs<double>{
+          {py.data(), {N, Hs}}, {px.data(), {N, Ws}}, {oy.data(), {N, Ho}}, {ox.data(), {N, Wo}}, opt});
       for (std::size_t i = 0; i < oy.size(); ++i) ry[i] = static_cast<float>(oy[i]);
       for (std::size_t i = 0; i < ox.size(); ++i) rx[i] = static_cast<float>(ox[i]);
     }
@@ -697,8 +722,10 @@ TEST(GpuTolerances, SamplingMatchesCpu) {
     const auto gx = tt::cast_vector<float>(tt::random_tensor(N * Wo, 103, -1.05, 1.05));
     const auto dout = rounded(dt, tt::random_tensor(N * C * Ho * Wo, 104));
     std::vector<float> out(N * C * Ho * Wo), dimg(img.size());
-    tasn::cpu::sample_separable<float>(img.data(), N, C, Hi, Wi, gy.data(), gx.data(), Ho, Wo, out.data());
-    tasn::cpu::sample_separable_backward<float>(dout.data(), N, C, Hi, Wi, gy.data(), gx.data(), Ho, Wo, dimg.data());
+    tasn::cpu::sample_separable(tasn::SampleSeparableArgs<float>{
+        {img.data(), {N, C, Hi, Wi}}, {gy.data(), {N, Ho}}, {gx.data(), {N, Wo}}, {out.data(), {N, C, Ho, Wo}}, {}});
+    tasn::cpu::sample_separable_backward(tasn::SampleSeparableBackwardArgs<float>{
+        {dout.data(), {N, C, Ho, Wo}}, {gy.data(), {N, Ho}}, {gx.data(), {N, Wo}}, {dimg.data(), {N, C, Hi, Wi}}, {}});
     const std::string tag = std::string(" ") + dname(dt);
     std::string msg;
     const auto fwd = separable_replay(dt, img, N, C, Hi, Wi, gy, gx, Ho, Wo);
@@ -734,8 +761,14 @@ TEST(GpuTolerances, SamplingMatchesCpu) {
     // general grid
     const auto grid = tt::cast_vector<float>(tt::random_tensor(N * Ho * Wo * 2, 105, -1.1, 1.1));
     std::vector<float> out2(out.size()), dimg2(img.size()), dgrid(grid.size());
-    tasn::cpu::sample_grid<float>(img.data(), N, C, Hi, Wi, grid.data(), Ho, Wo, out2.data());
-    tasn::cpu::sample_grid_backward<float>(img.data(), grid.data(), dout.data(), N, C, Hi, Wi, Ho, Wo, dimg2.data(), dgrid.data());
+    tasn::cpu::sample_grid(tasn::SampleGridArgs<float>{
+        {img.data(), {N, C, Hi, Wi}}, {grid.data(), {N, Ho, Wo, 2}}, {out2.data(), {N, C, Ho, Wo}}, {}});
+    tasn::cpu::sample_grid_backward(tasn::SampleGridBackwardArgs<float>{{img.data(), {N, C, Hi, Wi}},
+                                                                       {grid.data(), {N, Ho, Wo, 2}},
+                                                                       {dout.data(), {N, C, Ho, Wo}},
+                                                                       {dimg2.data(), {N, C, Hi, Wi}},
+                                                                       {dgrid.data(), {N, Ho, Wo, 2}},
+                                                                       {}});
     std::vector<float> gf(out2.size());
     const long P = Ho * Wo;
     for (long nc = 0; nc < N * C; ++nc)
@@ -787,14 +820,23 @@ TEST(GpuTolerances, AttentionSampleMatchesCpu) {
   Legacy legacy;
   for (Dtype dt : kDtypes) {
     using Case = tt::gpu_cases::AttentionSampleCase;
-    const long N = Case::N, C = Case::C, Hi = Case::Hi, Wi = Case::Wi, Ha = Case::Ha, Wa = Case::Wa;
+    const long N = Case::N, C = Case::C, Hi = Case::Hi, Wi = Case::Wi, Ha = Case::Ha, Wa = Case::Wa, Ho = Case::Ho,
+               Wo = Case::Wo;
     const auto img = rounded(dt, Case::image());
     const auto att = Case::attention();
     for (bool squared : {false, true}) {
       const tasn::AttentionSampleOptions opt = Case::options(squared);
-      std::vector<float> out(N * C * 64 * 80), gy(N * 64), gx(N * 80);
+      std::vector<float> out(N * C * Ho * Wo), gy(N * Ho), gx(N * Wo);
       std::vector<unsigned char> fb(N);
-      tasn::cpu::attention_sample<float>(img.data(), N, C, Hi, Wi, att.data(), Ha, Wa, opt, out.data(), gy.data(), gx.data(), fb.data());
+      tasn::AttentionSampleArgs<float> as{};
+      as.img = {img.data(), {N, C, Hi, Wi}};
+      as.attention = {att.data(), {N, Ha, Wa}};
+      as.out = {out.data(), {N, C, Ho, Wo}};
+      as.gy = {gy.data(), {N, Ho}};
+      as.gx = {gx.data(), {N, Wo}};
+      as.fallback = {fb.data(), {N}};
+      as.options = opt;
+      tasn::cpu::attention_sample(as);
       // replay the device chain: (upsample + square), marginals, grid (double), sampling
       const long Hs = opt.marginal_h(Hi), Ws = opt.marginal_w(Wi);
       std::vector<float> map = att;
@@ -815,15 +857,20 @@ TEST(GpuTolerances, AttentionSampleMatchesCpu) {
       marginals_replay(map, N, h, w, Hs, Ws, my, mx, gfb);
       EXPECT_EQ(gfb, fb);
       std::vector<float> rgy(gy.size()), rgx(gx.size());
-      tasn::cpu::sampling_grid<float>(my.data(), mx.data(), N, Hs, Ws, opt.grid, rgy.data(), rgx.data());
-      const auto got = separable_replay(dt, img, N, C, Hi, Wi, rgy, rgx, 64, 80);
+      tasn::cpu::sampling_grid(tasn::GridArgs<float>{
+          {my.data(), {N, Hs}}, {mx.data(), {N, Ws}}, {rgy.data(), {N, Ho}}, {rgx.data(), {N, Wo}}, opt.grid});
+      const auto got = separable_replay(dt, img, N, C, Hi, Wi, rgy, rgx, Ho, Wo);
       // bounds as the GPU test computes them: marginals of the CPU's map, the CPU grid
       std::vector<float> cmy(N * Hs), cmx(N * Ws);
-      tasn::cpu::attention_marginals<float>(att.data(), N, Ha, Wa, Hs, Ws, cmy.data(), cmx.data());
+      tasn::cpu::attention_marginals(tasn::MarginalsArgs<float>{
+          {att.data(), {N, Ha, Wa}}, {cmy.data(), {N, Hs}}, {cmx.data(), {N, Ws}}, {}, {}});
       if (squared) {
         std::vector<float> up(N * Hs * Ws);
-        tasn::cpu::upsample_bilinear<float>(att.data(), N, Ha, Wa, Hs, Ws, true, up.data());
-        tasn::cpu::attention_marginals<float>(up.data(), N, Hs, Ws, Hs, Ws, cmy.data(), cmx.data());
+        tasn::UpsampleArgs<float> ua{{att.data(), {N, Ha, Wa}}, {up.data(), {N, Hs, Ws}}, {}};
+        ua.options.squared = true;
+        tasn::cpu::upsample_bilinear(ua);
+        tasn::cpu::attention_marginals(tasn::MarginalsArgs<float>{
+            {up.data(), {N, Hs, Ws}}, {cmy.data(), {N, Hs}}, {cmx.data(), {N, Ws}}, {}, {}});
       }
       const auto mp = tol::marginals_pre(att, N, Ha, Wa, Hs, Ws, squared);
       const auto gp = tol::grid_pre(cmy, cmx, N, Hs, Ws, opt.grid, gy, gx, &mp.my, &mp.mx);
@@ -831,7 +878,7 @@ TEST(GpuTolerances, AttentionSampleMatchesCpu) {
       expect_covered("AttentionSample gy" + tag, rgy, as_double(gy), Dtype::F32, gp.gy);
       expect_covered("AttentionSample gx" + tag, rgx, as_double(gx), Dtype::F32, gp.gx);
       expect_covered("AttentionSample image" + tag, got, as_double(out), dt,
-                     tol::separable_forward_pre(img, N, C, Hi, Wi, gy, gx, 64, 80, &rgy, &rgx));
+                     tol::separable_forward_pre(img, N, C, Hi, Wi, gy, gx, Ho, Wo, &rgy, &rgx));
       std::string msg;
       legacy.add("AttentionSample gy" + tag, legacy_sampler_ok(rgy, gy, 1e-5, &msg), msg);
       legacy.add("AttentionSample gx" + tag, legacy_sampler_ok(rgx, gx, 1e-5, &msg), msg);

@@ -6,10 +6,13 @@
 #include <limits>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <type_traits>
 #include <vector>
 
+#include "support/loss_calls.h"
 #include "support/reference_losses.h"
 #include "support/test_support.h"
 #include "tasn/losses.h"
@@ -72,7 +75,7 @@ TYPED_TEST(LossesCpu, DistillationMatchesReferenceAndFiniteDifferences) {
     const auto up = tt::random_tensor(nl, 3, 0.5, 1.5);  // upstream gradient
     const auto zs_t = tt::cast_vector<T>(zs), zt_t = tt::cast_vector<T>(zt), up_t = tt::cast_vector<T>(up);
     std::vector<T> loss(nl), gs(n * k), gt(n * k);
-    tasn::cpu::distillation_loss<T>(zs_t.data(), zt_t.data(), n, k, opt, loss.data(), gs.data(), gt.data(), up_t.data());
+    tasn::cpu::distillation_loss(tt::distillation_args<T>(zs_t.data(), zt_t.data(), n, k, opt, loss.data(), gs.data(), gt.data(), up_t.data()));
 
     // loss
     const auto rows = tt::ref_distillation_rows(zs, zt, n, k, c.T, c.kl, c.tsq);
@@ -114,7 +117,7 @@ TYPED_TEST(LossesCpu, CrossEntropyMatchesReferenceAndFiniteDifferences) {
         const auto up = tt::random_tensor(nl, 5, 0.5, 1.5);
         const auto z_t = tt::cast_vector<T>(z), up_t = tt::cast_vector<T>(up);
         std::vector<T> loss(nl), g(n * k);
-        tasn::cpu::softmax_cross_entropy<T>(z_t.data(), y.data(), n, k, opt, loss.data(), g.data(), up_t.data());
+        tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<T>(z_t.data(), y.data(), n, k, opt, loss.data(), g.data(), up_t.data()));
         const auto rows = tt::ref_cross_entropy_rows(z, y, n, k, eps, scale, -1);
         const double valid = 5.0;
         std::vector<double> ref = red == Reduction::None ? rows
@@ -152,7 +155,7 @@ TYPED_TEST(LossesCpu, MatchesPyTorchGolden) {
         opt.kl = kl;
         opt.reduction = Reduction::None;
         std::vector<T> rows(n), gs(n * k), gt(n * k);
-        tasn::cpu::distillation_loss<T>(zs.data(), zt.data(), n, k, opt, rows.data(), gs.data(), gt.data(), w.data());
+        tasn::cpu::distillation_loss(tt::distillation_args<T>(zs.data(), zt.data(), n, k, opt, rows.data(), gs.data(), gt.data(), w.data()));
         auto r = tt::compare(rows, g.at(tag + "_rows").data, atol, rtol);
         EXPECT_TRUE(r.ok) << "rows: " << r.message();
         r = tt::compare(gs, g.at(tag + "_dstudent").data, atol, rtol * 10);
@@ -162,7 +165,7 @@ TYPED_TEST(LossesCpu, MatchesPyTorchGolden) {
         if (kl) {  // F.kl_div(..., reduction="batchmean") is our KL form with mean reduction
           opt.reduction = Reduction::Mean;
           T mean = 0;
-          tasn::cpu::distillation_loss<T>(zs.data(), zt.data(), n, k, opt, &mean, nullptr);
+          tasn::cpu::distillation_loss(tt::distillation_args<T>(zs.data(), zt.data(), n, k, opt, &mean, nullptr));
           EXPECT_NEAR(mean, g.scalar(tag + "_batchmean"), atol + rtol * std::fabs(g.scalar(tag + "_batchmean")));
         }
       }
@@ -180,12 +183,12 @@ TYPED_TEST(LossesCpu, MatchesPyTorchGolden) {
       opt.label_smoothing = eps;  // ignore_index stays -100, as in PyTorch
       opt.reduction = Reduction::None;
       std::vector<T> rows(n), grad(n * k);
-      tasn::cpu::softmax_cross_entropy<T>(z.data(), y.data(), n, k, opt, rows.data(), nullptr);
+      tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<T>(z.data(), y.data(), n, k, opt, rows.data(), nullptr));
       auto r = tt::compare(rows, g.at(tag + "_rows").data, atol, rtol);
       EXPECT_TRUE(r.ok) << "rows: " << r.message();
       opt.reduction = Reduction::Mean;
       T mean = 0;
-      tasn::cpu::softmax_cross_entropy<T>(z.data(), y.data(), n, k, opt, &mean, grad.data());
+      tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<T>(z.data(), y.data(), n, k, opt, &mean, grad.data()));
       EXPECT_NEAR(mean, g.scalar(tag + "_mean"), atol + rtol * std::fabs(g.scalar(tag + "_mean")));
       r = tt::compare(grad, g.at(tag + "_dlogits_mean").data, atol, rtol * 10);
       EXPECT_TRUE(r.ok) << "dlogits: " << r.message();
@@ -207,7 +210,7 @@ TYPED_TEST(LossesCpu, ExtremesStayFinite) {
       opt.t_squared = true;
       opt.reduction = Reduction::None;
       std::vector<T> loss(n), gs(n * k), gt(n * k);
-      tasn::cpu::distillation_loss<T>(zs.data(), zt.data(), n, k, opt, loss.data(), gs.data(), gt.data());
+      tasn::cpu::distillation_loss(tt::distillation_args<T>(zs.data(), zt.data(), n, k, opt, loss.data(), gs.data(), gt.data()));
       for (T v : loss) EXPECT_TRUE(std::isfinite(v)) << "T=" << temp;
       for (std::int64_t i = 0; i < n * k; ++i) {
         ASSERT_TRUE(std::isfinite(gs[i])) << "T=" << temp << " i=" << i;
@@ -221,11 +224,11 @@ TYPED_TEST(LossesCpu, ExtremesStayFinite) {
   opt.kl = true;
   T l = -1;
   std::vector<T> gs(n * k, T(9));
-  tasn::cpu::distillation_loss<T>(same.data(), same.data(), n, k, opt, &l, gs.data());
+  tasn::cpu::distillation_loss(tt::distillation_args<T>(same.data(), same.data(), n, k, opt, &l, gs.data()));
   EXPECT_NEAR(l, 0.0, 1e-6);
   for (T v : gs) EXPECT_NEAR(v, 0.0, 1e-7);
   opt.kl = false;
-  tasn::cpu::distillation_loss<T>(same.data(), same.data(), n, k, opt, &l, nullptr);
+  tasn::cpu::distillation_loss(tt::distillation_args<T>(same.data(), same.data(), n, k, opt, &l, nullptr));
   EXPECT_NEAR(l, std::log(double(k)), 1e-5);
   // K = 1: everything is certain, loss 0, gradient 0.
   std::vector<T> one = {T(5), T(-7)}, two = {T(1e4), T(0)};
@@ -233,17 +236,17 @@ TYPED_TEST(LossesCpu, ExtremesStayFinite) {
   std::vector<T> loss(2), g(2, T(9));
   CrossEntropyOptions ce;
   ce.reduction = Reduction::None;
-  tasn::cpu::softmax_cross_entropy<T>(one.data(), y.data(), 2, 1, ce, loss.data(), g.data());
+  tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<T>(one.data(), y.data(), 2, 1, ce, loss.data(), g.data()));
   EXPECT_EQ(loss[0], T(0));
   EXPECT_EQ(g[1], T(0));
-  tasn::cpu::distillation_loss<T>(one.data(), two.data(), 2, 1, DistillationOptions{}, loss.data(), g.data());
+  tasn::cpu::distillation_loss(tt::distillation_args<T>(one.data(), two.data(), 2, 1, DistillationOptions{}, loss.data(), g.data()));
   EXPECT_EQ(loss[0], T(0));
   EXPECT_EQ(g[0], T(0));
   // Cross-entropy of huge logits: finite, and exactly -log-softmax.
   std::vector<T> big = {T(1e4), T(-1e4), T(0)};
   std::vector<std::int64_t> lab = {1};
   g.assign(3, T(9));
-  tasn::cpu::softmax_cross_entropy<T>(big.data(), lab.data(), 1, 3, ce, loss.data(), g.data());
+  tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<T>(big.data(), lab.data(), 1, 3, ce, loss.data(), g.data()));
   EXPECT_NEAR(loss[0], 2e4, 2e4 * 1e-6);
   EXPECT_NEAR(g[0], 1.0, 1e-6);
   EXPECT_NEAR(g[1], -1.0, 1e-6);  // q - onehot at the label
@@ -255,7 +258,7 @@ TEST(LossesCpu, MeanOverAllIgnoredRowsIsZero) {
   const std::vector<std::int64_t> y = {-100, -100};
   double loss = -1;
   std::vector<double> g(6, 9.0);
-  tasn::cpu::softmax_cross_entropy<double>(z.data(), y.data(), 2, 3, CrossEntropyOptions{}, &loss, g.data());
+  tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<double>(z.data(), y.data(), 2, 3, CrossEntropyOptions{}, &loss, g.data()));
   EXPECT_EQ(loss, 0.0);
   for (double v : g) EXPECT_EQ(v, 0.0);
 }
@@ -269,7 +272,7 @@ TEST(LossesCpu, TopkCorrect) {
                                 5, 4, 3, 2, 1};
   const std::vector<std::int64_t> y = {0, 2, 1, -100, 4};
   std::vector<std::int64_t> c(5, -1);
-  tasn::cpu::topk_correct<float>(z.data(), y.data(), 5, 5, 5, -100, c.data());
+  tasn::cpu::topk_correct(tt::topk_args<float>(z.data(), y.data(), 5, 5, 5, -100, c.data()));
   EXPECT_EQ(c, (std::vector<std::int64_t>{2, 2, 3, 3, 4}));
   // NaN: at the label the row is never correct; elsewhere it ranks above the label
   const float nan = std::numeric_limits<float>::quiet_NaN();
@@ -277,7 +280,7 @@ TEST(LossesCpu, TopkCorrect) {
                                  3, nan, 1};
   const std::vector<std::int64_t> yn = {0, 0};
   std::vector<std::int64_t> cn(5, -1);  // max_k > k: the NaN row is still never counted
-  tasn::cpu::topk_correct<float>(zn.data(), yn.data(), 2, 3, 5, -100, cn.data());
+  tasn::cpu::topk_correct(tt::topk_args<float>(zn.data(), yn.data(), 2, 3, 5, -100, cn.data()));
   EXPECT_EQ(cn, (std::vector<std::int64_t>{0, 1, 1, 1, 1}));
 }
 
@@ -290,79 +293,314 @@ TEST(LossesCpuErrors, BadInputs) {
   ce.reduction = Reduction::None;
   // label out of range, at the last row: nothing may have been written
   y[3] = 3;
-  std::string msg = tt::invalid_argument_message([&] { tasn::cpu::softmax_cross_entropy<float>(z.data(), y.data(), 4, 3, ce, out.data(), out.data() ); });
-  EXPECT_NE(msg.find("labels[3] = 3 is out of range [0, 3)"), std::string::npos) << msg;
+  std::string msg = tt::invalid_argument_message([&] { tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<float>(z.data(), y.data(), 4, 3, ce, out.data(), out.data() )); });
+  EXPECT_EQ(msg, "softmax_cross_entropy: labels[3] = 3 is out of range [0, 3) and is not ignore_index (-100)");
   for (float v : out) EXPECT_EQ(v, 7.f);
   y[3] = -5;
-  msg = tt::invalid_argument_message([&] { tasn::cpu::softmax_cross_entropy<float>(z.data(), y.data(), 4, 3, ce, out.data(), nullptr); });
+  msg = tt::invalid_argument_message([&] { tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<float>(z.data(), y.data(), 4, 3, ce, out.data(), nullptr)); });
   EXPECT_NE(msg.find("labels[3] = -5"), std::string::npos) << msg;
+  std::vector<std::int64_t> c(2, -1);
+  msg = tt::invalid_argument_message([&] { tasn::cpu::topk_correct(tt::topk_args<float>(z.data(), y.data(), 4, 3, 2, -100, c.data())); });
+  EXPECT_EQ(msg, "topk_correct: labels[3] = -5 is out of range [0, 3) and is not ignore_index (-100)");
+  EXPECT_EQ(c, (std::vector<std::int64_t>{-1, -1}));
   y[3] = 0;
   // N or K zero
-  msg = tt::invalid_argument_message([&] { tasn::cpu::softmax_cross_entropy<float>(z.data(), y.data(), 0, 3, ce, out.data(), nullptr); });
-  EXPECT_NE(msg.find("(N, K) with N >= 1 and K >= 1, got (0, 3)"), std::string::npos) << msg;
-  msg = tt::invalid_argument_message([&] { tasn::cpu::distillation_loss<float>(z.data(), z.data(), 4, 0, DistillationOptions{}, out.data(), nullptr); });
-  EXPECT_NE(msg.find("got (4, 0)"), std::string::npos) << msg;
+  msg = tt::invalid_argument_message([&] { tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<float>(z.data(), y.data(), 0, 3, ce, out.data(), nullptr)); });
+  EXPECT_EQ(msg, "softmax_cross_entropy: logits must have shape (N, K) with every size >= 1, got (0, 3)");
+  msg = tt::invalid_argument_message([&] { tasn::cpu::distillation_loss(tt::distillation_args<float>(z.data(), z.data(), 4, 0, DistillationOptions{}, out.data(), nullptr)); });
+  EXPECT_EQ(msg, "distillation_loss: student must have shape (N, K) with every size >= 1, got (4, 0)");
   // temperature
   for (double t : {0.0, -1.0, std::nan(""), double(INFINITY)}) {
     DistillationOptions opt;
     opt.temperature = t;
-    msg = tt::invalid_argument_message([&] { tasn::cpu::distillation_loss<float>(z.data(), z.data(), 4, 3, opt, out.data(), nullptr); });
+    msg = tt::invalid_argument_message([&] { tasn::cpu::distillation_loss(tt::distillation_args<float>(z.data(), z.data(), 4, 3, opt, out.data(), nullptr)); });
     EXPECT_NE(msg.find("temperature must be finite and > 0"), std::string::npos) << msg;
   }
-  // options, pointers, non-finite inputs
+  // options, absent views, non-finite inputs
   ce.label_smoothing = 1.5;
-  msg = tt::invalid_argument_message([&] { tasn::cpu::softmax_cross_entropy<float>(z.data(), y.data(), 4, 3, ce, out.data(), nullptr); });
+  msg = tt::invalid_argument_message([&] { tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<float>(z.data(), y.data(), 4, 3, ce, out.data(), nullptr)); });
   EXPECT_NE(msg.find("label_smoothing must be in [0, 1], got 1.5"), std::string::npos) << msg;
   ce.label_smoothing = 0;
-  msg = tt::invalid_argument_message([&] { tasn::cpu::softmax_cross_entropy<float>(z.data(), nullptr, 4, 3, ce, out.data(), nullptr); });
-  EXPECT_NE(msg.find("labels is null but must hold 4 elements"), std::string::npos) << msg;
-  msg = tt::invalid_argument_message([&] { tasn::cpu::distillation_loss<float>(z.data(), nullptr, 4, 3, DistillationOptions{}, out.data(), nullptr); });
-  EXPECT_NE(msg.find("teacher is null but must hold 12 elements"), std::string::npos) << msg;
+  msg = tt::invalid_argument_message([&] { tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<float>(z.data(), nullptr, 4, 3, ce, out.data(), nullptr)); });
+  EXPECT_EQ(msg, "softmax_cross_entropy: labels is absent (a null view) but is required");
+  msg = tt::invalid_argument_message([&] { tasn::cpu::distillation_loss(tt::distillation_args<float>(z.data(), nullptr, 4, 3, DistillationOptions{}, out.data(), nullptr)); });
+  EXPECT_EQ(msg, "distillation_loss: teacher is absent (a null view) but is required");
+  msg = tt::invalid_argument_message([&] { tasn::cpu::distillation_loss(tt::distillation_args<float>(nullptr, z.data(), 4, 3, DistillationOptions{}, out.data(), nullptr)); });
+  EXPECT_EQ(msg, "distillation_loss: student is absent (a null view) but is required");
+  msg = tt::invalid_argument_message([&] { tasn::cpu::topk_correct(tt::topk_args<float>(z.data(), y.data(), 4, 3, 2, -100, nullptr)); });
+  EXPECT_EQ(msg, "topk_correct: correct is absent (a null view) but is required");
   z[7] = std::nanf("");
-  msg = tt::invalid_argument_message([&] { tasn::cpu::distillation_loss<float>(z.data(), out.data(), 4, 3, DistillationOptions{}, out.data(), nullptr); });
-  EXPECT_NE(msg.find("student holds a non-finite value"), std::string::npos) << msg;
-  msg = tt::invalid_argument_message([&] { tasn::cpu::topk_correct<float>(out.data(), y.data(), 4, 3, 0, -100, nullptr); });
-  EXPECT_NE(msg.find("max_k must be >= 1"), std::string::npos) << msg;
+  msg = tt::invalid_argument_message([&] { tasn::cpu::distillation_loss(tt::distillation_args<float>(z.data(), out.data(), 4, 3, DistillationOptions{}, out.data(), nullptr)); });
+  EXPECT_EQ(msg, "distillation_loss: student holds a non-finite value (nan) at flat index 7 of 12");
+  msg = tt::invalid_argument_message([&] { tasn::cpu::topk_correct(tt::topk_args<float>(out.data(), y.data(), 4, 3, 0, -100, c.data())); });
+  EXPECT_EQ(msg, "topk_correct: correct must have shape (max_k) with max_k >= 1, got (0)");
 }
 
 }  // namespace
 
 namespace {
 
-TEST(LossesCpuErrors, ShapeMismatchesThroughViews) {
-  using tasn::MatrixView;
-  using tasn::VectorView;
-  std::vector<float> a(4 * 10, 0.f), b(4 * 11, 0.f), g(4 * 10), l(4);
-  DistillationOptions opt;
+// Every view's shape, strides and presence, with messages naming the argument and the sizes; on
+// an error nothing is written.
+TEST(LossesCpuErrors, ShapeErrorsFromViews) {
+  std::vector<float> a(4 * 10, 0.f), b(4 * 11, 0.f), g(4 * 10, 7.f), l(4, 7.f), padded(4 * 20, 0.f);
+  std::vector<std::int64_t> y = {1, 2, 3, 0};
+  auto untouched = [&] {
+    for (float v : g) EXPECT_EQ(v, 7.f);
+    for (float v : l) EXPECT_EQ(v, 7.f);
+  };
+  // distillation: every view against student's (N, K) = (4, 10)
+  auto d = tt::distillation_args<float>(a.data(), a.data(), 4, 10, DistillationOptions{}, l.data(), g.data());
+  auto dist = [&](const tasn::DistillationArgs<float>& args) {
+    return tt::invalid_argument_message([&] { tasn::cpu::distillation_loss(args); });
+  };
+  auto bad = d;
+  bad.teacher = tasn::Tensor2<const float>(b.data(), {4, 11});
+  EXPECT_EQ(dist(bad), "distillation_loss: teacher has shape (4, 11) but (N, K) = (4, 10) is required");
+  bad = d;
+  bad.loss = tasn::Tensor1<float>(l.data(), {4});
+  EXPECT_EQ(dist(bad), "distillation_loss: loss has shape (4) but (1) (reduction mean) = (1) is required");
+  bad.options.reduction = Reduction::None;
+  bad.loss = tasn::Tensor1<float>(l.data(), {3});
+  EXPECT_EQ(dist(bad), "distillation_loss: loss has shape (3) but (N) = (4) is required");
+  bad = d;
+  bad.dstudent = tasn::Tensor2<float>(g.data(), {10, 4});
+  EXPECT_EQ(dist(bad), "distillation_loss: dstudent has shape (10, 4) but (N, K) = (4, 10) is required");
+  bad = d;
+  bad.dteacher = tasn::Tensor2<float>(g.data(), {4, 9});
+  EXPECT_EQ(dist(bad), "distillation_loss: dteacher has shape (4, 9) but (N, K) = (4, 10) is required");
+  bad = d;
+  bad.options.reduction = Reduction::Sum;
+  bad.dloss = tasn::Tensor1<const float>(l.data(), {2});
+  EXPECT_EQ(dist(bad), "distillation_loss: dloss has shape (2) but (1) (reduction sum) = (1) is required");
+  // strides: a row-padded student (a view of columns 0..9 of a (4, 20) buffer) and teacher
+  bad = d;
+  bad.student = tasn::Tensor2<const float>(padded.data(), {4, 10}, {20, 1});
+  EXPECT_EQ(dist(bad), "distillation_loss: student of shape (4, 10) has strides (20, 1); the operator needs it packed row-major");
+  bad = d;
+  bad.teacher = tasn::Tensor2<const float>(padded.data(), {4, 10}, {1, 4});  // column-major
+  EXPECT_EQ(dist(bad), "distillation_loss: teacher of shape (4, 10) has strides (1, 4); the operator needs it packed row-major");
+  bad = d;
+  bad.dstudent = tasn::Tensor2<float>(g.data(), {4, 10}, {10, 2});
+  EXPECT_EQ(dist(bad), "distillation_loss: dstudent of shape (4, 10) has strides (10, 2); the operator needs it packed row-major");
+  bad = d;
+  bad.student = {};
+  EXPECT_EQ(dist(bad), "distillation_loss: student is absent (a null view) but is required");
+  untouched();
+
+  // cross-entropy: against logits' (N, K)
+  auto c = tt::cross_entropy_args<float>(a.data(), y.data(), 4, 10, CrossEntropyOptions{}, l.data(), g.data());
+  auto cross = [&](const tasn::CrossEntropyArgs<float>& args) {
+    return tt::invalid_argument_message([&] { tasn::cpu::softmax_cross_entropy(args); });
+  };
+  auto cb = c;
+  cb.labels = tasn::Tensor1<const std::int64_t>(y.data(), {3});
+  EXPECT_EQ(cross(cb), "softmax_cross_entropy: labels has shape (3) but (N) = (4) is required");
+  cb = c;
+  cb.labels = tasn::Tensor1<const std::int64_t>(y.data(), {4}, {2});
+  EXPECT_EQ(cross(cb), "softmax_cross_entropy: labels of shape (4) has strides (2); the operator needs it packed row-major");
+  cb = c;
+  cb.dlogits = tasn::Tensor2<float>(g.data(), {5, 10});
+  EXPECT_EQ(cross(cb), "softmax_cross_entropy: dlogits has shape (5, 10) but (N, K) = (4, 10) is required");
+  cb = c;
+  cb.logits = {};
+  EXPECT_EQ(cross(cb), "softmax_cross_entropy: logits is absent (a null view) but is required");
+  cb = c;
+  cb.labels = {};
+  EXPECT_EQ(cross(cb), "softmax_cross_entropy: labels is absent (a null view) but is required");
+  untouched();
+
+  // top-k
+  std::vector<std::int64_t> cnt(3, -1);
+  auto t = tt::topk_args<float>(a.data(), y.data(), 4, 10, 3, -100, cnt.data());
+  auto topk = [&](const tasn::TopkArgs<float>& args) {
+    return tt::invalid_argument_message([&] { tasn::cpu::topk_correct(args); });
+  };
+  auto tb = t;
+  tb.labels = tasn::Tensor1<const std::int64_t>(y.data(), {5});
+  EXPECT_EQ(topk(tb), "topk_correct: labels has shape (5) but (N) = (4) is required");
+  tb = t;
+  tb.correct = tasn::Tensor1<std::int64_t>(cnt.data(), {2}, {-1});
+  EXPECT_EQ(topk(tb), "topk_correct: correct of shape (2) has strides (-1); the operator needs it packed row-major");
+  tb = t;
+  tb.logits = tasn::Tensor2<const float>(padded.data(), {4, 10}, {20, 1});
+  EXPECT_EQ(topk(tb), "topk_correct: logits of shape (4, 10) has strides (20, 1); the operator needs it packed row-major");
+  EXPECT_EQ(cnt, (std::vector<std::int64_t>{-1, -1, -1}));
+
+  // matching views run, and a batch slice of packed views is packed again
+  float whole = 0, half = 0;
+  tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<float>(a.data(), y.data(), 4, 10, CrossEntropyOptions{}, &whole, nullptr));
+  EXPECT_NEAR(whole, std::log(10.0), 1e-6);
+  tasn::CrossEntropyArgs<float> s;
+  s.logits = tasn::Tensor2<const float>(a.data(), {4, 10}).slice(2, 4);
+  s.labels = tasn::Tensor1<const std::int64_t>(y.data(), {4}).slice(2, 4);
+  s.loss = tasn::Tensor1<float>(&half, {1});
+  tasn::cpu::softmax_cross_entropy(s);
+  EXPECT_EQ(half, whole);
+}
+
+// Caller workspaces: the same bits as the operator's own; too small, null or misaligned ones are
+// refused before anything is written; workspace_bytes(args) is exactly what the call uses.
+template <class Args, class Op>
+void expect_workspace_contract(const Args& args, Op&& op, const char* name, const std::vector<std::vector<float>*>& outs) {
+  SCOPED_TRACE(name);
+  for (auto* o : outs) std::fill(o->begin(), o->end(), 0.f);
+  op(args, tasn::Workspace{});
+  std::vector<std::vector<float>> own;
+  for (auto* o : outs) own.push_back(*o);
+  const std::size_t need = tasn::cpu::workspace_bytes(args);
+  ASSERT_GT(need, 0u);
+  ASSERT_EQ(need % tasn::detail::kWorkspaceAlign, 0u);
+  const std::size_t extra = 512;
+  auto* buf = static_cast<unsigned char*>(std::aligned_alloc(tasn::detail::kWorkspaceAlign, need + extra + 256));
+  ASSERT_NE(buf, nullptr);
+  std::memset(buf, 0xA5, need + extra + 256);
+  for (auto* o : outs) std::fill(o->begin(), o->end(), 0.f);
+  op(args, tasn::Workspace{buf, need + extra});
+  for (std::size_t i = 0; i < outs.size(); ++i)
+    EXPECT_EQ(std::memcmp(outs[i]->data(), own[i].data(), own[i].size() * sizeof(float)), 0) << "output " << i;
+  std::size_t touched_beyond = 0, touched = 0;
+  for (std::size_t i = 0; i < need; ++i) touched += buf[i] != 0xA5;
+  for (std::size_t i = need; i < need + extra + 256; ++i) touched_beyond += buf[i] != 0xA5;
+  EXPECT_EQ(touched_beyond, 0u) << "the call wrote beyond workspace_bytes(args)";
+  EXPECT_GT(touched, 0u);
+  // exactly the size works, one byte less does not
+  EXPECT_NO_THROW(op(args, tasn::Workspace{buf, need}));
+  for (auto* o : outs) std::fill(o->begin(), o->end(), 7.f);
+  const std::string small = tt::invalid_argument_message([&] { op(args, tasn::Workspace{buf, need - 1}); });
+  EXPECT_EQ(small, std::string(name) + ": workspace holds " + std::to_string(need - 1) + " bytes but " +
+                       std::to_string(need) + " are needed (query workspace_bytes(args))");
+  const std::string mis = tt::invalid_argument_message([&] { op(args, tasn::Workspace{buf + 8, need + extra}); });
+  EXPECT_EQ(mis, std::string(name) + ": workspace must be 256-byte aligned (cudaMalloc memory is; on the host use std::aligned_alloc)");
+  for (auto* o : outs)
+    for (float v : *o) EXPECT_EQ(v, 7.f);
+  std::free(buf);
+}
+
+TEST(LossesCpuWorkspace, CallerWorkspaceIsBitIdenticalAndChecked) {
+  const std::int64_t n = 37, k = 300;
+  const auto zs = tt::cast_vector<float>(tt::random_tensor(n * k, 41, -5.0, 5.0));
+  const auto zt = tt::cast_vector<float>(tt::random_tensor(n * k, 42, -5.0, 5.0));
+  std::vector<std::int64_t> y(n);
+  for (std::int64_t i = 0; i < n; ++i) y[i] = i % 7 == 0 ? -100 : (i * 13) % k;
+  std::vector<float> loss(n), gs(n * k), gt(n * k), counts(5);
+  DistillationOptions dopt;
+  dopt.reduction = Reduction::None;
+  expect_workspace_contract(
+      tt::distillation_args<float>(zs.data(), zt.data(), n, k, dopt, loss.data(), gs.data(), gt.data()),
+      [](const auto& a, tasn::Workspace ws) { tasn::cpu::distillation_loss(a, ws); }, "distillation_loss", {&loss, &gs, &gt});
+  CrossEntropyOptions copt;
+  copt.label_smoothing = 0.1;
+  copt.reduction = Reduction::None;
+  expect_workspace_contract(
+      tt::cross_entropy_args<float>(zs.data(), y.data(), n, k, copt, loss.data(), gs.data()),
+      [](const auto& a, tasn::Workspace ws) { tasn::cpu::softmax_cross_entropy(a, ws); }, "softmax_cross_entropy", {&loss, &gs});
+  std::vector<std::int64_t> c(5);
+  auto t = tt::topk_args<float>(zs.data(), y.data(), n, k, 5, -100, c.data());
+  expect_workspace_contract(
+      t,
+      [&](const auto& a, tasn::Workspace ws) {
+        tasn::cpu::topk_correct(a, ws);
+        for (int j = 0; j < 5; ++j) counts[j] = static_cast<float>(c[j]);
+      },
+      "topk_correct", {&counts});
+  // the workspace holds the row losses (loss present) and a row scratch per thread slot
+  auto no_loss = tt::distillation_args<float>(zs.data(), zt.data(), n, k, dopt, nullptr, gs.data());
+  auto with_loss = tt::distillation_args<float>(zs.data(), zt.data(), n, k, dopt, loss.data(), gs.data());
+  EXPECT_LT(tasn::cpu::workspace_bytes(no_loss), tasn::cpu::workspace_bytes(with_loss));
+}
+
+// check_finite = false: no scan; NaN propagates to its row only; a bad label (never used as an
+// index) gives its row a NaN loss and a zero gradient; top-k does not count it.
+TEST(LossesCpu, CheckFiniteFalsePropagatesAndMarksBadLabels) {
+  const std::int64_t n = 4, k = 5;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  auto z = tt::cast_vector<float>(tt::random_tensor(n * k, 51, -3.0, 3.0));
+  const auto zt = tt::cast_vector<float>(tt::random_tensor(n * k, 52, -3.0, 3.0));
+  // distillation: NaN in student row 1
+  auto zn = z;
+  zn[1 * k + 2] = nan;
+  DistillationOptions d;
+  d.reduction = Reduction::None;
+  std::vector<float> loss(n), gs(n * k), ref_loss(n), ref_gs(n * k);
+  const std::string msg = tt::invalid_argument_message([&] {
+    tasn::cpu::distillation_loss(tt::distillation_args<float>(zn.data(), zt.data(), n, k, d, loss.data(), gs.data()));
+  });
+  EXPECT_EQ(msg, "distillation_loss: student holds a non-finite value (nan) at flat index 7 of 20");
+  d.check_finite = false;
+  tasn::cpu::distillation_loss(tt::distillation_args<float>(zn.data(), zt.data(), n, k, d, loss.data(), gs.data()));
+  tasn::cpu::distillation_loss(tt::distillation_args<float>(z.data(), zt.data(), n, k, d, ref_loss.data(), ref_gs.data()));
+  for (std::int64_t i = 0; i < n; ++i) {
+    if (i == 1) {
+      EXPECT_TRUE(std::isnan(loss[i]));
+      for (std::int64_t j = 0; j < k; ++j) EXPECT_TRUE(std::isnan(gs[i * k + j])) << j;
+    } else {
+      EXPECT_EQ(loss[i], ref_loss[i]) << i;
+      for (std::int64_t j = 0; j < k; ++j) EXPECT_EQ(gs[i * k + j], ref_gs[i * k + j]) << i << "," << j;
+    }
+  }
+  d.reduction = Reduction::Mean;
+  float mean = 0;
+  tasn::cpu::distillation_loss(tt::distillation_args<float>(zn.data(), zt.data(), n, k, d, &mean, nullptr));
+  EXPECT_TRUE(std::isnan(mean));
+
+  // cross-entropy: bad labels far out of range (never indexed) against the same rows ignored
+  for (std::int64_t bad_label : {std::int64_t(5), std::int64_t(-7), std::numeric_limits<std::int64_t>::max(),
+                                 std::numeric_limits<std::int64_t>::min()}) {
+    SCOPED_TRACE(::testing::Message() << "bad label " << bad_label);
+    const std::vector<std::int64_t> y = {1, bad_label, -100, 4}, y_ignored = {1, -100, -100, 4};
+    CrossEntropyOptions ce;
+    ce.reduction = Reduction::None;
+    ce.check_finite = false;
+    std::vector<float> l(n, 7.f), g(n * k, 7.f), rl(n), rg(n * k);
+    tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<float>(z.data(), y.data(), n, k, ce, l.data(), g.data()));
+    tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<float>(z.data(), y_ignored.data(), n, k, ce, rl.data(), rg.data()));
+    EXPECT_TRUE(std::isnan(l[1]));
+    for (std::int64_t j = 0; j < k; ++j) EXPECT_EQ(g[1 * k + j], 0.f);
+    for (std::int64_t i : {0, 2, 3}) {
+      EXPECT_EQ(l[i], rl[i]) << i;
+      for (std::int64_t j = 0; j < k; ++j) EXPECT_EQ(g[i * k + j], rg[i * k + j]) << i << "," << j;
+    }
+    ce.reduction = Reduction::Mean;  // NaN, not the mean of the good rows
+    float m = 0;
+    tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<float>(z.data(), y.data(), n, k, ce, &m, nullptr));
+    EXPECT_TRUE(std::isnan(m));
+    // every non-ignored label bad: still NaN, not the 0 of an all-ignored batch
+    const std::vector<std::int64_t> all_bad = {bad_label, -100, bad_label, -100};
+    tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<float>(z.data(), all_bad.data(), n, k, ce, &m, nullptr));
+    EXPECT_TRUE(std::isnan(m));
+    // top-k: the bad row is never counted; with check_finite it is refused
+    std::vector<std::int64_t> c(k, -1), c_ignored(k, -1);
+    auto t = tt::topk_args<float>(z.data(), y.data(), n, k, k, -100, c.data());
+    t.options.check_finite = false;
+    tasn::cpu::topk_correct(t);
+    tasn::cpu::topk_correct(tt::topk_args<float>(z.data(), y_ignored.data(), n, k, k, -100, c_ignored.data()));
+    EXPECT_EQ(c, c_ignored);
+    EXPECT_EQ(c.back(), 2);  // rows 0 and 3, at max_k = K
+    t.options.check_finite = true;
+    const std::string tm = tt::invalid_argument_message([&] { tasn::cpu::topk_correct(t); });
+    EXPECT_EQ(tm, "topk_correct: labels[1] = " + std::to_string(bad_label) + " is out of range [0, 5) and is not ignore_index (-100)");
+  }
+  // NaN logits and dloss with check_finite: refused, nothing written
+  CrossEntropyOptions ce;
+  ce.reduction = Reduction::None;
+  const std::vector<std::int64_t> y = {1, 2, 3, 4};
+  std::vector<float> l(n, 7.f), up(n, 1.f);
+  up[2] = std::numeric_limits<float>::infinity();
   std::string m = tt::invalid_argument_message([&] {
-    tasn::cpu::distillation_loss<float>(MatrixView<const float>(a.data(), 4, 10), MatrixView<const float>(b.data(), 4, 11),
-                                        opt, VectorView<float>(l.data(), 1), MatrixView<float>(g.data(), 4, 10));
+    tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<float>(zn.data(), y.data(), n, k, ce, l.data(), nullptr));
   });
-  EXPECT_NE(m.find("distillation_loss: teacher has shape (4, 11) but student has shape (4, 10)"), std::string::npos) << m;
+  EXPECT_EQ(m, "softmax_cross_entropy: logits holds a non-finite value (nan) at flat index 7 of 20");
   m = tt::invalid_argument_message([&] {
-    tasn::cpu::distillation_loss<float>(MatrixView<const float>(a.data(), 4, 10), MatrixView<const float>(a.data(), 4, 10),
-                                        opt, VectorView<float>(l.data(), 4), MatrixView<float>(g.data(), 4, 10));
+    tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<float>(z.data(), y.data(), n, k, ce, l.data(), nullptr, up.data()));
   });
-  EXPECT_NE(m.find("loss holds 4 elements but 1 are needed"), std::string::npos) << m;
-  m = tt::invalid_argument_message([&] {
-    tasn::cpu::distillation_loss<float>(MatrixView<const float>(a.data(), 4, 10), MatrixView<const float>(a.data(), 4, 10),
-                                        opt, VectorView<float>(l.data(), 1), MatrixView<float>(g.data(), 10, 4));
-  });
-  EXPECT_NE(m.find("dstudent has shape (10, 4) but student has shape (4, 10)"), std::string::npos) << m;
-  std::vector<std::int64_t> y = {1, 2, 3};
-  m = tt::invalid_argument_message([&] {
-    tasn::cpu::softmax_cross_entropy<float>(MatrixView<const float>(a.data(), 4, 10), VectorView<const std::int64_t>(y.data(), 3),
-                                            CrossEntropyOptions{}, VectorView<float>(l.data(), 1), MatrixView<float>(g.data(), 4, 10));
-  });
-  EXPECT_NE(m.find("labels holds 3 elements but logits has 4 rows"), std::string::npos) << m;
-  // matching views run and agree with the pointer form
-  y.push_back(0);
-  float via_view = 0, via_ptr = 0;
-  tasn::cpu::softmax_cross_entropy<float>(MatrixView<const float>(a.data(), 4, 10), VectorView<const std::int64_t>(y.data(), 4),
-                                          CrossEntropyOptions{}, VectorView<float>(&via_view, 1), MatrixView<float>());
-  tasn::cpu::softmax_cross_entropy<float>(a.data(), y.data(), 4, 10, CrossEntropyOptions{}, &via_ptr, nullptr);
-  EXPECT_EQ(via_view, via_ptr);
-  EXPECT_NEAR(via_ptr, std::log(10.0), 1e-6);
+  EXPECT_EQ(m, "softmax_cross_entropy: dloss holds a non-finite value (inf) at flat index 2 of 4");
+  for (float v : l) EXPECT_EQ(v, 7.f);
+  ce.check_finite = false;  // propagates: row 2's loss is finite, its gradient inf * (q - t)
+  std::vector<float> g(n * k);
+  tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<float>(z.data(), y.data(), n, k, ce, l.data(), g.data(), up.data()));
+  EXPECT_TRUE(std::isfinite(l[2]));
+  for (std::int64_t j = 0; j < k; ++j) EXPECT_FALSE(std::isfinite(g[2 * k + j])) << j;
 }
 
 // ---- robustness: finite-but-extreme options -------------------------------------------------------
@@ -375,17 +613,17 @@ TEST(LossesCpuErrors, OptionsMustBeFiniteInFloat) {
   std::vector<std::int64_t> y = {0, 1, 2, 0};
   DistillationOptions d;
   d.temperature = 1e-50;  // 1/T = 1e50: not a float
-  std::string msg = tt::invalid_argument_message([&] { tasn::cpu::distillation_loss<double>(z.data(), z.data(), 4, 3, d, out.data(), nullptr); });
+  std::string msg = tt::invalid_argument_message([&] { tasn::cpu::distillation_loss(tt::distillation_args<double>(z.data(), z.data(), 4, 3, d, out.data(), nullptr)); });
   EXPECT_NE(msg.find("distillation_loss: temperature must be >= 2.93874e-39 (1/temperature finite in float), got 1e-50"), std::string::npos) << msg;
   d.temperature = 1e30;  // fine alone ...
-  EXPECT_NO_THROW(tasn::cpu::distillation_loss<double>(z.data(), z.data(), 4, 3, d, out.data(), nullptr));
+  EXPECT_NO_THROW(tasn::cpu::distillation_loss(tt::distillation_args<double>(z.data(), z.data(), 4, 3, d, out.data(), nullptr)));
   d.t_squared = true;  // ... but T^2 = 1e60 is not a float
-  msg = tt::invalid_argument_message([&] { tasn::cpu::distillation_loss<float>(tt::cast_vector<float>(z).data(), tt::cast_vector<float>(z).data(), 4, 3, d, nullptr, nullptr); });
+  msg = tt::invalid_argument_message([&] { tasn::cpu::distillation_loss(tt::distillation_args<float>(tt::cast_vector<float>(z).data(), tt::cast_vector<float>(z).data(), 4, 3, d, nullptr, nullptr)); });
   EXPECT_NE(msg.find("distillation_loss: temperature must be <= 1.84467e+19 with t_squared (temperature^2 finite in float), got 1e+30"), std::string::npos) << msg;
   for (double s : {1e300, -1e300, 3.5e38}) {
     CrossEntropyOptions ce;
     ce.grad_scale = s;
-    msg = tt::invalid_argument_message([&] { tasn::cpu::softmax_cross_entropy<double>(z.data(), y.data(), 4, 3, ce, out.data(), nullptr); });
+    msg = tt::invalid_argument_message([&] { tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<double>(z.data(), y.data(), 4, 3, ce, out.data(), nullptr)); });
     EXPECT_NE(msg.find("softmax_cross_entropy: grad_scale must be finite in float (|grad_scale| <= 3.40282e+38), got"), std::string::npos) << msg;
   }
 }
@@ -422,7 +660,7 @@ TYPED_TEST(LossesCpu, ZeroProbabilityTimesMinusInfinityContributesZero) {
     opt.kl = kl;
     opt.reduction = Reduction::None;
     std::vector<T> loss(n, T(9)), gs(n * k, T(9)), gt(n * k, T(9));
-    tasn::cpu::distillation_loss<T>(z.data(), z.data(), n, k, opt, loss.data(), gs.data(), gt.data());
+    tasn::cpu::distillation_loss(tt::distillation_args<T>(z.data(), z.data(), n, k, opt, loss.data(), gs.data(), gt.data()));
     // student == teacher, both one-hot: p log q is 0 log 0 = 0 where p = 0 (xlogy), 1 log 1 = 0 elsewhere
     for (T v : loss) EXPECT_EQ(v, T(0));
     for (T v : gs) EXPECT_EQ(v, T(0));
@@ -438,7 +676,7 @@ TYPED_TEST(LossesCpu, ZeroProbabilityTimesMinusInfinityContributesZero) {
     opt.kl = kl;
     T loss = T(9);
     std::vector<T> gs(2, T(9)), gt(2, T(9));
-    tasn::cpu::distillation_loss<T>(zs.data(), zt.data(), 1, 2, opt, &loss, gs.data(), gt.data());
+    tasn::cpu::distillation_loss(tt::distillation_args<T>(zs.data(), zt.data(), 1, 2, opt, &loss, gs.data(), gt.data()));
     if (std::is_same_v<T, float>) EXPECT_EQ(loss, T(INFINITY));
     else EXPECT_NEAR(loss, 5e38, 5e38 * 1e-12);
     EXPECT_EQ(gt[0], T(0));
@@ -462,8 +700,8 @@ TYPED_TEST(LossesCpu, GradientWeightsDoNotOverflowIntoNaN) {
   opt.reduction = Reduction::None;
   const std::vector<T> dl(n, T(up));
   std::vector<T> loss(n), gs(n * k), gt(n * k);
-  tasn::cpu::distillation_loss<T>(tt::cast_vector<T>(zs).data(), tt::cast_vector<T>(zt).data(), n, k, opt, loss.data(),
-                                  gs.data(), gt.data(), dl.data());
+  tasn::cpu::distillation_loss(tt::distillation_args<T>(tt::cast_vector<T>(zs).data(), tt::cast_vector<T>(zt).data(), n, k, opt, loss.data(),
+                                  gs.data(), gt.data(), dl.data()));
   for (std::int64_t i = 0; i < n; ++i) {
     const auto lq = tt::ref_log_softmax(&zs[i * k], k, 1.0 / temp), lp = tt::ref_log_softmax(&zt[i * k], k, 1.0 / temp);
     for (std::int64_t j = 0; j < k; ++j) {
@@ -480,7 +718,7 @@ TYPED_TEST(LossesCpu, GradientWeightsDoNotOverflowIntoNaN) {
   const std::vector<T> z = {T(0), T(-1e4), T(5)}, d10 = {T(1e10)};
   const std::vector<std::int64_t> y = {2};
   std::vector<T> l(1), g(3);
-  tasn::cpu::softmax_cross_entropy<T>(z.data(), y.data(), 1, 3, ce, l.data(), g.data(), d10.data());
+  tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<T>(z.data(), y.data(), 1, 3, ce, l.data(), g.data(), d10.data()));
   for (T v : g) EXPECT_FALSE(std::isnan(v));
   EXPECT_EQ(g[1], T(0));  // q_1 = t_1 = 0
   EXPECT_GT(g[0], T(0));
@@ -502,7 +740,7 @@ TYPED_TEST(LossesCpu, RowLossesAreScaledAndReducedInDouble) {
   ASSERT_GT(rows[0], double(FLT_MAX));
   const double ref = tt::ref_reduce(rows, 2, double(n));
   T loss = 0;
-  tasn::cpu::distillation_loss<T>(tt::cast_vector<T>(zs).data(), tt::cast_vector<T>(zt).data(), n, k, opt, &loss, nullptr);
+  tasn::cpu::distillation_loss(tt::distillation_args<T>(tt::cast_vector<T>(zs).data(), tt::cast_vector<T>(zt).data(), n, k, opt, &loss, nullptr));
   EXPECT_NEAR(loss, ref, 1e-5 * ref);
   // cross-entropy with grad_scale 1e30: row 0's loss 1e9 * 1e30
   std::vector<double> z(n * k, 0.0);
@@ -514,7 +752,7 @@ TYPED_TEST(LossesCpu, RowLossesAreScaledAndReducedInDouble) {
   const auto ce_rows = tt::ref_cross_entropy_rows(z, y, n, k, 0.0, 1e30, -100);
   ASSERT_GT(ce_rows[0], double(FLT_MAX));
   const double ce_ref = tt::ref_reduce(ce_rows, 2, double(n));
-  tasn::cpu::softmax_cross_entropy<T>(tt::cast_vector<T>(z).data(), y.data(), n, k, ce, &loss, nullptr);
+  tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<T>(tt::cast_vector<T>(z).data(), y.data(), n, k, ce, &loss, nullptr));
   EXPECT_NEAR(loss, ce_ref, 1e-5 * ce_ref);
 }
 

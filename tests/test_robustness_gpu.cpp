@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "gpu/gpu_runners.h"
+#include "support/loss_calls.h"
 #include "support/test_support.h"
 #include "tasn/attention_sampler.h"
 #include "tasn/losses.h"
@@ -79,107 +80,91 @@ void expect_same_refusal(const std::string& cuda_msg, const std::string& cpu_msg
 TEST(CudaRobustnessValidation, SizeOverflowsAreRefusedAsOnTheCpu) {
   const long huge = 1L << 62, big = 1L << 40;
   std::vector<float> buf(64, 1.f);
-  tasn::AttentionSampleOptions opt;
-  opt.grid.out_h = huge;  // N * out_h overflows: was a segfault on the CPU
-  opt.grid.out_w = 2;
-  expect_same_refusal(
-      tt::invalid_argument_message([&] { g::attention_sample_validation_only(4, 1, 8, 8, 4, 4, opt); }),
-      tt::invalid_argument_message(
-          [&] { tasn::cpu::attention_sample<float>(buf.data(), 4, 1, 8, 8, buf.data(), 4, 4, opt, buf.data()); }),
-      "gy (N, out_h) of 4 x 4611686018427387904 elements overflows 64-bit indexing");
-  std::string msg = tt::invalid_argument_message([&] { g::attention_sample_workspace_bytes(4, 8, 8, opt); });
-  EXPECT_NE(msg.find("cuda::attention_sample_workspace_bytes: gy (N, out_h) of 4 x 4611686018427387904"),
-            std::string::npos)
-      << msg;
-  tasn::AttentionSampleOptions small;
-  small.grid.out_h = small.grid.out_w = 2;
-  expect_same_refusal(
-      tt::invalid_argument_message([&] { g::attention_sample_validation_only(-1, 1, 4, 4, 2, 2, small); }),
-      tt::invalid_argument_message(
-          [&] { tasn::cpu::attention_sample<float>(buf.data(), -1, 1, 4, 4, buf.data(), 2, 2, small, buf.data()); }),
-      "img must have positive sizes, got (-1, 1, 4, 4)");
-  small.upsample_w = -5;
-  expect_same_refusal(
-      tt::invalid_argument_message([&] { g::attention_sample_validation_only(1, 1, 4, 4, 2, 2, small); }),
-      tt::invalid_argument_message(
-          [&] { tasn::cpu::attention_sample<float>(buf.data(), 1, 1, 4, 4, buf.data(), 2, 2, small, buf.data()); }),
-      "upsample size must be >= 0 (0: the image size), got (0, -5)");
-  tasn::GridOptions go;
-  go.out_h = 2;
-  go.out_w = huge;
-  expect_same_refusal(
-      tt::invalid_argument_message([&] { g::sampling_grid_validation_only(4, 4, 4, go); }),
-      tt::invalid_argument_message(
-          [&] { tasn::cpu::sampling_grid<float>(buf.data(), buf.data(), 4, 4, 4, go, buf.data(), buf.data()); }),
-      "gx (N, out_w) of 4 x 4611686018427387904 elements overflows");
+  float* p = buf.data();
+  // out (4, 1, 2^62, 2) overflows: was a segfault on the CPU (N * out_h)
+  tasn::AttentionSampleArgs<float> as{};
+  as.img = {p, {4, 1, 8, 8}};
+  as.attention = {p, {4, 4, 4}};
+  as.out = {p, {4, 1, huge, 2}};
+  expect_same_refusal(tt::invalid_argument_message([&] { g::sampler_validation_only(as, {}); }),
+                      tt::invalid_argument_message([&] { tasn::cpu::attention_sample(as); }),
+                      "out of shape (4, 1, 4611686018427387904, 2) overflows 64-bit indexing");
+  expect_same_refusal(tt::invalid_argument_message([&] { g::sampler_workspace_bytes(as); }),
+                      tt::invalid_argument_message([&] { tasn::cpu::workspace_bytes(as); }),
+                      "out of shape (4, 1, 4611686018427387904, 2) overflows 64-bit indexing");
+  as.img = {p, {-1, 1, 4, 4}};
+  as.attention = {p, {1, 2, 2}};
+  as.out = {p, {1, 1, 2, 2}};
+  expect_same_refusal(tt::invalid_argument_message([&] { g::sampler_validation_only(as, {}); }),
+                      tt::invalid_argument_message([&] { tasn::cpu::attention_sample(as); }),
+                      "img must have shape (N, C, Hi, Wi) with every size >= 1, got (-1, 1, 4, 4)");
+  as.img = {p, {1, 1, 4, 4}};
+  as.options.upsample_w = -5;
+  expect_same_refusal(tt::invalid_argument_message([&] { g::sampler_validation_only(as, {}); }),
+                      tt::invalid_argument_message([&] { tasn::cpu::attention_sample(as); }),
+                      "upsample size must be >= 0 (0: the image size), got (0, -5)");
+  tasn::GridArgs<float> ga{{p, {4, 4}}, {p, {4, 4}}, {p, {4, 2}}, {p, {4, huge}}, {}};
+  expect_same_refusal(tt::invalid_argument_message([&] { g::sampler_validation_only(ga, {}); }),
+                      tt::invalid_argument_message([&] { tasn::cpu::sampling_grid(ga); }),
+                      "gx of shape (4, 4611686018427387904) overflows 64-bit indexing");
   // general grid (N, Ho, Wo, 2) overflows while out (N, C, Ho, Wo) fits
-  expect_same_refusal(
-      tt::invalid_argument_message([&] { g::sampling_validation_only(true, false, 1, 1, 1, 1, huge, 1); }),
-      tt::invalid_argument_message(
-          [&] { tasn::cpu::sample_grid<float>(buf.data(), 1, 1, 1, 1, buf.data(), huge, 1, buf.data()); }),
-      "grid (N, Ho, Wo, 2) of 1 x 4611686018427387904 x 1 x 2 elements overflows");
-  expect_same_refusal(
-      tt::invalid_argument_message([&] { g::sampling_validation_only(true, true, 1, 1, 1, 1, huge, 1); }),
-      tt::invalid_argument_message([&] {
-        tasn::cpu::sample_grid_backward<float>(buf.data(), buf.data(), buf.data(), 1, 1, 1, 1, huge, 1, buf.data(),
-                                               buf.data());
-      }),
-      "grid (N, Ho, Wo, 2)");
+  tasn::SampleGridArgs<float> sg{{p, {1, 1, 1, 1}}, {p, {1, huge, 1, 2}}, {p, {1, 1, huge, 1}}, {}};
+  expect_same_refusal(tt::invalid_argument_message([&] { g::sampler_validation_only(sg, {}); }),
+                      tt::invalid_argument_message([&] { tasn::cpu::sample_grid(sg); }),
+                      "grid of shape (1, 4611686018427387904, 1, 2) overflows 64-bit indexing");
+  tasn::SampleGridBackwardArgs<float> sgb{};
+  sgb.img = {p, {1, 1, 1, 1}};
+  sgb.grid = {p, {1, huge, 1, 2}};
+  sgb.dout = {p, {1, 1, huge, 1}};
+  sgb.dimg = {p, {1, 1, 1, 1}};
+  sgb.dgrid = {p, {1, huge, 1, 2}};
+  expect_same_refusal(tt::invalid_argument_message([&] { g::sampler_validation_only(sgb, {}); }),
+                      tt::invalid_argument_message([&] { tasn::cpu::sample_grid_backward(sgb); }),
+                      "grid of shape (1, 4611686018427387904, 1, 2)");
   // separable backward: the pass-1 buffer (N, C, Ho, Wi) overflows while dout and dimg fit
-  expect_same_refusal(
-      tt::invalid_argument_message([&] { g::sampling_validation_only(false, true, 1, 1, 1, big, big, 1); }),
-      tt::invalid_argument_message([&] {
-        tasn::cpu::sample_separable_backward<float>(buf.data(), 1, 1, 1, big, buf.data(), buf.data(), big, 1,
-                                                    buf.data());
-      }),
-      "the row buffer (N, C, Ho, Wi) of 1 x 1 x 1099511627776 x 1099511627776 elements overflows");
-  msg = tt::invalid_argument_message([&] { g::sample_separable_backward_workspace_bytes(1, 1, 1, big, big, 1); });
-  EXPECT_NE(msg.find("cuda::sample_separable_backward_workspace_bytes: the row buffer"), std::string::npos) << msg;
-  msg = tt::invalid_argument_message([&] { g::sample_grid_backward_workspace_bytes(big, big, 1, 1); });
-  EXPECT_NE(msg.find("cuda::sample_grid_backward_workspace_bytes: img of 1099511627776 x 1099511627776 x 1 x 1"),
-            std::string::npos)
-      << msg;
-  expect_same_refusal(
-      tt::invalid_argument_message([&] { g::sampling_validation_only(false, false, 1, 1, -3, 4, 2, 2); }),
-      tt::invalid_argument_message([&] {
-        tasn::cpu::sample_separable<float>(buf.data(), 1, 1, -3, 4, buf.data(), buf.data(), 2, 2, buf.data());
-      }),
-      "img must have positive sizes, got (1, 1, -3, 4)");
+  tasn::SampleSeparableBackwardArgs<float> sb{{p, {1, 1, big, 1}}, {p, {1, big}}, {p, {1, 1}}, {p, {1, 1, 1, big}}, {}};
+  expect_same_refusal(tt::invalid_argument_message([&] { g::sampler_validation_only(sb, {}); }),
+                      tt::invalid_argument_message([&] { tasn::cpu::sample_separable_backward(sb); }),
+                      "the row buffer (N, C, Ho, Wi) of 1 x 1 x 1099511627776 x 1099511627776 elements overflows");
+  expect_same_refusal(tt::invalid_argument_message([&] { g::sampler_workspace_bytes(sb); }),
+                      tt::invalid_argument_message([&] { tasn::cpu::workspace_bytes(sb); }),
+                      "the row buffer (N, C, Ho, Wi)");
+  tasn::SampleSeparableArgs<float> ss{{p, {1, 1, -3, 4}}, {p, {1, 2}}, {p, {1, 2}}, {p, {1, 1, 2, 2}}, {}};
+  expect_same_refusal(tt::invalid_argument_message([&] { g::sampler_validation_only(ss, {}); }),
+                      tt::invalid_argument_message([&] { tasn::cpu::sample_separable(ss); }),
+                      "img must have shape (N, C, Hi, Wi) with every size >= 1, got (1, 1, -3, 4)");
 }
 
 TEST(CudaRobustnessValidation, OptionsThatAreNotFiniteInFloatAreRefusedAsOnTheCpu) {
-  const tasn::TrilinearShape s{2, 3, 4, 5};
-  const std::size_t need = g::trilinear_workspace_bytes(Dtype::F32, s, false, false);
-  std::vector<float> x(s.numel(), 0.5f), m(s.numel());
-  tasn::TrilinearAttentionOptions topt;
-  topt.beta = 1e39;  // inf as a float: softmax(inf * (x - max)) was NaN everywhere
+  std::vector<float> x(2 * 3 * 4 * 5, 0.5f), m(x.size());
+  tasn::TrilinearForwardArgs<float> targs{tasn::Tensor4<const float>(x.data(), {2, 3, 4, 5}),
+                                          tasn::Tensor4<float>(m.data(), {2, 3, 4, 5}), {}, {}};
+  targs.options.beta = 1e39;  // inf as a float: softmax(inf * (x - max)) was NaN everywhere
   expect_same_refusal(
-      tt::invalid_argument_message([&] { g::trilinear_forward_validation_only(s, 1e39, need, false, false, false); }),
-      tt::invalid_argument_message(
-          [&] { tasn::cpu::trilinear_attention_forward<float>(x.data(), m.data(), nullptr, s, topt); }),
+      tt::invalid_argument_message([&] { g::trilinear_forward_validation_only(targs, {}); }),
+      tt::invalid_argument_message([&] { tasn::cpu::trilinear_attention_forward(targs); }),
       "beta must be finite in float, in (0, 3.40282e+38], got 1e+39");
   std::vector<float> z(12, 0.5f), out(12);
   tasn::DistillationOptions dopt;
   dopt.temperature = 1e-50;  // 1/T = 1e50
+  auto dargs = tt::distillation_args<float>(z.data(), z.data(), 4, 3, dopt, out.data(), nullptr);
   expect_same_refusal(
-      tt::invalid_argument_message([&] { g::distillation_validation_only(4, 3, dopt, 1024); }),
-      tt::invalid_argument_message(
-          [&] { tasn::cpu::distillation_loss<float>(z.data(), z.data(), 4, 3, dopt, out.data(), nullptr); }),
+      tt::invalid_argument_message([&] { g::loss_validation_only(dargs, {}); }),
+      tt::invalid_argument_message([&] { tasn::cpu::distillation_loss(dargs); }),
       "temperature must be >= 2.93874e-39 (1/temperature finite in float), got 1e-50");
-  dopt.temperature = 1e30;
-  dopt.t_squared = true;  // T^2 = 1e60
+  dargs.options.temperature = 1e30;
+  dargs.options.t_squared = true;  // T^2 = 1e60
   expect_same_refusal(
-      tt::invalid_argument_message([&] { g::distillation_validation_only(4, 3, dopt, 1024); }),
-      tt::invalid_argument_message(
-          [&] { tasn::cpu::distillation_loss<float>(z.data(), z.data(), 4, 3, dopt, out.data(), nullptr); }),
+      tt::invalid_argument_message([&] { g::loss_validation_only(dargs, {}); }),
+      tt::invalid_argument_message([&] { tasn::cpu::distillation_loss(dargs); }),
       "temperature must be <= 1.84467e+19 with t_squared (temperature^2 finite in float), got 1e+30");
   tasn::CrossEntropyOptions copt;
   copt.grad_scale = 1e300;
   const std::vector<std::int64_t> y = {0, 1, 2, 0};
+  const auto cargs = tt::cross_entropy_args<float>(z.data(), y.data(), 4, 3, copt, out.data(), nullptr);
   expect_same_refusal(
-      tt::invalid_argument_message([&] { g::cross_entropy_validation_only(4, 3, copt); }),
-      tt::invalid_argument_message(
-          [&] { tasn::cpu::softmax_cross_entropy<float>(z.data(), y.data(), 4, 3, copt, out.data(), nullptr); }),
+      tt::invalid_argument_message([&] { g::loss_validation_only(cargs, {}); }),
+      tt::invalid_argument_message([&] { tasn::cpu::softmax_cross_entropy(cargs); }),
       "grad_scale must be finite in float (|grad_scale| <= 3.40282e+38), got 1e+300");
 }
 
@@ -216,18 +201,25 @@ TEST_P(GpuRobustness, NonFiniteAndHugeGridCoordinatesMatchCpu) {
 
   // separable forward: 4 taps, each v += pixel * (wx * wy): <= 2 roundings a tap on each side
   std::vector<float> out(N * C * Ho * Wo), dimg(img.size()), mag(img.size());
-  tasn::cpu::sample_separable<float>(img.data(), N, C, Hi, Wi, gy.data(), gx.data(), Ho, Wo, out.data());
-  expect_matches(dt, g::sample_separable(dt, img, N, C, Hi, Wi, gy, gx, Ho, Wo), out, kSafety * 8 * kU * max_img,
+  tasn::SampleSeparableArgs<float> ss{{img.data(), {N, C, Hi, Wi}}, {gy.data(), {N, Ho}}, {gx.data(), {N, Wo}},
+                                      {out.data(), {N, C, Ho, Wo}}, {}};
+  ss.options.check_finite = false;  // non-finite coordinates propagate (NaN outputs), as on the device
+  tasn::cpu::sample_separable(ss);
+  expect_matches(dt, g::sample_separable(dt, img, N, C, Hi, Wi, gy, gx, Ho, Wo, false), out, kSafety * 8 * kU * max_img,
                  "separable forward");
   // separable backward: sums of <= Wo (pass 1) then <= Ho (pass 2) terms in the same order on both
   // paths; fused / unfused: <= 2 (Ho + Wo) u of the magnitude, the backward of |dout| (bad
   // coordinates replaced by 0: an upper bound)
-  tasn::cpu::sample_separable_backward<float>(dout.data(), N, C, Hi, Wi, gy.data(), gx.data(), Ho, Wo, dimg.data());
+  tasn::SampleSeparableBackwardArgs<float> sb{{dout.data(), {N, C, Ho, Wo}}, {gy.data(), {N, Ho}}, {gx.data(), {N, Wo}},
+                                              {dimg.data(), {N, C, Hi, Wi}}, {}};
+  sb.options.check_finite = false;
+  tasn::cpu::sample_separable_backward(sb);
   std::vector<float> abs_dout(dout.size());
   for (std::size_t i = 0; i < dout.size(); ++i) abs_dout[i] = std::fabs(dout[i]);
-  tasn::cpu::sample_separable_backward<float>(abs_dout.data(), N, C, Hi, Wi, gy_clean.data(), gx_clean.data(), Ho, Wo,
-                                              mag.data());
-  expect_matches(dt, g::sample_separable_backward(dt, dout, N, C, Hi, Wi, gy, gx, Ho, Wo), dimg,
+  tasn::cpu::sample_separable_backward(tasn::SampleSeparableBackwardArgs<float>{
+      {abs_dout.data(), {N, C, Ho, Wo}}, {gy_clean.data(), {N, Ho}}, {gx_clean.data(), {N, Wo}},
+      {mag.data(), {N, C, Hi, Wi}}, {}});
+  expect_matches(dt, g::sample_separable_backward(dt, dout, N, C, Hi, Wi, gy, gx, Ho, Wo, false), dimg,
                  kSafety * 2 * (Ho + Wo) * kU * max_abs_finite(mag), "separable backward");
   for (long c = 0; c < C; ++c)  // sample 0, gy[1] NaN: rows 0 and 1 of its image gradient are NaN
     for (long x = 0; x < Wi; ++x) ASSERT_TRUE(std::isnan(dimg[(c * Hi + 1) * Wi + x]));
@@ -243,14 +235,20 @@ TEST_P(GpuRobustness, NonFiniteAndHugeGridCoordinatesMatchCpu) {
     grid_clean[p * 2 + comp] = 0.f;
   }
   std::vector<float> out2(out.size()), dimg2(img.size()), dgrid(grid.size()), mag2(img.size());
-  tasn::cpu::sample_grid<float>(img.data(), N, C, Hi, Wi, grid.data(), Ho, Wo, out2.data());
-  expect_matches(dt, g::sample_grid(dt, img, N, C, Hi, Wi, grid, Ho, Wo), out2, kSafety * 8 * kU * max_img,
+  tasn::SampleGridArgs<float> sg{{img.data(), {N, C, Hi, Wi}}, {grid.data(), {N, Ho, Wo, 2}}, {out2.data(), {N, C, Ho, Wo}}, {}};
+  sg.options.check_finite = false;
+  tasn::cpu::sample_grid(sg);
+  expect_matches(dt, g::sample_grid(dt, img, N, C, Hi, Wi, grid, Ho, Wo, false), out2, kSafety * 8 * kU * max_img,
                  "grid forward");
-  tasn::cpu::sample_grid_backward<float>(img.data(), grid.data(), dout.data(), N, C, Hi, Wi, Ho, Wo, dimg2.data(),
-                                         dgrid.data());
-  tasn::cpu::sample_grid_backward<float>(img.data(), grid_clean.data(), abs_dout.data(), N, C, Hi, Wi, Ho, Wo,
-                                         mag2.data(), nullptr);
-  const auto gb = g::sample_grid_backward(dt, img, grid, dout, N, C, Hi, Wi, Ho, Wo);
+  tasn::SampleGridBackwardArgs<float> sgb{{img.data(), {N, C, Hi, Wi}}, {grid.data(), {N, Ho, Wo, 2}},
+                                          {dout.data(), {N, C, Ho, Wo}}, {dimg2.data(), {N, C, Hi, Wi}},
+                                          {dgrid.data(), {N, Ho, Wo, 2}}, {}};
+  sgb.options.check_finite = false;
+  tasn::cpu::sample_grid_backward(sgb);
+  tasn::SampleGridBackwardArgs<float> sgm{{img.data(), {N, C, Hi, Wi}}, {grid_clean.data(), {N, Ho, Wo, 2}},
+                                          {abs_dout.data(), {N, C, Ho, Wo}}, {mag2.data(), {N, C, Hi, Wi}}, {}, {}};
+  tasn::cpu::sample_grid_backward(sgm);
+  const auto gb = g::sample_grid_backward(dt, img, grid, dout, N, C, Hi, Wi, Ho, Wo, false);
   // image gradient: float atomics in any order; a pixel sums <= Ho Wo terms: <= 2 Ho Wo u of the magnitude
   expect_matches(dt, gb.dimg, dimg2, kSafety * 2 * Ho * Wo * kU * max_abs_finite(mag2), "grid backward (image)");
   // dgrid (float on both paths): per point, C channels of d * (w * (pixel difference) + ...): <= (C + 5)
@@ -310,34 +308,34 @@ TEST_F(GpuRobustnessGrid, UnnormalisedZeroAndHugeMarginalsMatchCpu) {
   for (auto mode : {tasn::GridMode::Exact, tasn::GridMode::Official})
     for (int iters : {0, 5}) {
       SCOPED_TRACE(::testing::Message() << tasn::to_string(mode) << " iters=" << iters);
+      const long Ho = 40, Wo = 36;
       tasn::GridOptions opt;
-      opt.out_h = 40;
-      opt.out_w = 36;
       opt.mode = mode;
       opt.iters = iters;
-      std::vector<float> gy(N * opt.out_h), gx(N * opt.out_w);
-      tasn::cpu::sampling_grid<float>(my.data(), mx.data(), N, Hs, Ws, opt, gy.data(), gx.data());
-      const auto gg = g::sampling_grid(my, mx, N, Hs, Ws, opt);
+      std::vector<float> gy(N * Ho), gx(N * Wo);
+      tasn::cpu::sampling_grid(tasn::GridArgs<float>{
+          {my.data(), {N, Hs}}, {mx.data(), {N, Ws}}, {gy.data(), {N, Ho}}, {gx.data(), {N, Wo}}, opt});
+      const auto gg = g::sampling_grid(my, mx, N, Hs, Ws, Ho, Wo, opt);
       expect_matches(Dtype::F32, gg.gy, gy, grid_tol(Hs, rho), "gy");
       expect_matches(Dtype::F32, gg.gx, gx, grid_tol(Ws, rho), "gx");
       // scaling by a power of two commutes with every rounding: bit-identical on the device as well
       for (long n : {2L, 3L}) {
-        for (long i = 0; i < opt.out_h; ++i) ASSERT_EQ(gg.gy[n * opt.out_h + i], gg.gy[i]) << n;
-        for (long i = 0; i < opt.out_w; ++i) ASSERT_EQ(gg.gx[n * opt.out_w + i], gg.gx[i]) << n;
+        for (long i = 0; i < Ho; ++i) ASSERT_EQ(gg.gy[n * Ho + i], gg.gy[i]) << n;
+        for (long i = 0; i < Wo; ++i) ASSERT_EQ(gg.gx[n * Wo + i], gg.gx[i]) << n;
       }
       // no positive mass on an axis: both axes uniform, which in exact mode is the identity grid
       // (to the tolerance above; the official grid of uniform marginals is not the identity)
       if (mode != tasn::GridMode::Exact) continue;
-      const auto ly = linspace(opt.out_h), lx = linspace(opt.out_w);
+      const auto ly = linspace(Ho), lx = linspace(Wo);
       for (long n : {4L, 5L}) {
-        for (long i = 0; i < opt.out_h; ++i) ASSERT_NEAR(gg.gy[n * opt.out_h + i], ly[i], grid_tol(Hs, 1.0)) << n;
-        for (long i = 0; i < opt.out_w; ++i) ASSERT_NEAR(gg.gx[n * opt.out_w + i], lx[i], grid_tol(Ws, 1.0)) << n;
+        for (long i = 0; i < Ho; ++i) ASSERT_NEAR(gg.gy[n * Ho + i], ly[i], grid_tol(Hs, 1.0)) << n;
+        for (long i = 0; i < Wo; ++i) ASSERT_NEAR(gg.gx[n * Wo + i], lx[i], grid_tol(Ws, 1.0)) << n;
       }
     }
 }
 
-// Non-finite marginals: the CPU refuses them (InvalidArgument); the kernel, which cannot throw,
-// gives that sample the identity grid, never NaN, and leaves the other samples alone.
+// Non-finite marginals: refused with check_finite (the CPU here); without it both backends give that
+// sample the identity grid, never NaN, and leave the other samples alone.
 TEST_F(GpuRobustnessGrid, NonFiniteMarginalsGiveTheIdentityGrid) {
   const long N = 5, Hs = 20, Ws = 30;
   auto my = tt::cast_vector<float>(tt::random_tensor(N * Hs, 721, 0.05, 1.0));
@@ -345,28 +343,29 @@ TEST_F(GpuRobustnessGrid, NonFiniteMarginalsGiveTheIdentityGrid) {
   my[1 * Hs + 7] = kNaN;
   mx[2 * Ws + 0] = INFINITY;
   my[3 * Hs + 19] = -INFINITY;
+  const long Ho = 17, Wo = 19;
   tasn::GridOptions opt;
-  opt.out_h = 17;
-  opt.out_w = 19;
-  std::vector<float> gy(N * opt.out_h), gx(N * opt.out_w);
-  EXPECT_NE(tt::invalid_argument_message([&] {
-              tasn::cpu::sampling_grid<float>(my.data(), mx.data(), N, Hs, Ws, opt, gy.data(), gx.data());
-            }).find("sampling_grid: my holds a non-finite value"),
+  std::vector<float> gy(N * Ho), gx(N * Wo);
+  tasn::GridArgs<float> ga{{my.data(), {N, Hs}}, {mx.data(), {N, Ws}}, {gy.data(), {N, Ho}}, {gx.data(), {N, Wo}}, opt};
+  EXPECT_NE(tt::invalid_argument_message([&] { tasn::cpu::sampling_grid(ga); })
+                .find("sampling_grid: my holds a non-finite value"),
             std::string::npos);
-  const auto gg = g::sampling_grid(my, mx, N, Hs, Ws, opt);
-  const auto ly = linspace(opt.out_h), lx = linspace(opt.out_w);
+  opt.check_finite = false;
+  ga.options = opt;
+  tasn::cpu::sampling_grid(ga);  // the CPU's identity grids for the bad samples
+  const auto gg = g::sampling_grid(my, mx, N, Hs, Ws, Ho, Wo, opt);
+  const auto ly = linspace(Ho), lx = linspace(Wo);
   for (long n = 0; n < N; ++n) {
-    std::vector<float> cy(opt.out_h), cx(opt.out_w);
+    const std::vector<float> cy(gy.begin() + n * Ho, gy.begin() + (n + 1) * Ho),
+        cx(gx.begin() + n * Wo, gx.begin() + (n + 1) * Wo);
     const bool bad = n >= 1 && n <= 3;
-    if (!bad)
-      tasn::cpu::sampling_grid<float>(my.data() + n * Hs, mx.data() + n * Ws, 1, Hs, Ws, opt, cy.data(), cx.data());
-    for (long i = 0; i < opt.out_h; ++i) {
-      const float v = gg.gy[n * opt.out_h + i];
+    for (long i = 0; i < Ho; ++i) {
+      const float v = gg.gy[n * Ho + i];
       ASSERT_TRUE(std::isfinite(v)) << n << "," << i;
       ASSERT_NEAR(v, bad ? ly[i] : cy[i], grid_tol(Hs, bad ? 1.0 : 20.0)) << n << "," << i;
     }
-    for (long i = 0; i < opt.out_w; ++i) {
-      const float v = gg.gx[n * opt.out_w + i];
+    for (long i = 0; i < Wo; ++i) {
+      const float v = gg.gx[n * Wo + i];
       ASSERT_TRUE(std::isfinite(v)) << n << "," << i;
       ASSERT_NEAR(v, bad ? lx[i] : cx[i], grid_tol(Ws, bad ? 1.0 : 20.0)) << n << "," << i;
     }
@@ -410,7 +409,7 @@ TEST_P(GpuRobustnessLosses, ZeroProbabilityTimesMinusInfinityContributesZero) {
     opt.kl = kl;
     float loss = 0.f;
     std::vector<float> gs(2), gt(2);
-    tasn::cpu::distillation_loss<float>(zs.data(), zt.data(), 1, 2, opt, &loss, gs.data(), gt.data());
+    tasn::cpu::distillation_loss(tt::distillation_args<float>(zs.data(), zt.data(), 1, 2, opt, &loss, gs.data(), gt.data()));
     const auto r = g::distillation(dt, zs, zt, 1, 2, opt, {}, true, kernel);
     expect_matches(dt, r.loss, {loss}, 0.0, "loss");
     expect_matches(dt, r.grad, gs, 0.0, "student gradient");  // (q - p) exact: +-1, times float(1/T)
@@ -431,7 +430,7 @@ TEST_P(GpuRobustnessLosses, GradientWeightsAndRowLossesDoNotOverflow) {
   opt.reduction = tasn::Reduction::None;
   const std::vector<float> up = g::round_to(dt, {100.f, 100.f});  // inputs as the device sees them
   std::vector<float> loss(2), gs(6), gt(6);
-  tasn::cpu::distillation_loss<float>(zs.data(), zt.data(), 2, k, opt, loss.data(), gs.data(), gt.data(), up.data());
+  tasn::cpu::distillation_loss(tt::distillation_args<float>(zs.data(), zt.data(), 2, k, opt, loss.data(), gs.data(), gt.data(), up.data()));
   const auto r = g::distillation(dt, zs, zt, 2, k, opt, up, true, kernel);
   const double gw = 1e19 * 100.0;  // grad_factor * upstream
   // student: (q - p) differs by <= 2 (K + 10) u, then two products
@@ -455,7 +454,7 @@ TEST_P(GpuRobustnessLosses, GradientWeightsAndRowLossesDoNotOverflow) {
   mo.t_squared = true;
   mo.kl = true;
   float mean = 0.f;
-  tasn::cpu::distillation_loss<float>(ms.data(), mt.data(), n, 2, mo, &mean, nullptr);
+  tasn::cpu::distillation_loss(tt::distillation_args<float>(ms.data(), mt.data(), n, 2, mo, &mean, nullptr));
   ASSERT_TRUE(std::isfinite(mean));
   const auto rm = g::distillation(dt, ms, mt, n, 2, mo, {}, false, kernel);
   // rows rounded to float on the GPU (u), their sum and the mean in double
@@ -472,7 +471,7 @@ TEST_P(GpuRobustnessLosses, GradientWeightsAndRowLossesDoNotOverflow) {
   const std::vector<float> cup = g::round_to(dt, {1e4f});
   float cl = 0.f;
   std::vector<float> cg(3);
-  tasn::cpu::softmax_cross_entropy<float>(cz.data(), cy64.data(), 1, 3, ce, &cl, cg.data(), cup.data());
+  tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<float>(cz.data(), cy64.data(), 1, 3, ce, &cl, cg.data(), cup.data()));
   const auto rc = g::cross_entropy(dt, cz, cy, 1, 3, ce, cup, kernel);
   EXPECT_EQ(rc.grad[1], 0.f);
   expect_matches(dt, rc.grad, cg, kSafety * ((3 + 10) + 2) * kU * 1e39, "cross-entropy gradient");
@@ -486,7 +485,7 @@ TEST_P(GpuRobustnessLosses, GradientWeightsAndRowLossesDoNotOverflow) {
   tasn::CrossEntropyOptions cm;
   cm.grad_scale = 1e30;
   float cmean = 0.f;
-  tasn::cpu::softmax_cross_entropy<float>(mz.data(), my64.data(), n, 2, cm, &cmean, nullptr);
+  tasn::cpu::softmax_cross_entropy(tt::cross_entropy_args<float>(mz.data(), my64.data(), n, 2, cm, &cmean, nullptr));
   ASSERT_TRUE(std::isfinite(cmean));
   const auto rcm = g::cross_entropy(dt, mz, my, n, 2, cm, {}, kernel);
   expect_matches(dt, rcm.loss, {cmean}, kSafety * 4 * kU * cmean, "cross-entropy mean loss");

@@ -61,24 +61,107 @@ std::vector<double> peaky(int S, std::uint64_t seed) {
   return m;
 }
 
+template <class T>
+std::vector<T> linspace_grid(std::int64_t O) {
+  std::vector<T> g(O);
+  for (std::int64_t i = 0; i < O; ++i) g[i] = static_cast<T>(-1.0 + 2.0 * i / (O - 1));
+  return g;
+}
+
 struct Grid {
   std::vector<double> gy, gx;
 };
-Grid grid_of(const std::vector<double>& my, const std::vector<double>& mx, const GridOptions& opt) {
-  Grid g{std::vector<double>(opt.out_h), std::vector<double>(opt.out_w)};
-  tasn::cpu::sampling_grid<double>(my.data(), mx.data(), 1, static_cast<std::int64_t>(my.size()),
-                                   static_cast<std::int64_t>(mx.size()), opt, g.gy.data(), g.gx.data());
+// The grid of one sample with Ho x Wo outputs.
+Grid grid_of(const std::vector<double>& my, const std::vector<double>& mx, std::int64_t Ho, std::int64_t Wo,
+             const GridOptions& opt) {
+  Grid g{std::vector<double>(Ho), std::vector<double>(Wo)};
+  const auto Hs = static_cast<std::int64_t>(my.size()), Ws = static_cast<std::int64_t>(mx.size());
+  tasn::cpu::sampling_grid(tasn::GridArgs<double>{
+      {my.data(), {1, Hs}}, {mx.data(), {1, Ws}}, {g.gy.data(), {1, Ho}}, {g.gx.data(), {1, Wo}}, opt});
   return g;
+}
+
+// N samples: sampling_grid over packed (N, Hs), (N, Ws) marginals into (N, Ho), (N, Wo).
+template <class T>
+void grid_n(const std::vector<T>& my, const std::vector<T>& mx, std::int64_t N, std::int64_t Ho, std::int64_t Wo,
+            const GridOptions& opt, std::vector<T>& gy, std::vector<T>& gx) {
+  const auto Hs = static_cast<std::int64_t>(my.size()) / N, Ws = static_cast<std::int64_t>(mx.size()) / N;
+  gy.assign(N * Ho, T(0));
+  gx.assign(N * Wo, T(0));
+  tasn::cpu::sampling_grid(tasn::GridArgs<T>{
+      {my.data(), {N, Hs}}, {mx.data(), {N, Ws}}, {gy.data(), {N, Ho}}, {gx.data(), {N, Wo}}, opt});
+}
+
+template <class T>
+void separable(const std::vector<T>& img, std::int64_t N, std::int64_t C, std::int64_t Hi, std::int64_t Wi,
+               const std::vector<T>& gy, const std::vector<T>& gx, std::int64_t Ho, std::int64_t Wo, std::vector<T>& out,
+               bool check_finite = true) {
+  out.assign(N * C * Ho * Wo, T(0));
+  tasn::SampleSeparableArgs<T> a{{img.data(), {N, C, Hi, Wi}}, {gy.data(), {N, Ho}}, {gx.data(), {N, Wo}},
+                                 {out.data(), {N, C, Ho, Wo}}, {}};
+  a.options.check_finite = check_finite;
+  tasn::cpu::sample_separable(a);
+}
+
+template <class T>
+void separable_backward(const std::vector<T>& dout, std::int64_t N, std::int64_t C, std::int64_t Hi, std::int64_t Wi,
+                        const std::vector<T>& gy, const std::vector<T>& gx, std::int64_t Ho, std::int64_t Wo,
+                        std::vector<T>& dimg, bool check_finite = true) {
+  dimg.assign(N * C * Hi * Wi, T(7));
+  tasn::SampleSeparableBackwardArgs<T> a{{dout.data(), {N, C, Ho, Wo}}, {gy.data(), {N, Ho}}, {gx.data(), {N, Wo}},
+                                         {dimg.data(), {N, C, Hi, Wi}}, {}};
+  a.options.check_finite = check_finite;
+  tasn::cpu::sample_separable_backward(a);
+}
+
+template <class T>
+void general(const std::vector<T>& img, std::int64_t N, std::int64_t C, std::int64_t Hi, std::int64_t Wi,
+             const std::vector<T>& grid, std::int64_t Ho, std::int64_t Wo, std::vector<T>& out, bool check_finite = true) {
+  out.assign(N * C * Ho * Wo, T(0));
+  tasn::SampleGridArgs<T> a{{img.data(), {N, C, Hi, Wi}}, {grid.data(), {N, Ho, Wo, 2}}, {out.data(), {N, C, Ho, Wo}}, {}};
+  a.options.check_finite = check_finite;
+  tasn::cpu::sample_grid(a);
+}
+
+// dimg / dgrid: pass null to leave that gradient out.
+template <class T>
+void general_backward(const std::vector<T>& img, const std::vector<T>& grid, const std::vector<T>& dout, std::int64_t N,
+                      std::int64_t C, std::int64_t Hi, std::int64_t Wi, std::int64_t Ho, std::int64_t Wo,
+                      std::vector<T>* dimg, std::vector<T>* dgrid, bool check_finite = true) {
+  tasn::SampleGridBackwardArgs<T> a{};
+  a.img = {img.data(), {N, C, Hi, Wi}};
+  a.grid = {grid.data(), {N, Ho, Wo, 2}};
+  a.dout = {dout.data(), {N, C, Ho, Wo}};
+  if (dimg) {
+    dimg->assign(N * C * Hi * Wi, T(7));
+    a.dimg = {dimg->data(), {N, C, Hi, Wi}};
+  }
+  if (dgrid) {
+    dgrid->assign(N * Ho * Wo * 2, T(7));
+    a.dgrid = {dgrid->data(), {N, Ho, Wo, 2}};
+  }
+  a.options.check_finite = check_finite;
+  tasn::cpu::sample_grid_backward(a);
+}
+
+template <class T>
+void marginals(const std::vector<T>& map, std::int64_t N, std::int64_t h, std::int64_t w, std::int64_t Hs,
+               std::int64_t Ws, std::vector<T>& my, std::vector<T>& mx, std::vector<unsigned char>* fb = nullptr,
+               bool check_finite = true) {
+  my.assign(N * Hs, T(0));
+  mx.assign(N * Ws, T(0));
+  tasn::MarginalsArgs<T> a{{map.data(), {N, h, w}}, {my.data(), {N, Hs}}, {mx.data(), {N, Ws}}, {}, {}};
+  if (fb) a.fallback = {fb->data(), {N}};
+  a.options.check_finite = check_finite;
+  tasn::cpu::attention_marginals(a);
 }
 
 TEST(SamplerGrid, UniformMarginalsGiveLinspace) {
   for (auto [S, O] : {std::pair<int, int>{512, 224}, {2, 5}, {7, 7}, {3, 1}, {100, 333}}) {
     SCOPED_TRACE(::testing::Message() << "S=" << S << " O=" << O);
     GridOptions opt;
-    opt.out_h = O;
-    opt.out_w = O;
     const std::vector<double> m(S, 1.0 / S);
-    const Grid g = grid_of(m, m, opt);
+    const Grid g = grid_of(m, m, O, O, opt);
     for (int i = 0; i < O; ++i) {
       const double lin = O == 1 ? 0.0 : -1.0 + 2.0 * i / (O - 1);
       EXPECT_NEAR(g.gy[i], lin, 1e-12);
@@ -95,12 +178,10 @@ TEST(SamplerGrid, ExactModeIsMonotoneWithPinnedEndsAndLimitedMagnification) {
   for (int trial = 0; trial < 20; ++trial) {
     const int Hs = 20 + 37 * trial, Ws = 512 - 11 * trial, Ho = 17 + 9 * trial, Wo = 224 - 5 * trial;
     GridOptions opt;
-    opt.out_h = Ho;
-    opt.out_w = Wo;
     opt.dense = 1.5 + trial * 0.25;
     opt.iters = trial % 6;
     const auto my = peaky(Hs, 100 + trial), mx = peaky(Ws, 200 + trial);
-    const Grid g = grid_of(my, mx, opt);
+    const Grid g = grid_of(my, mx, Ho, Wo, opt);
     auto lmy = my, lmx = mx;
     spec_limit(lmy, lmx, Ho, Wo, opt.dense, opt.iters);
     for (auto [gv, lm, O, S] : {std::make_tuple(&g.gy, &lmy, Ho, Hs), std::make_tuple(&g.gx, &lmx, Wo, Ws)}) {
@@ -123,11 +204,9 @@ TEST(SamplerGrid, OfficialModeMatchesTranscription) {
   for (int trial = 0; trial < 10; ++trial) {
     const int Hs = 64 + trial * 40, Ws = 48 + trial * 50, Ho = 30 + trial * 20, Wo = 25 + trial * 19;
     GridOptions opt;
-    opt.out_h = Ho;
-    opt.out_w = Wo;
     opt.mode = GridMode::Official;
     const auto my = peaky(Hs, 300 + trial), mx = peaky(Ws, 400 + trial);
-    const Grid g = grid_of(my, mx, opt);
+    const Grid g = grid_of(my, mx, Ho, Wo, opt);
     auto lmy = my, lmx = mx;
     spec_limit(lmy, lmx, Ho, Wo, opt.dense, opt.iters);
     const auto ry = spec_official(lmy, Ho), rx = spec_official(lmx, Wo);
@@ -142,10 +221,10 @@ TEST(SamplerGrid, OfficialModeMatchesTranscription) {
 TEST(SamplerMarginals, FusedEqualsMaterialised) {
   const std::int64_t N = 3, h = 28, w = 21, Hs = 512, Ws = 300;
   const auto map = tt::cast_vector<float>(tt::random_tensor(N * h * w, 51, -0.2, 1.0));
-  std::vector<float> up(N * Hs * Ws), my1(N * Hs), mx1(N * Ws), my2(N * Hs), mx2(N * Ws);
-  tasn::cpu::upsample_bilinear<float>(map.data(), N, h, w, Hs, Ws, false, up.data());
-  tasn::cpu::attention_marginals<float>(up.data(), N, Hs, Ws, Hs, Ws, my1.data(), mx1.data());
-  tasn::cpu::attention_marginals<float>(map.data(), N, h, w, Hs, Ws, my2.data(), mx2.data());
+  std::vector<float> up(N * Hs * Ws), my1, mx1, my2, mx2;
+  tasn::cpu::upsample_bilinear(tasn::UpsampleArgs<float>{{map.data(), {N, h, w}}, {up.data(), {N, Hs, Ws}}, {}});
+  marginals(up, N, Hs, Ws, Hs, Ws, my1, mx1);
+  marginals(map, N, h, w, Hs, Ws, my2, mx2);
   EXPECT_EQ(my1, my2);
   EXPECT_EQ(mx1, mx2);
   // normalised
@@ -161,27 +240,52 @@ TEST(SamplerMarginals, DegenerateMapsFallBackToUniform) {
   for (int i = 0; i < h * w; ++i) maps[h * w + i] = -1.0 - i;           // sample 1: negative
   for (int i = 0; i < h * w; ++i) maps[2 * h * w + i] = 1.0;            // sample 2: NaN inside
   maps[2 * h * w + 7] = std::nan("");
-  std::vector<double> my(3 * h), mx(3 * w);
+  std::vector<double> my, mx;
   std::vector<unsigned char> fb(3, 9);
-  tasn::cpu::attention_marginals<double>(maps.data(), 3, h, w, h, w, my.data(), mx.data(), fb.data());
+  // NaN inside: refused with check_finite, the uniform fallback without
+  EXPECT_EQ(tt::invalid_argument_message([&] { marginals(maps, 3, h, w, h, w, my, mx, &fb); }),
+            "attention_marginals: map holds a non-finite value (nan) at flat index 47 of 60");
+  EXPECT_EQ(fb, (std::vector<unsigned char>(3, 9))) << "nothing written on an exception";
+  marginals(maps, 3, h, w, h, w, my, mx, &fb, /*check_finite=*/false);
   EXPECT_EQ(fb, (std::vector<unsigned char>{1, 1, 1}));
   for (double v : my) EXPECT_EQ(v, 1.0 / h);
   for (double v : mx) EXPECT_EQ(v, 1.0 / w);
   // ... and the grid of a fallen-back sample is the identity, never NaN
-  GridOptions opt;
-  opt.out_h = 9;
-  opt.out_w = 9;
-  std::vector<double> gy(9), gx(9);
-  tasn::cpu::sampling_grid<double>(my.data() + 2 * h, mx.data() + 2 * w, 1, h, w, opt, gy.data(), gx.data());
-  for (int i = 0; i < 9; ++i) EXPECT_NEAR(gy[i], -1.0 + 2.0 * i / 8, 1e-12);
+  const std::vector<double> my2(my.begin() + 2 * h, my.end()), mx2(mx.begin() + 2 * w, mx.end());
+  const Grid g = grid_of(my2, mx2, 9, 9, GridOptions{});
+  for (int i = 0; i < 9; ++i) EXPECT_NEAR(g.gy[i], -1.0 + 2.0 * i / 8, 1e-12);
   // a healthy map does not fall back
   maps[2 * h * w + 7] = 3.0;
-  tasn::cpu::attention_marginals<double>(maps.data() + 2 * h * w, 1, h, w, h, w, my.data(), mx.data(), fb.data());
+  const std::vector<double> one(maps.begin() + 2 * h * w, maps.end());
+  marginals(one, 1, h, w, h, w, my, mx, &fb);
   EXPECT_EQ(fb[0], 0);
   EXPECT_GT(my[1], my[0]);  // row 1 holds the 3.0
 }
 
 // ---- attention maps -------------------------------------------------------------------------
+
+template <class T>
+void structure(const std::vector<T>& m, std::int64_t N, std::int64_t C, std::int64_t h, std::int64_t w, bool distinct,
+               std::vector<T>& out) {
+  tasn::StructureMapArgs<T> a{{m.data(), {N, C, h, w}}, {out.data(), {N, h, w}}, {}};
+  a.options.distinct = distinct;
+  tasn::cpu::structure_map(a);
+}
+
+template <class T>
+void detail(const std::vector<T>& m, std::int64_t N, std::int64_t C, std::int64_t h, std::int64_t w, bool training,
+            const std::vector<std::int64_t>* channels, std::uint64_t seed, std::vector<T>& out,
+            std::vector<std::int64_t>* chosen = nullptr, bool check_finite = true) {
+  tasn::DetailMapArgs<T> a{};
+  a.m = {m.data(), {N, C, h, w}};
+  if (channels) a.channels = {channels->data(), {N}};
+  a.out = {out.data(), {N, h, w}};
+  if (chosen) a.chosen = {chosen->data(), {N}};
+  a.options.training = training;
+  a.options.seed = seed;
+  a.options.check_finite = check_finite;
+  tasn::cpu::detail_map(a);
+}
 
 TEST(SamplerMaps, DistinctIgnoresRepeatedDeadChannels) {
   const std::int64_t N = 2, C = 6, h = 3, w = 3, p = h * w;
@@ -190,34 +294,34 @@ TEST(SamplerMaps, DistinctIgnoresRepeatedDeadChannels) {
     for (std::int64_t c : {0, 2, 5})
       for (std::int64_t i = 0; i < p; ++i) m[(n * C + c) * p + i] = 1.0 + c + 0.1 * i + n;
   std::vector<double> with(N * p), without(N * p);
-  tasn::cpu::structure_map<double>(m.data(), N, C, h, w, true, with.data());
-  tasn::cpu::structure_map<double>(m.data(), N, C, h, w, false, without.data());
+  structure(m, N, C, h, w, true, with);
+  structure(m, N, C, h, w, false, without);
   EXPECT_EQ(with, without);  // dead channels add 0 either way: one of them is kept
   // now dead channels hold the same constant: counted once with distinct
   for (std::int64_t n = 0; n < N; ++n)
     for (std::int64_t c : {1, 3, 4})
       for (std::int64_t i = 0; i < p; ++i) m[(n * C + c) * p + i] = 0.5;
-  tasn::cpu::structure_map<double>(m.data(), N, C, h, w, true, with.data());
-  tasn::cpu::structure_map<double>(m.data(), N, C, h, w, false, without.data());
+  structure(m, N, C, h, w, true, with);
+  structure(m, N, C, h, w, false, without);
   for (std::int64_t i = 0; i < N * p; ++i) EXPECT_NEAR(without[i] - with[i], 1.0, 1e-12);  // 3 x 0.5 vs 1 x 0.5
   // detail map picks among the distinct channels only: never 3 or 4
   std::vector<double> d(N * p);
   std::vector<std::int64_t> chosen(N);
   for (std::uint64_t seed = 0; seed < 50; ++seed) {
-    tasn::cpu::detail_map<double>(m.data(), N, C, h, w, true, nullptr, seed, d.data(), chosen.data());
+    detail(m, N, C, h, w, true, nullptr, seed, d, &chosen);
     for (auto c : chosen) EXPECT_TRUE(c == 0 || c == 1 || c == 2 || c == 5) << c;
     for (std::int64_t n = 0; n < N; ++n)
       for (std::int64_t i = 0; i < p; ++i) ASSERT_EQ(d[n * p + i], m[(n * C + chosen[n]) * p + i]);
   }
   // same seed, same channels; given indices are used as they are
   std::vector<std::int64_t> again(N);
-  tasn::cpu::detail_map<double>(m.data(), N, C, h, w, true, nullptr, 49, d.data(), again.data());
+  detail(m, N, C, h, w, true, nullptr, 49, d, &again);
   EXPECT_EQ(again, chosen);
   const std::vector<std::int64_t> given = {4, 3};
-  tasn::cpu::detail_map<double>(m.data(), N, C, h, w, true, given.data(), 0, d.data(), again.data());
+  detail(m, N, C, h, w, true, &given, 0, d, &again);
   EXPECT_EQ(again, given);
   // evaluation: the plain sum
-  tasn::cpu::detail_map<double>(m.data(), N, C, h, w, false, nullptr, 0, d.data());
+  detail(m, N, C, h, w, false, nullptr, 0, d);
   EXPECT_EQ(d, without);
 }
 
@@ -230,10 +334,9 @@ TEST(SamplerSampling, MatchesPyTorchGridSample) {
   const auto img = tt::random_tensor(N * C * Hi * Wi, 41, -1.0, 1.0);
   const auto dout = tt::random_tensor(N * C * Ho * Wo, 43, -1.0, 1.0);
   const auto& grid = g.at("grid").data;
-  std::vector<double> out(N * C * Ho * Wo), dimg(img.size()), dgrid(grid.size());
-  tasn::cpu::sample_grid<double>(img.data(), N, C, Hi, Wi, grid.data(), Ho, Wo, out.data());
-  tasn::cpu::sample_grid_backward<double>(img.data(), grid.data(), dout.data(), N, C, Hi, Wi, Ho, Wo,
-                                          dimg.data(), dgrid.data());
+  std::vector<double> out, dimg, dgrid;
+  general(img, N, C, Hi, Wi, grid, Ho, Wo, out);
+  general_backward(img, grid, dout, N, C, Hi, Wi, Ho, Wo, &dimg, &dgrid);
   auto r = tt::compare(out, g.at("out").data, 1e-12, 1e-12);
   EXPECT_TRUE(r.ok) << "out: " << r.message();
   r = tt::compare(dimg, g.at("dimg").data, 1e-12, 1e-12);
@@ -242,8 +345,8 @@ TEST(SamplerSampling, MatchesPyTorchGridSample) {
   EXPECT_TRUE(r.ok) << "dgrid: " << r.message();
   // float path too
   const auto imgf = tt::cast_vector<float>(img), gridf = tt::cast_vector<float>(grid);
-  std::vector<float> outf(out.size());
-  tasn::cpu::sample_grid<float>(imgf.data(), N, C, Hi, Wi, gridf.data(), Ho, Wo, outf.data());
+  std::vector<float> outf;
+  general(imgf, N, C, Hi, Wi, gridf, Ho, Wo, outf);
   r = tt::compare(outf, g.at("out").data, 2e-6, 1e-5);
   EXPECT_TRUE(r.ok) << "out (float): " << r.message();
 }
@@ -257,16 +360,16 @@ TEST(SamplerSampling, SeparableEqualsGeneralAndIsDeterministic) {
   gx[Wo - 1] = 1.f;
   std::vector<float> grid(N * Ho * Wo * 2);
   tasn::detail::separable_to_general_grid(gy.data(), gx.data(), N, Ho, Wo, grid.data());
-  std::vector<float> a(N * C * Ho * Wo), b(a.size());
-  tasn::cpu::sample_separable<float>(img.data(), N, C, Hi, Wi, gy.data(), gx.data(), Ho, Wo, a.data());
-  tasn::cpu::sample_grid<float>(img.data(), N, C, Hi, Wi, grid.data(), Ho, Wo, b.data());
+  std::vector<float> a, b;
+  separable(img, N, C, Hi, Wi, gy, gx, Ho, Wo, a);
+  general(img, N, C, Hi, Wi, grid, Ho, Wo, b);
   EXPECT_EQ(a, b);
   const auto dout = tt::cast_vector<float>(tt::random_tensor(a.size(), 64));
-  std::vector<float> d1(img.size()), d2(img.size()), d3(img.size());
-  tasn::cpu::sample_separable_backward<float>(dout.data(), N, C, Hi, Wi, gy.data(), gx.data(), Ho, Wo, d1.data());
-  tasn::cpu::sample_separable_backward<float>(dout.data(), N, C, Hi, Wi, gy.data(), gx.data(), Ho, Wo, d2.data());
+  std::vector<float> d1, d2, d3;
+  separable_backward(dout, N, C, Hi, Wi, gy, gx, Ho, Wo, d1);
+  separable_backward(dout, N, C, Hi, Wi, gy, gx, Ho, Wo, d2);
   EXPECT_EQ(d1, d2) << "separable backward must be bit-identical run to run";
-  tasn::cpu::sample_grid_backward<float>(img.data(), grid.data(), dout.data(), N, C, Hi, Wi, Ho, Wo, d3.data(), nullptr);
+  general_backward(img, grid, dout, N, C, Hi, Wi, Ho, Wo, &d3, static_cast<std::vector<float>*>(nullptr));
   const auto r = tt::compare(d1, d3, 1e-5, 1e-5);
   EXPECT_TRUE(r.ok) << r.message();
 }
@@ -277,12 +380,12 @@ TEST(SamplerSampling, ImageGradientMatchesFiniteDifferences) {
   const auto gy = tt::random_tensor(N * Ho, 72, -1.1, 1.1), gx = tt::random_tensor(N * Wo, 73, -1.1, 1.1);
   const auto w = tt::random_tensor(N * C * Ho * Wo, 74);
   auto loss = [&](const std::vector<double>& im) {
-    std::vector<double> out(w.size());
-    tasn::cpu::sample_separable<double>(im.data(), N, C, Hi, Wi, gy.data(), gx.data(), Ho, Wo, out.data());
+    std::vector<double> out;
+    separable(im, N, C, Hi, Wi, gy, gx, Ho, Wo, out);
     return tt::weighted_sum(out, w);
   };
-  std::vector<double> g(img.size());
-  tasn::cpu::sample_separable_backward<double>(w.data(), N, C, Hi, Wi, gy.data(), gx.data(), Ho, Wo, g.data());
+  std::vector<double> g;
+  separable_backward(w, N, C, Hi, Wi, gy, gx, Ho, Wo, g);
   EXPECT_LT(tt::relative_error(g, tt::numeric_gradient(loss, img, 1e-6)), 1e-8);
 }
 
@@ -294,11 +397,14 @@ TEST(SamplerConvenience, AttentionSampleMagnifiesTheAttendedRegion) {
   std::vector<float> img(Hi * Wi);
   for (std::int64_t y = 0; y < Hi; ++y)
     for (std::int64_t x = 0; x < Wi; ++x) img[y * Wi + x] = static_cast<float>(x);  // value = column
-  tasn::AttentionSampleOptions opt;
-  opt.grid.out_h = O;
-  opt.grid.out_w = O;
   std::vector<float> out(O * O), gy(O), gx(O);
-  tasn::cpu::attention_sample<float>(img.data(), N, C, Hi, Wi, att.data(), Ha, Wa, opt, out.data(), gy.data(), gx.data());
+  tasn::AttentionSampleArgs<float> args{};
+  args.img = {img.data(), {N, C, Hi, Wi}};
+  args.attention = {att.data(), {N, Ha, Wa}};
+  args.out = {out.data(), {N, C, O, O}};
+  args.gy = {gy.data(), {N, O}};
+  args.gx = {gx.data(), {N, O}};
+  tasn::cpu::attention_sample(args);
   const double hot_x = 8.0 / (Wa - 1) * (Wi - 1);  // hot column in image pixels
   int near_hot = 0, near_uniform = 0;
   for (std::int64_t x = 0; x < O; ++x) {
@@ -310,37 +416,340 @@ TEST(SamplerConvenience, AttentionSampleMagnifiesTheAttendedRegion) {
   EXPECT_EQ(gx.back(), 1.f);
 }
 
-// ---- errors ---------------------------------------------------------------------------------
+// ---- errors: options, shapes, absent views ----------------------------------------------------
 
-TEST(SamplerErrors, BadInputs) {
-  std::vector<float> m(64, 1.f), g(64);
+TEST(SamplerErrors, OptionsAndChannels) {
+  std::vector<float> m(64, 1.f), g(64, 0.f);
   GridOptions opt;
-  opt.out_h = 0;
-  EXPECT_NE(tt::invalid_argument_message([&] { tasn::cpu::sampling_grid<float>(m.data(), m.data(), 1, 4, 4, opt, g.data(), g.data()); })
-                .find("output size must be >= 1, got (0, 224)"),
-            std::string::npos);
-  opt.out_h = 4;
-  opt.out_w = 4;
   for (double dense : {0.0, -1.0, std::nan("")}) {
     opt.dense = dense;
-    EXPECT_NE(tt::invalid_argument_message([&] { tasn::cpu::sampling_grid<float>(m.data(), m.data(), 1, 4, 4, opt, g.data(), g.data()); })
-                  .find("dense must be finite and > 0"),
+    EXPECT_NE(tt::invalid_argument_message([&] {
+                tasn::cpu::sampling_grid(tasn::GridArgs<float>{
+                    {m.data(), {1, 4}}, {m.data(), {1, 4}}, {g.data(), {1, 4}}, {g.data() + 8, {1, 4}}, opt});
+              }).find("sampling_grid: dense must be finite and > 0"),
               std::string::npos);
   }
+  opt = GridOptions{};
+  opt.iters = -1;
+  EXPECT_EQ(tt::invalid_argument_message([&] {
+              tasn::cpu::sampling_grid(tasn::GridArgs<float>{
+                  {m.data(), {1, 4}}, {m.data(), {1, 4}}, {g.data(), {1, 4}}, {g.data() + 8, {1, 4}}, opt});
+            }),
+            "sampling_grid: iters must be >= 0, got -1");
   const std::vector<std::int64_t> bad = {0, 7};
-  EXPECT_NE(tt::invalid_argument_message([&] { tasn::cpu::detail_map<float>(m.data(), 2, 4, 2, 4, true, bad.data(), 0, g.data()); })
-                .find("channels[1] = 7 is out of range [0, 4)"),
-            std::string::npos);
-  EXPECT_NE(tt::invalid_argument_message([&] { tasn::cpu::sample_separable<float>(m.data(), 1, 1, 0, 4, g.data(), g.data(), 2, 2, g.data()); })
-                .find("img must have positive sizes, got (1, 1, 0, 4)"),
-            std::string::npos);
-  EXPECT_NE(tt::invalid_argument_message([&] { tasn::cpu::attention_marginals<float>(nullptr, 1, 4, 4, 8, 8, g.data(), g.data()); })
-                .find("map is null but must hold 16 elements"),
-            std::string::npos);
-  m[3] = std::nanf("");
-  EXPECT_NE(tt::invalid_argument_message([&] { tasn::cpu::sampling_grid<float>(m.data(), m.data(), 1, 4, 4, GridOptions{}, g.data(), g.data()); })
-                .find("my holds a non-finite value"),
-            std::string::npos);
+  std::vector<std::int64_t> chosen(2, 5);
+  EXPECT_EQ(tt::invalid_argument_message([&] { detail(m, 2, 4, 2, 4, true, &bad, 0, g, &chosen); }),
+            "detail_map: channels[1] = 7 is out of range [0, 4)");
+  EXPECT_EQ(chosen, (std::vector<std::int64_t>{5, 5})) << "nothing written on an exception";
+  // check_finite = false: the sample with a bad channel gets a NaN map and chosen = -1 (as CUDA)
+  std::iota(m.begin(), m.end(), 0.f);
+  detail(m, 2, 4, 2, 4, true, &bad, 0, g, &chosen, /*check_finite=*/false);
+  EXPECT_EQ(chosen, (std::vector<std::int64_t>{0, -1}));
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_EQ(g[i], m[i]);
+    EXPECT_TRUE(std::isnan(g[8 + i])) << i;
+  }
+}
+
+TEST(SamplerErrors, ShapesStridesAndAbsentViewsNameArgumentAndSizes) {
+  std::vector<float> buf(4096, 1.f), out(4096, 0.f);
+  const float* p = buf.data();
+  float* o = out.data();
+  using tasn::Tensor1;
+  using tasn::Tensor2;
+  using tasn::Tensor3;
+  using tasn::Tensor4;
+  // wrong size
+  EXPECT_EQ(tt::invalid_argument_message([&] {
+              tasn::cpu::structure_map(tasn::StructureMapArgs<float>{{p, {2, 3, 4, 4}}, {o, {2, 4, 5}}, {}});
+            }),
+            "structure_map: out has shape (2, 4, 5) but (N, h, w) = (2, 4, 4) is required");
+  EXPECT_EQ(tt::invalid_argument_message([&] {
+              tasn::cpu::sample_separable(
+                  tasn::SampleSeparableArgs<float>{{p, {2, 3, 4, 4}}, {p, {2, 5}}, {p, {3, 6}}, {o, {2, 3, 5, 6}}, {}});
+            }),
+            "sample_separable: gx has shape (3, 6) but (N, Wo) = (2, 6) is required");
+  EXPECT_EQ(tt::invalid_argument_message([&] {
+              tasn::cpu::sample_separable(
+                  tasn::SampleSeparableArgs<float>{{p, {2, 3, 4, 4}}, {p, {2, 5}}, {p, {2, 6}}, {o, {2, 3, 6, 5}}, {}});
+            }),
+            "sample_separable: out has shape (2, 3, 6, 5) but (N, C, Ho, Wo) = (2, 3, 5, 6) is required");
+  EXPECT_EQ(tt::invalid_argument_message([&] {
+              tasn::cpu::sample_grid(
+                  tasn::SampleGridArgs<float>{{p, {1, 2, 4, 4}}, {p, {1, 3, 3, 3}}, {o, {1, 2, 3, 3}}, {}});
+            }),
+            "sample_grid: grid has shape (1, 3, 3, 3) but (N, Ho, Wo, 2) = (1, 3, 3, 2) is required");
+  EXPECT_EQ(tt::invalid_argument_message([&] {
+              tasn::DetailMapArgs<float> a{};
+              a.m = {p, {2, 3, 4, 4}};
+              a.out = {o, {2, 4, 4}};
+              std::vector<std::int64_t> ch(3, 0);
+              a.channels = {ch.data(), {3}};
+              tasn::cpu::detail_map(a);
+            }),
+            "detail_map: channels has shape (3) but (N) = (2) is required");
+  EXPECT_EQ(tt::invalid_argument_message([&] {
+              tasn::cpu::attention_marginals(
+                  tasn::MarginalsArgs<float>{{p, {2, 4, 4}}, {o, {2, 8}}, {o + 100, {2, 0}}, {}, {}});
+            }),
+            "attention_marginals: mx has shape (2, 0) but (N, Ws) with every size >= 1 is required");
+  EXPECT_EQ(tt::invalid_argument_message([&] {
+              tasn::cpu::upsample_bilinear(tasn::UpsampleArgs<float>{{p, {0, 4, 4}}, {o, {0, 8, 8}}, {}});
+            }),
+            "upsample_bilinear: in must have shape (N, h, w) with every size >= 1, got (0, 4, 4)");
+  // non-packed strides
+  EXPECT_EQ(tt::invalid_argument_message([&] {
+              tasn::cpu::sample_separable(tasn::SampleSeparableArgs<float>{
+                  {p, {1, 1, 4, 4}, {32, 32, 8, 1}}, {p, {1, 2}}, {p, {1, 2}}, {o, {1, 1, 2, 2}}, {}});
+            }),
+            "sample_separable: img of shape (1, 1, 4, 4) has strides (32, 32, 8, 1); the operator needs it packed "
+            "row-major");
+  EXPECT_EQ(tt::invalid_argument_message([&] {
+              tasn::cpu::sampling_grid(tasn::GridArgs<float>{
+                  {p, {2, 4}}, {p, {2, 4}}, {o, {2, 3}, {1, 2}}, {o + 50, {2, 3}}, GridOptions{}});
+            }),
+            "sampling_grid: gy of shape (2, 3) has strides (1, 2); the operator needs it packed row-major");
+  // absent required views; null data
+  EXPECT_EQ(tt::invalid_argument_message([&] {
+              tasn::cpu::sampling_grid(tasn::GridArgs<float>{{p, {2, 4}}, {p, {2, 4}}, {}, {o, {2, 3}}, GridOptions{}});
+            }),
+            "sampling_grid: gy is absent (a null view) but is required");
+  EXPECT_EQ(tt::invalid_argument_message([&] {
+              tasn::AttentionSampleArgs<float> a{};
+              a.img = {p, {1, 1, 8, 8}};
+              a.attention = {p, {1, 4, 4}};
+              tasn::cpu::attention_sample(a);
+            }),
+            "attention_sample: out is absent (a null view) but is required");
+  EXPECT_EQ(tt::invalid_argument_message([&] {
+              tasn::SampleGridBackwardArgs<float> a{};
+              a.dout = {p, {1, 1, 2, 2}};
+              a.grid = {p, {1, 2, 2, 2}};
+              a.dgrid = {o, {1, 2, 2, 2}};
+              tasn::cpu::sample_grid_backward(a);
+            }),
+            "sample_grid_backward: img is absent (a null view) but is required when dgrid is given");
+  EXPECT_EQ(tt::invalid_argument_message([&] {
+              tasn::cpu::sample_separable_backward(
+                  tasn::SampleSeparableBackwardArgs<float>{{}, {p, {1, 2}}, {p, {1, 2}}, {o, {1, 1, 4, 4}}, {}});
+            }),
+            "sample_separable_backward: dout is absent (a null view) but is required");
+  EXPECT_EQ(tt::invalid_argument_message([&] {
+              tasn::cpu::structure_map(tasn::StructureMapArgs<float>{{p, {2, 3, 4, 4}}, {nullptr, {2, 4, 4}}, {}});
+            }),
+            "structure_map: out is absent (a null view) but is required");
+  EXPECT_EQ(out, std::vector<float>(4096, 0.f)) << "a refused call writes nothing";
+}
+
+// ---- workspace -----------------------------------------------------------------------------------
+
+// A 256-byte aligned host buffer of `bytes` bytes plus a guard region filled with 0xab.
+struct Buffer {
+  static constexpr std::size_t kGuard = 512;
+  std::vector<unsigned char> raw;
+  unsigned char* data = nullptr;
+  explicit Buffer(std::size_t bytes) : raw(bytes + kGuard + 256, 0xab) {
+    auto at = reinterpret_cast<std::uintptr_t>(raw.data());
+    data = raw.data() + (256 - at % 256) % 256;
+  }
+  bool guard_intact(std::size_t bytes) const {
+    for (std::size_t i = 0; i < kGuard; ++i)
+      if (data[bytes + i] != 0xab) return false;
+    return true;
+  }
+};
+
+// Runs op(args, ws) with a caller workspace of exactly workspace_bytes(args) bytes, compares to the
+// self-allocated run (`outputs` returns the outputs), and checks the refusals.
+template <class Args, class Op, class Outputs>
+void check_workspace(const char* name, const Args& args, Op op, Outputs outputs, bool expect_scratch) {
+  SCOPED_TRACE(name);
+  const std::size_t need = tasn::cpu::workspace_bytes(args);
+  if (expect_scratch) {
+    EXPECT_GT(need, 0u);
+  }
+  op(args, tasn::Workspace{});
+  const auto self = outputs();
+  Buffer b(need);
+  op(args, tasn::Workspace{b.data, need});
+  EXPECT_EQ(outputs(), self) << "caller workspace must give bit-identical results";
+  EXPECT_TRUE(b.guard_intact(need)) << "wrote beyond workspace_bytes(args)";
+  if (need > 0) {
+    const std::string small = tt::invalid_argument_message([&] { op(args, tasn::Workspace{b.data, need - 1}); });
+    EXPECT_EQ(small, tasn::detail::concat(name, ": workspace holds ", need - 1, " bytes but ", need,
+                                          " are needed (query workspace_bytes(args))"));
+    Buffer c(need + 16);
+    const std::string mis = tt::invalid_argument_message([&] { op(args, tasn::Workspace{c.data + 8, need + 8}); });
+    EXPECT_NE(mis.find(std::string(name) + ": workspace must be 256-byte aligned"), std::string::npos) << mis;
+  }
+}
+
+TEST(SamplerWorkspace, CallerWorkspaceIsBitIdenticalAndSizedExactly) {
+  const std::int64_t N = 3, C = 4, Hi = 13, Wi = 11, Ho = 7, Wo = 9, h = 5, w = 6;
+  const auto img = tt::random_tensor(N * C * Hi * Wi, 801, -1.0, 1.0);
+  auto m = tt::random_tensor(N * C * h * w, 802, 0.0, 1.0);
+  for (std::int64_t i = 0; i < h * w; ++i) m[2 * h * w + i] = m[i];  // a repeated channel
+  const auto att = tt::random_tensor(N * h * w, 803, 0.0, 1.0);
+  const auto gy = tt::random_tensor(N * Ho, 804, -1.0, 1.0), gx = tt::random_tensor(N * Wo, 805, -1.0, 1.0);
+  const auto dout = tt::random_tensor(N * C * Ho * Wo, 806);
+  std::vector<double> map(N * h * w), my(N * Hi), mx(N * Wi), gyo(N * Ho), gxo(N * Wo), out(N * C * Ho * Wo),
+      dimg(img.size());
+  std::vector<std::int64_t> chosen(N);
+  std::vector<unsigned char> fb(N);
+
+  tasn::StructureMapArgs<double> sm{{m.data(), {N, C, h, w}}, {map.data(), {N, h, w}}, {}};
+  sm.options.distinct = true;
+  check_workspace("structure_map", sm, [](auto& a, tasn::Workspace ws) { tasn::cpu::structure_map(a, ws); },
+                  [&] { return map; }, true);
+  tasn::DetailMapArgs<double> dm{};
+  dm.m = sm.m;
+  dm.out = sm.out;
+  dm.chosen = {chosen.data(), {N}};
+  dm.options.seed = 9;
+  check_workspace("detail_map", dm, [](auto& a, tasn::Workspace ws) { tasn::cpu::detail_map(a, ws); },
+                  [&] { return std::make_pair(map, chosen); }, true);
+  tasn::MarginalsArgs<double> ma{{att.data(), {N, h, w}}, {my.data(), {N, Hi}}, {mx.data(), {N, Wi}},
+                                 {fb.data(), {N}}, {}};
+  check_workspace("attention_marginals", ma, [](auto& a, tasn::Workspace ws) { tasn::cpu::attention_marginals(a, ws); },
+                  [&] { return std::make_pair(my, mx); }, false);
+  tasn::GridArgs<double> ga{{my.data(), {N, Hi}}, {mx.data(), {N, Wi}}, {gyo.data(), {N, Ho}}, {gxo.data(), {N, Wo}}, {}};
+  check_workspace("sampling_grid", ga, [](auto& a, tasn::Workspace ws) { tasn::cpu::sampling_grid(a, ws); },
+                  [&] { return std::make_pair(gyo, gxo); }, true);
+  tasn::SampleSeparableArgs<double> ss{{img.data(), {N, C, Hi, Wi}}, {gy.data(), {N, Ho}}, {gx.data(), {N, Wo}},
+                                       {out.data(), {N, C, Ho, Wo}}, {}};
+  check_workspace("sample_separable", ss, [](auto& a, tasn::Workspace ws) { tasn::cpu::sample_separable(a, ws); },
+                  [&] { return out; }, true);
+  tasn::SampleSeparableBackwardArgs<double> sb{{dout.data(), {N, C, Ho, Wo}}, {gy.data(), {N, Ho}}, {gx.data(), {N, Wo}},
+                                               {dimg.data(), {N, C, Hi, Wi}}, {}};
+  check_workspace("sample_separable_backward", sb,
+                  [](auto& a, tasn::Workspace ws) { tasn::cpu::sample_separable_backward(a, ws); },
+                  [&] { return dimg; }, true);
+  for (bool squared : {false, true})
+    for (bool give_grid : {false, true}) {
+      tasn::AttentionSampleArgs<double> as{};
+      as.img = {img.data(), {N, C, Hi, Wi}};
+      as.attention = {att.data(), {N, h, w}};
+      as.out = {out.data(), {N, C, Ho, Wo}};
+      if (give_grid) {
+        as.gy = {gyo.data(), {N, Ho}};
+        as.gx = {gxo.data(), {N, Wo}};
+      }
+      as.fallback = {fb.data(), {N}};
+      as.options.squared = squared;
+      as.options.upsample_h = 17;
+      check_workspace("attention_sample", as, [](auto& a, tasn::Workspace ws) { tasn::cpu::attention_sample(a, ws); },
+                      [&] { return std::make_pair(out, std::make_pair(gyo, gxo)); }, true);
+    }
+  // the ops without scratch need none, and accept an empty workspace
+  const auto grid = tt::random_tensor(N * Ho * Wo * 2, 807, -1.0, 1.0);
+  tasn::SampleGridArgs<double> sg{{img.data(), {N, C, Hi, Wi}}, {grid.data(), {N, Ho, Wo, 2}}, {out.data(), {N, C, Ho, Wo}}, {}};
+  EXPECT_EQ(tasn::cpu::workspace_bytes(sg), 0u);
+  tasn::UpsampleArgs<double> ua{{att.data(), {N, h, w}}, {dimg.data(), {N, Hi, Wi}}, {}};
+  EXPECT_EQ(tasn::cpu::workspace_bytes(ua), 0u);
+  EXPECT_EQ(tasn::cpu::workspace_bytes(ma), 0u);
+  tasn::StructureMapArgs<double> plain = sm;
+  plain.options.distinct = false;
+  EXPECT_EQ(tasn::cpu::workspace_bytes(plain), 0u);
+}
+
+// ---- check_finite ----------------------------------------------------------------------------------
+
+TEST(SamplerCheckFinite, RefusedWithTheSharedMessageAndNothingWritten) {
+  const std::int64_t N = 2, C = 2, Hi = 6, Wi = 5, Ho = 4, Wo = 3;
+  auto img = tt::cast_vector<float>(tt::random_tensor(N * C * Hi * Wi, 811));
+  auto att = tt::cast_vector<float>(tt::random_tensor(N * Hi * Wi, 812, 0.0, 1.0));
+  const auto ly = linspace_grid<float>(Ho), lx = linspace_grid<float>(Wo);
+  std::vector<float> gy(ly), gx(lx);
+  gy.insert(gy.end(), ly.begin(), ly.end());
+  gx.insert(gx.end(), lx.begin(), lx.end());
+  std::vector<float> out(N * C * Ho * Wo, 3.f);
+  img[17] = std::nanf("");
+  tasn::SampleSeparableArgs<float> ss{{img.data(), {N, C, Hi, Wi}}, {gy.data(), {N, Ho}}, {gx.data(), {N, Wo}},
+                                      {out.data(), {N, C, Ho, Wo}}, {}};
+  EXPECT_EQ(tt::invalid_argument_message([&] { tasn::cpu::sample_separable(ss); }),
+            tasn::detail::nonfinite_message("sample_separable", "img", std::nanf(""), 17, N * C * Hi * Wi));
+  EXPECT_EQ(out, std::vector<float>(out.size(), 3.f));
+  img[17] = 0.5f;
+  gx[4] = INFINITY;
+  EXPECT_EQ(tt::invalid_argument_message([&] { tasn::cpu::sample_separable(ss); }),
+            "sample_separable: gx holds a non-finite value (inf) at flat index 4 of 6");
+  ss.options.check_finite = false;  // propagates: NaN in the column of the bad coordinate
+  tasn::cpu::sample_separable(ss);
+  for (std::int64_t c = 0; c < C; ++c)
+    for (std::int64_t y = 0; y < Ho; ++y) EXPECT_TRUE(std::isnan(out[((1 * C + c) * Ho + y) * Wo + 1]));
+  EXPECT_TRUE(std::isfinite(out[0]));
+  gx[4] = 0.f;
+
+  tasn::AttentionSampleArgs<float> as{};
+  as.img = {img.data(), {N, C, Hi, Wi}};
+  as.attention = {att.data(), {N, Hi, Wi}};
+  as.out = {out.data(), {N, C, Ho, Wo}};
+  std::vector<float> agy(N * Ho, 5.f), agx(N * Wo, 5.f);
+  std::vector<unsigned char> fb(N, 9);
+  as.gy = {agy.data(), {N, Ho}};
+  as.gx = {agx.data(), {N, Wo}};
+  as.fallback = {fb.data(), {N}};
+  att[Hi * Wi + 3] = -INFINITY;
+  EXPECT_EQ(tt::invalid_argument_message([&] { tasn::cpu::attention_sample(as); }),
+            "attention_sample: attention holds a non-finite value (-inf) at flat index 33 of 60");
+  EXPECT_EQ(fb, (std::vector<unsigned char>{9, 9}));
+  EXPECT_EQ(agy, std::vector<float>(agy.size(), 5.f));
+  // check_finite = false: the sample with the bad map gets the identity grid, the other not
+  as.options.check_finite = false;
+  tasn::cpu::attention_sample(as);
+  EXPECT_EQ(fb, (std::vector<unsigned char>{0, 1}));
+  for (std::int64_t i = 0; i < Ho; ++i) EXPECT_NEAR(agy[Ho + i], -1.0 + 2.0 * i / (Ho - 1), 1e-6);
+  for (std::int64_t i = 0; i < Wo; ++i) EXPECT_NEAR(agx[Wo + i], -1.0 + 2.0 * i / (Wo - 1), 1e-6);
+  for (float v : out) EXPECT_TRUE(std::isfinite(v));
+
+  // sampling_grid: refused, or the identity grid for that sample
+  std::vector<float> my(N * Hi, 0.2f), mx(N * Wi, 0.1f);
+  my[3] = 4.f;
+  mx[Wi + 2] = std::nanf("");
+  std::vector<float> sgy, sgx;
+  EXPECT_EQ(tt::invalid_argument_message([&] { grid_n(my, mx, N, Ho, Wo, GridOptions{}, sgy, sgx); }),
+            "sampling_grid: mx holds a non-finite value (nan) at flat index 7 of 10");
+  GridOptions nf;
+  nf.check_finite = false;
+  grid_n(my, mx, N, Ho, Wo, nf, sgy, sgx);
+  for (std::int64_t i = 0; i < Ho; ++i) EXPECT_NEAR(sgy[Ho + i], -1.0 + 2.0 * i / (Ho - 1), 1e-6);
+  std::vector<float> hgy, hgx;  // the healthy sample's grid, alone
+  grid_n(std::vector<float>(my.begin(), my.begin() + Hi), std::vector<float>(mx.begin(), mx.begin() + Wi), 1, Ho, Wo,
+         GridOptions{}, hgy, hgx);
+  EXPECT_EQ(std::vector<float>(sgy.begin(), sgy.begin() + Ho), hgy) << "the healthy sample keeps its grid";
+  EXPECT_EQ(std::vector<float>(sgx.begin(), sgx.begin() + Wo), hgx);
+
+  // maps: NaN refused, or propagated into the map
+  std::vector<float> m(N * C * Hi * Wi, 1.f), map(N * Hi * Wi, 0.f);
+  m[Hi * Wi + 2] = std::nanf("");
+  tasn::StructureMapArgs<float> sm{{m.data(), {N, C, Hi, Wi}}, {map.data(), {N, Hi, Wi}}, {}};
+  EXPECT_EQ(tt::invalid_argument_message([&] { tasn::cpu::structure_map(sm); }),
+            "structure_map: m holds a non-finite value (nan) at flat index 32 of 120");
+  EXPECT_EQ(map, std::vector<float>(map.size(), 0.f));
+  sm.options.check_finite = false;
+  tasn::cpu::structure_map(sm);
+  EXPECT_TRUE(std::isnan(map[2]));
+  EXPECT_EQ(map[3], 2.f);
+  tasn::UpsampleArgs<float> ua{{m.data(), {N * C, Hi, Wi}}, {out.data(), {N * C, 2, 6}}, {}};
+  EXPECT_EQ(tt::invalid_argument_message([&] { tasn::cpu::upsample_bilinear(ua); }),
+            "upsample_bilinear: in holds a non-finite value (nan) at flat index 32 of 120");
+  // backward passes: dout and the grid are checked
+  std::vector<float> dout(N * C * Ho * Wo, 1.f), dimg;
+  dout[5] = INFINITY;
+  EXPECT_EQ(tt::invalid_argument_message([&] { separable_backward(dout, N, C, Hi, Wi, gy, gx, Ho, Wo, dimg); }),
+            "sample_separable_backward: dout holds a non-finite value (inf) at flat index 5 of 48");
+  separable_backward(dout, N, C, Hi, Wi, gy, gx, Ho, Wo, dimg, /*check_finite=*/false);
+  EXPECT_TRUE(std::any_of(dimg.begin(), dimg.end(), [](float v) { return !std::isfinite(v); }))
+      << "check_finite = false: the infinity propagates";
+  std::vector<float> grid(N * Ho * Wo * 2, 0.25f), dgrid;
+  grid[9] = std::nanf("");
+  dout[5] = 1.f;
+  EXPECT_EQ(tt::invalid_argument_message([&] {
+              general_backward(img, grid, dout, N, C, Hi, Wi, Ho, Wo, &dimg, &dgrid);
+            }),
+            "sample_grid_backward: grid holds a non-finite value (nan) at flat index 9 of 48");
+  EXPECT_EQ(tt::invalid_argument_message([&] { general(img, N, C, Hi, Wi, grid, Ho, Wo, dimg); }),
+            "sample_grid: grid holds a non-finite value (nan) at flat index 9 of 48");
 }
 
 // ---- robustness: sizes ------------------------------------------------------------------------
@@ -350,68 +759,64 @@ TEST(SamplerErrors, BadInputs) {
 constexpr std::int64_t kHuge = std::int64_t(1) << 62;
 
 TEST(SamplerSizes, AttentionSampleRefusesOverflowingOutputSize) {
-  // out_h = 2^62 with N = 4: N * out_h overflows int64 (the grid buffer gy); was a segfault
+  // out (4, 1, 2^62, 2): its element count overflows int64; was a segfault
   std::vector<float> img(4 * 8 * 8, 1.f), att(4 * 4 * 4, 1.f), out(16);
-  tasn::AttentionSampleOptions opt;
-  opt.grid.out_h = kHuge;
-  opt.grid.out_w = 2;
-  const std::string msg = tt::invalid_argument_message([&] {
-    tasn::cpu::attention_sample<float>(img.data(), 4, 1, 8, 8, att.data(), 4, 4, opt, out.data());
-  });
-  EXPECT_NE(msg.find("attention_sample: "), std::string::npos) << msg;
-  EXPECT_NE(msg.find("gy"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("4 x 4611686018427387904"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("overflows 64-bit indexing"), std::string::npos) << msg;
+  tasn::AttentionSampleArgs<float> a{};
+  a.img = {img.data(), {4, 1, 8, 8}};
+  a.attention = {att.data(), {4, 4, 4}};
+  a.out = {out.data(), {4, 1, kHuge, 2}};
+  EXPECT_EQ(tt::invalid_argument_message([&] { tasn::cpu::attention_sample(a); }),
+            "attention_sample: out of shape (4, 1, 4611686018427387904, 2) overflows 64-bit indexing");
 }
 
 TEST(SamplerSizes, SamplingGridRefusesOverflowingOutputSize) {
   std::vector<float> m(4 * 4, 0.25f), g(16);
-  GridOptions opt;
-  opt.out_h = 2;
-  opt.out_w = kHuge;  // N * out_w overflows (gx)
-  const std::string msg = tt::invalid_argument_message([&] {
-    tasn::cpu::sampling_grid<float>(m.data(), m.data(), 4, 4, 4, opt, g.data(), g.data());
-  });
-  EXPECT_NE(msg.find("sampling_grid: gx"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("overflows 64-bit indexing"), std::string::npos) << msg;
+  EXPECT_EQ(tt::invalid_argument_message([&] {
+              tasn::cpu::sampling_grid(tasn::GridArgs<float>{
+                  {m.data(), {4, 4}}, {m.data(), {4, 4}}, {g.data(), {4, 2}}, {g.data(), {4, kHuge}}, GridOptions{}});
+            }),
+            "sampling_grid: gx of shape (4, 4611686018427387904) overflows 64-bit indexing");
 }
 
 TEST(SamplerSizes, AttentionSampleRefusesNegativeSizes) {
   // were std::length_error from a std::vector of negative size
   std::vector<float> buf(64, 1.f);
-  tasn::AttentionSampleOptions opt;
-  opt.grid.out_h = opt.grid.out_w = 2;
-  std::string msg = tt::invalid_argument_message([&] {
-    tasn::cpu::attention_sample<float>(buf.data(), -1, 1, 4, 4, buf.data(), 2, 2, opt, buf.data());
-  });
-  EXPECT_NE(msg.find("attention_sample: "), std::string::npos) << msg;
-  EXPECT_NE(msg.find("must have positive sizes, got (-1"), std::string::npos) << msg;
-  msg = tt::invalid_argument_message([&] {
-    tasn::cpu::attention_sample<float>(buf.data(), 1, 1, -3, 4, buf.data(), 2, 2, opt, buf.data());
-  });
-  EXPECT_NE(msg.find("attention_sample: img must have positive sizes, got (1, 1, -3, 4)"), std::string::npos) << msg;
-  opt.upsample_h = -5;
-  msg = tt::invalid_argument_message([&] {
-    tasn::cpu::attention_sample<float>(buf.data(), 1, 1, 4, 4, buf.data(), 2, 2, opt, buf.data());
-  });
-  EXPECT_NE(msg.find("attention_sample: upsample size must be >= 0 (0: the image size), got (-5, 0)"), std::string::npos) << msg;
+  tasn::AttentionSampleArgs<float> a{};
+  a.img = {buf.data(), {-1, 1, 4, 4}};
+  a.attention = {buf.data(), {1, 2, 2}};
+  a.out = {buf.data(), {1, 1, 2, 2}};
+  EXPECT_EQ(tt::invalid_argument_message([&] { tasn::cpu::attention_sample(a); }),
+            "attention_sample: img must have shape (N, C, Hi, Wi) with every size >= 1, got (-1, 1, 4, 4)");
+  a.img = {buf.data(), {1, 1, -3, 4}};
+  EXPECT_EQ(tt::invalid_argument_message([&] { tasn::cpu::attention_sample(a); }),
+            "attention_sample: img must have shape (N, C, Hi, Wi) with every size >= 1, got (1, 1, -3, 4)");
+  a.img = {buf.data(), {1, 1, 4, 4}};
+  a.attention = {buf.data(), {1, 2, -2}};
+  EXPECT_EQ(tt::invalid_argument_message([&] { tasn::cpu::attention_sample(a); }),
+            "attention_sample: attention has shape (1, 2, -2) but (N, Ha, Wa) with every size >= 1 is required");
+  a.attention = {buf.data(), {1, 2, 2}};
+  a.options.upsample_h = -5;
+  EXPECT_EQ(tt::invalid_argument_message([&] { tasn::cpu::attention_sample(a); }),
+            "attention_sample: upsample size must be >= 0 (0: the image size), got (-5, 0)");
 }
 
 TEST(SamplerSizes, AttentionSampleTurnsFailedAllocationIntoInvalidArgument) {
 #if defined(__SANITIZE_ADDRESS__)
   GTEST_SKIP() << "AddressSanitizer aborts on an allocation it cannot serve instead of throwing std::bad_alloc";
 #else
-  // squared: the upsampled map (N, Hs, Ws) is materialised: 2^48 floats = 1 PiB. Was std::bad_alloc.
+  // squared: the upsampled map (N, Hs, Ws) is materialised in the workspace: 2^48 floats = 1 PiB.
   std::vector<float> img(1, 1.f), att(4, 1.f), out(4);
-  tasn::AttentionSampleOptions opt;
-  opt.grid.out_h = opt.grid.out_w = 2;
-  opt.upsample_h = opt.upsample_w = std::int64_t(1) << 24;
-  opt.squared = true;
-  const std::string msg = tt::invalid_argument_message([&] {
-    tasn::cpu::attention_sample<float>(img.data(), 1, 1, 1, 1, att.data(), 2, 2, opt, out.data());
-  });
-  EXPECT_NE(msg.find("attention_sample: cannot allocate the upsampled attention map"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("281474976710656 elements, 1125899906842624 bytes"), std::string::npos) << msg;
+  tasn::AttentionSampleArgs<float> a{};
+  a.img = {img.data(), {1, 1, 1, 1}};
+  a.attention = {att.data(), {1, 2, 2}};
+  a.out = {out.data(), {1, 1, 2, 2}};
+  a.options.upsample_h = a.options.upsample_w = std::int64_t(1) << 24;
+  a.options.squared = true;
+  const std::size_t need = tasn::cpu::workspace_bytes(a);
+  EXPECT_GE(need, std::size_t(1) << 50);
+  EXPECT_EQ(tt::invalid_argument_message([&] { tasn::cpu::attention_sample(a); }),
+            tasn::detail::concat("attention_sample: cannot allocate the workspace (", need, " elements, ", need,
+                                 " bytes)"));
 #endif
 }
 
@@ -419,25 +824,30 @@ TEST(SamplerSizes, SeparableBackwardRefusesOverflowingRowBuffer) {
   // dout (1, 1, 2^40, 1) and dimg (1, 1, 1, 2^40) fit, but the pass-1 buffer (Ho x Wi) = 2^80 does not
   const std::int64_t big = std::int64_t(1) << 40;
   std::vector<float> buf(16, 1.f);
-  const std::string msg = tt::invalid_argument_message([&] {
-    tasn::cpu::sample_separable_backward<float>(buf.data(), 1, 1, 1, big, buf.data(), buf.data(), big, 1, buf.data());
-  });
-  EXPECT_NE(msg.find("sample_separable_backward: "), std::string::npos) << msg;
-  EXPECT_NE(msg.find("overflows 64-bit indexing"), std::string::npos) << msg;
+  EXPECT_EQ(tt::invalid_argument_message([&] {
+              tasn::cpu::sample_separable_backward(tasn::SampleSeparableBackwardArgs<float>{
+                  {buf.data(), {1, 1, big, 1}}, {buf.data(), {1, big}}, {buf.data(), {1, 1}},
+                  {buf.data(), {1, 1, 1, big}}, {}});
+            }),
+            "sample_separable_backward: the row buffer (N, C, Ho, Wi) of 1 x 1 x 1099511627776 x 1099511627776 "
+            "elements overflows 64-bit indexing");
 }
 
 TEST(SamplerSizes, GeneralGridRefusesOverflowingGrid) {
   // out (1, 1, 2^62, 1) fits int64, the grid (1, 2^62, 1, 2) does not
   std::vector<float> buf(16, 1.f);
-  std::string msg = tt::invalid_argument_message([&] {
-    tasn::cpu::sample_grid<float>(buf.data(), 1, 1, 1, 1, buf.data(), kHuge, 1, buf.data());
-  });
-  EXPECT_NE(msg.find("sample_grid: grid"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("overflows 64-bit indexing"), std::string::npos) << msg;
-  msg = tt::invalid_argument_message([&] {
-    tasn::cpu::sample_grid_backward<float>(buf.data(), buf.data(), buf.data(), 1, 1, 1, 1, kHuge, 1, buf.data(), buf.data());
-  });
-  EXPECT_NE(msg.find("sample_grid_backward: grid"), std::string::npos) << msg;
+  EXPECT_EQ(tt::invalid_argument_message([&] {
+              tasn::cpu::sample_grid(tasn::SampleGridArgs<float>{
+                  {buf.data(), {1, 1, 1, 1}}, {buf.data(), {1, kHuge, 1, 2}}, {buf.data(), {1, 1, kHuge, 1}}, {}});
+            }),
+            "sample_grid: grid of shape (1, 4611686018427387904, 1, 2) overflows 64-bit indexing");
+  tasn::SampleGridBackwardArgs<float> a{};
+  a.img = {buf.data(), {1, 1, 1, 1}};
+  a.grid = {buf.data(), {1, kHuge, 1, 2}};
+  a.dout = {buf.data(), {1, 1, kHuge, 1}};
+  a.dimg = {buf.data(), {1, 1, 1, 1}};
+  EXPECT_EQ(tt::invalid_argument_message([&] { tasn::cpu::sample_grid_backward(a); }),
+            "sample_grid_backward: grid of shape (1, 4611686018427387904, 1, 2) overflows 64-bit indexing");
 }
 
 // ---- robustness: non-finite and huge grid coordinates ------------------------------------------
@@ -447,13 +857,6 @@ TEST(SamplerSizes, GeneralGridRefusesOverflowingGrid) {
 // on pixels 0 and 1 of its axis.
 
 const double kBadCoords[] = {std::numeric_limits<double>::quiet_NaN(), INFINITY, -INFINITY, 1e30, -1e30};
-
-template <class T>
-std::vector<T> linspace_grid(std::int64_t O) {
-  std::vector<T> g(O);
-  for (std::int64_t i = 0; i < O; ++i) g[i] = static_cast<T>(-1.0 + 2.0 * i / (O - 1));
-  return g;
-}
 
 template <class T>
 class SamplerNonFinite : public ::testing::Test {};
@@ -473,17 +876,22 @@ TYPED_TEST(SamplerNonFinite, SeparableForwardAndBackward) {
       const std::int64_t at = axis == 0 ? 3 : 4;  // the output row / column that gets the bad value
       auto gy = gy0, gx = gx0;
       (axis == 0 ? gy : gx)[at] = static_cast<T>(bad);
-      std::vector<T> out(N * C * Ho * Wo), dimg(img.size());
-      tasn::cpu::sample_separable<T>(img.data(), N, C, Hi, Wi, gy.data(), gx.data(), Ho, Wo, out.data());
-      tasn::cpu::sample_separable_backward<T>(dout.data(), N, C, Hi, Wi, gy.data(), gx.data(), Ho, Wo, dimg.data());
+      std::vector<T> out, dimg;
+      if (!std::isfinite(bad)) {  // refused with check_finite (the default); propagated without
+        EXPECT_NE(tt::invalid_argument_message([&] { separable(img, N, C, Hi, Wi, gy, gx, Ho, Wo, out); })
+                      .find(axis == 0 ? "sample_separable: gy holds a non-finite value" : "sample_separable: gx holds"),
+                  std::string::npos);
+      }
+      separable(img, N, C, Hi, Wi, gy, gx, Ho, Wo, out, /*check_finite=*/false);
+      separable_backward(dout, N, C, Hi, Wi, gy, gx, Ho, Wo, dimg, /*check_finite=*/false);
       // reference: the same call on the clean grid with the affected outputs' gradient zeroed
-      std::vector<T> ref(out.size()), dref(img.size());
+      std::vector<T> ref, dref;
       auto dz = dout;
       for (std::int64_t c = 0; c < C; ++c)
         for (std::int64_t i = 0; i < (axis == 0 ? Wo : Ho); ++i)
           dz[(c * Ho + (axis == 0 ? at : i)) * Wo + (axis == 0 ? i : at)] = 0;
-      tasn::cpu::sample_separable<T>(img.data(), N, C, Hi, Wi, gy0.data(), gx0.data(), Ho, Wo, ref.data());
-      tasn::cpu::sample_separable_backward<T>(dz.data(), N, C, Hi, Wi, gy0.data(), gx0.data(), Ho, Wo, dref.data());
+      separable(img, N, C, Hi, Wi, gy0, gx0, Ho, Wo, ref);
+      separable_backward(dz, N, C, Hi, Wi, gy0, gx0, Ho, Wo, dref);
       const bool finite = std::isfinite(bad);
       for (std::int64_t c = 0; c < C; ++c)
         for (std::int64_t y = 0; y < Ho; ++y)
@@ -519,13 +927,22 @@ TYPED_TEST(SamplerNonFinite, GeneralGridForwardAndBackward) {
       auto grid = grid0;
       if (comp != 1) grid[at * 2] = static_cast<T>(bad);
       if (comp != 0) grid[at * 2 + 1] = static_cast<T>(bad);
-      std::vector<T> out(N * C * P), ref(out.size()), dimg(img.size()), dref(img.size()), dgrid(grid.size()), dgref(grid.size());
-      tasn::cpu::sample_grid<T>(img.data(), N, C, Hi, Wi, grid.data(), Ho, Wo, out.data());
-      tasn::cpu::sample_grid_backward<T>(img.data(), grid.data(), dout.data(), N, C, Hi, Wi, Ho, Wo, dimg.data(), dgrid.data());
+      std::vector<T> out, ref, dimg, dref, dgrid, dgref;
+      if (!std::isfinite(bad)) {  // refused with check_finite (the default); propagated without
+        EXPECT_NE(tt::invalid_argument_message([&] { general(img, N, C, Hi, Wi, grid, Ho, Wo, out); })
+                      .find("sample_grid: grid holds a non-finite value"),
+                  std::string::npos);
+        EXPECT_NE(tt::invalid_argument_message([&] {
+                    general_backward(img, grid, dout, N, C, Hi, Wi, Ho, Wo, &dimg, &dgrid);
+                  }).find("sample_grid_backward: grid holds a non-finite value"),
+                  std::string::npos);
+      }
+      general(img, N, C, Hi, Wi, grid, Ho, Wo, out, /*check_finite=*/false);
+      general_backward(img, grid, dout, N, C, Hi, Wi, Ho, Wo, &dimg, &dgrid, /*check_finite=*/false);
       auto dz = dout;
       for (std::int64_t c = 0; c < C; ++c) dz[c * P + at] = 0;
-      tasn::cpu::sample_grid<T>(img.data(), N, C, Hi, Wi, grid0.data(), Ho, Wo, ref.data());
-      tasn::cpu::sample_grid_backward<T>(img.data(), grid0.data(), dz.data(), N, C, Hi, Wi, Ho, Wo, dref.data(), dgref.data());
+      general(img, N, C, Hi, Wi, grid0, Ho, Wo, ref);
+      general_backward(img, grid0, dz, N, C, Hi, Wi, Ho, Wo, &dref, &dgref);
       const bool finite = std::isfinite(bad);
       for (std::int64_t c = 0; c < C; ++c)
         for (std::int64_t i = 0; i < P; ++i) {
@@ -573,18 +990,17 @@ TEST(SamplerGridNormalisation, ScaledMarginalsGiveTheSameGrid) {
   for (auto mode : {GridMode::Exact, GridMode::Official})
     for (int iters : {0, 5}) {
       SCOPED_TRACE(::testing::Message() << tasn::to_string(mode) << " iters=" << iters);
+      const std::int64_t Ho = 29, Wo = 31;
       GridOptions opt;
-      opt.out_h = 29;
-      opt.out_w = 31;
       opt.iters = iters;
       opt.mode = mode;
       const auto my = positive_marginal<double>(Hs, 601), mx = positive_marginal<double>(Ws, 602);
-      const Grid ref = grid_of(my, mx, opt);
+      const Grid ref = grid_of(my, mx, Ho, Wo, opt);
       for (double k : {4.0, 0x1p-30, 0x1p+600}) {  // powers of two: normalisation is exact, the grid identical
         auto sy = my, sx = mx;
         for (auto& v : sy) v *= k;
         for (auto& v : sx) v *= k;
-        const Grid g = grid_of(sy, sx, opt);
+        const Grid g = grid_of(sy, sx, Ho, Wo, opt);
         EXPECT_EQ(g.gy, ref.gy) << "k = " << k;
         EXPECT_EQ(g.gx, ref.gx) << "k = " << k;
       }
@@ -592,18 +1008,18 @@ TEST(SamplerGridNormalisation, ScaledMarginalsGiveTheSameGrid) {
         auto sy = my, sx = mx;
         for (auto& v : sy) v *= k;
         for (auto& v : sx) v *= k;
-        const Grid g = grid_of(sy, sx, opt);
-        for (int i = 0; i < opt.out_h; ++i) ASSERT_NEAR(g.gy[i], ref.gy[i], 1e-12) << "k = " << k;
-        for (int i = 0; i < opt.out_w; ++i) ASSERT_NEAR(g.gx[i], ref.gx[i], 1e-12) << "k = " << k;
+        const Grid g = grid_of(sy, sx, Ho, Wo, opt);
+        for (int i = 0; i < Ho; ++i) ASSERT_NEAR(g.gy[i], ref.gy[i], 1e-12) << "k = " << k;
+        for (int i = 0; i < Wo; ++i) ASSERT_NEAR(g.gx[i], ref.gx[i], 1e-12) << "k = " << k;
       }
       // float: the same, from float marginals
       const auto myf = tt::cast_vector<float>(my), mxf = tt::cast_vector<float>(mx);
-      std::vector<float> gy1(opt.out_h), gx1(opt.out_w), gy2(opt.out_h), gx2(opt.out_w);
-      tasn::cpu::sampling_grid<float>(myf.data(), mxf.data(), 1, Hs, Ws, opt, gy1.data(), gx1.data());
+      std::vector<float> gy1, gx1, gy2, gx2;
+      grid_n(myf, mxf, 1, Ho, Wo, opt, gy1, gx1);
       auto syf = myf, sxf = mxf;
       for (auto& v : syf) v *= 0x1p+100f;
       for (auto& v : sxf) v *= 0x1p+100f;
-      tasn::cpu::sampling_grid<float>(syf.data(), sxf.data(), 1, Hs, Ws, opt, gy2.data(), gx2.data());
+      grid_n(syf, sxf, 1, Ho, Wo, opt, gy2, gx2);
       EXPECT_EQ(gy1, gy2);
       EXPECT_EQ(gx1, gx2);
     }
@@ -612,36 +1028,34 @@ TEST(SamplerGridNormalisation, ScaledMarginalsGiveTheSameGrid) {
 TEST(SamplerGridNormalisation, MarginalsNearDblMaxGiveAFiniteGrid) {
   // iters = 0 with marginals whose sum overflows double: was a NaN grid
   const int Hs = 16, Ws = 12;
+  const std::int64_t Ho = 9, Wo = 11;
   GridOptions opt;
-  opt.out_h = 9;
-  opt.out_w = 11;
   opt.iters = 0;
   auto my = positive_marginal<double>(Hs, 611), mx = positive_marginal<double>(Ws, 612);
   for (auto& v : my) v = 0.5 + 0.5 * v;
   for (auto& v : mx) v = 0.5 + 0.5 * v;
-  const Grid ref = grid_of(my, mx, opt);
+  const Grid ref = grid_of(my, mx, Ho, Wo, opt);
   auto by = my, bx = mx;
   for (auto& v : by) v *= 0x1p+1023;  // each near DBL_MAX / 2..1: the plain sum overflows
   for (auto& v : bx) v *= 0x1p+1023;
   by[3] = DBL_MAX;
-  const Grid g = grid_of(by, bx, opt);
+  const Grid g = grid_of(by, bx, Ho, Wo, opt);
   auto my3 = my;
   my3[3] = DBL_MAX / 0x1p+1023;
-  const Grid ref3 = grid_of(my3, mx, opt);
-  for (int i = 0; i < opt.out_h; ++i) {
+  const Grid ref3 = grid_of(my3, mx, Ho, Wo, opt);
+  for (int i = 0; i < Ho; ++i) {
     ASSERT_TRUE(std::isfinite(g.gy[i])) << i;
     ASSERT_NEAR(g.gy[i], ref3.gy[i], 1e-12) << i;
   }
-  for (int i = 0; i < opt.out_w; ++i) ASSERT_NEAR(g.gx[i], ref.gx[i], 1e-12) << i;
+  for (int i = 0; i < Wo; ++i) ASSERT_NEAR(g.gx[i], ref.gx[i], 1e-12) << i;
   EXPECT_EQ(g.gy.front(), -1.0);
   EXPECT_EQ(g.gy.back(), 1.0);
 }
 
 TEST(SamplerGridNormalisation, MarginalWithoutPositiveMassGivesTheIdentity) {
   const int Hs = 10, Ws = 14, N = 3;
+  const std::int64_t Ho = 9, Wo = 13;
   GridOptions opt;
-  opt.out_h = 9;
-  opt.out_w = 13;
   opt.iters = 0;  // no limit iterations to spread the mass
   for (double fill : {0.0, -2.0}) {
     SCOPED_TRACE(::testing::Message() << "fill " << fill);
@@ -652,14 +1066,14 @@ TEST(SamplerGridNormalisation, MarginalWithoutPositiveMassGivesTheIdentity) {
       for (int i = 0; i < Hs; ++i) my[n * Hs + i] = n == 0 ? hy[i] : fill;
       for (int i = 0; i < Ws; ++i) mx[n * Ws + i] = n == 2 ? fill : hx[i];
     }
-    std::vector<double> gy(N * opt.out_h), gx(N * opt.out_w);
-    tasn::cpu::sampling_grid<double>(my.data(), mx.data(), N, Hs, Ws, opt, gy.data(), gx.data());
-    const Grid healthy = grid_of(hy, hx, opt);
-    for (int i = 0; i < opt.out_h; ++i) ASSERT_EQ(gy[i], healthy.gy[i]);
-    for (int i = 0; i < opt.out_w; ++i) ASSERT_EQ(gx[i], healthy.gx[i]);
+    std::vector<double> gy, gx;
+    grid_n(my, mx, N, Ho, Wo, opt, gy, gx);
+    const Grid healthy = grid_of(hy, hx, Ho, Wo, opt);
+    for (int i = 0; i < Ho; ++i) ASSERT_EQ(gy[i], healthy.gy[i]);
+    for (int i = 0; i < Wo; ++i) ASSERT_EQ(gx[i], healthy.gx[i]);
     for (int n = 1; n < N; ++n) {  // both axes fall back together: the identity grid
-      for (int i = 0; i < opt.out_h; ++i) ASSERT_NEAR(gy[n * opt.out_h + i], -1.0 + 2.0 * i / (opt.out_h - 1), 1e-12) << n;
-      for (int i = 0; i < opt.out_w; ++i) ASSERT_NEAR(gx[n * opt.out_w + i], -1.0 + 2.0 * i / (opt.out_w - 1), 1e-12) << n;
+      for (int i = 0; i < Ho; ++i) ASSERT_NEAR(gy[n * Ho + i], -1.0 + 2.0 * i / (Ho - 1), 1e-12) << n;
+      for (int i = 0; i < Wo; ++i) ASSERT_NEAR(gx[n * Wo + i], -1.0 + 2.0 * i / (Wo - 1), 1e-12) << n;
     }
   }
 }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <numeric>
 #include <tuple>
@@ -18,7 +19,36 @@ namespace {
 
 using tasn::TrilinearAttentionOptions;
 using tasn::TrilinearShape;
+using tasn::Workspace;
 namespace tt = tasn::test;
+
+// Packed views of host vectors.
+template <class T>
+tasn::Tensor4<T> v4(T* p, const TrilinearShape& s) {
+  return tasn::Tensor4<T>(p, {s.n, s.c, s.h, s.w});
+}
+template <class T>
+tasn::Tensor1<T> v1(T* p, std::int64_t n) {
+  return tasn::Tensor1<T>(p, {n});
+}
+std::int64_t saved_elems(const TrilinearShape& s) { return tasn::trilinear_saved_elems(s.n, s.c, s.h, s.w); }
+
+// The operators on host vectors; saved may be null (absent).
+template <class T>
+void forward(const T* x, T* m, T* saved, const TrilinearShape& s, const TrilinearAttentionOptions& opt = {},
+             Workspace ws = {}) {
+  tasn::cpu::trilinear_attention_forward(
+      tasn::TrilinearForwardArgs<T>{v4(x, s), v4(m, s), saved ? v1(saved, saved_elems(s)) : tasn::Tensor1<T>(), opt},
+      ws);
+}
+template <class T>
+void backward(const T* x, const T* dm, const T* saved, T* dx, const TrilinearShape& s,
+              const TrilinearAttentionOptions& opt = {}, Workspace ws = {}) {
+  tasn::cpu::trilinear_attention_backward(
+      tasn::TrilinearBackwardArgs<T>{v4(x, s), v4(dm, s), saved ? v1(saved, saved_elems(s)) : tasn::Tensor1<const T>(),
+                                     v4(dx, s), opt},
+      ws);
+}
 
 template <class T>
 struct Tol;
@@ -42,10 +72,10 @@ RunResult run_cpu(const std::vector<double>& x, const std::vector<double>& dm, c
   TrilinearAttentionOptions opt;
   opt.beta = beta;
   const auto xt = tt::cast_vector<T>(x), dmt = tt::cast_vector<T>(dm);
-  std::vector<T> m(x.size()), saved(tasn::trilinear_saved_elems(s)), dx1(x.size()), dx2(x.size());
-  tasn::cpu::trilinear_attention_forward<T>(xt.data(), m.data(), saved.data(), s, opt);
-  tasn::cpu::trilinear_attention_backward<T>(xt.data(), dmt.data(), saved.data(), dx1.data(), s, opt);
-  tasn::cpu::trilinear_attention_backward<T>(xt.data(), dmt.data(), nullptr, dx2.data(), s, opt);
+  std::vector<T> m(x.size()), saved(saved_elems(s)), dx1(x.size()), dx2(x.size());
+  forward<T>(xt.data(), m.data(), saved.data(), s, opt);
+  backward<T>(xt.data(), dmt.data(), saved.data(), dx1.data(), s, opt);
+  backward<T>(xt.data(), dmt.data(), nullptr, dx2.data(), s, opt);
   return {tt::cast_vector<double>(m), tt::cast_vector<double>(dx1), tt::cast_vector<double>(dx2),
           tt::cast_vector<double>(saved)};
 }
@@ -157,12 +187,12 @@ TEST(TrilinearCpuGrad, FiniteDifferences) {
     const auto w = tt::random_tensor(s.numel(), 8, -1.0, 1.0);
     auto loss = [&](const std::vector<double>& xv) {
       std::vector<double> m(xv.size());
-      tasn::cpu::trilinear_attention_forward<double>(xv.data(), m.data(), nullptr, s, opt);
+      forward<double>(xv.data(), m.data(), nullptr, s, opt);
       return tt::weighted_sum(m, w);
     };
     const auto g_num = tt::numeric_gradient(loss, x, 1e-5);
     std::vector<double> g(x.size());
-    tasn::cpu::trilinear_attention_backward<double>(x.data(), w.data(), nullptr, g.data(), s, opt);
+    backward<double>(x.data(), w.data(), nullptr, g.data(), s, opt);
     const double rel = tt::relative_error(g, g_num);
     EXPECT_LT(rel, 1e-6) << "relative error of dx vs central differences";
     EXPECT_GT(tt::max_abs(g), 1e-3) << "gradient unexpectedly vanishes";
@@ -172,8 +202,8 @@ TEST(TrilinearCpuGrad, FiniteDifferences) {
 TEST(TrilinearCpuProperties, ChannelSoftmaxRowsSumToOne) {
   const TrilinearShape s{3, 12, 5, 4};
   const auto x = tt::random_tensor(s.numel(), 31, -3.0, 3.0);
-  std::vector<double> m(x.size()), saved(tasn::trilinear_saved_elems(s));
-  tasn::cpu::trilinear_attention_forward<double>(x.data(), m.data(), saved.data(), s);
+  std::vector<double> m(x.size()), saved(saved_elems(s));
+  forward<double>(x.data(), m.data(), saved.data(), s);
   const std::int64_t ncp = s.numel();
   for (std::int64_t r = 0; r < s.n * s.c; ++r) {
     double a_sum = 0.0, s_sum = 0.0;
@@ -197,8 +227,8 @@ TEST(TrilinearCpuProperties, ChannelPermutationEquivariance) {
     for (std::int64_t c = 0; c < C; ++c)
       for (std::int64_t p = 0; p < P; ++p) xp[(n * C + c) * P + p] = x[(n * C + perm[c]) * P + p];
   std::vector<double> m(x.size()), mp(x.size());
-  tasn::cpu::trilinear_attention_forward<double>(x.data(), m.data(), nullptr, s);
-  tasn::cpu::trilinear_attention_forward<double>(xp.data(), mp.data(), nullptr, s);
+  forward<double>(x.data(), m.data(), nullptr, s);
+  forward<double>(xp.data(), mp.data(), nullptr, s);
   for (std::int64_t n = 0; n < s.n; ++n)
     for (std::int64_t c = 0; c < C; ++c)
       for (std::int64_t p = 0; p < P; ++p)
@@ -214,8 +244,8 @@ TYPED_TEST(TrilinearCpu, HugeInputsStayFinite) {
   const auto x = tt::cast_vector<T>(xd);
   const auto dm = tt::cast_vector<T>(tt::random_tensor(s.numel(), 52));
   std::vector<T> m(x.size()), dx(x.size());
-  tasn::cpu::trilinear_attention_forward<T>(x.data(), m.data(), nullptr, s);
-  tasn::cpu::trilinear_attention_backward<T>(x.data(), dm.data(), nullptr, dx.data(), s);
+  forward<T>(x.data(), m.data(), nullptr, s);
+  backward<T>(x.data(), dm.data(), nullptr, dx.data(), s);
   for (std::size_t i = 0; i < m.size(); ++i) {
     ASSERT_TRUE(std::isfinite(m[i])) << "m[" << i << "]";
     ASSERT_TRUE(std::isfinite(dx[i])) << "dx[" << i << "]";
@@ -231,28 +261,63 @@ TEST(TrilinearCpuErrors, InvalidSizes) {
   std::vector<float> buf(64);
   for (TrilinearShape s : {TrilinearShape{1, 0, 2, 2}, TrilinearShape{1, 2, 0, 2}, TrilinearShape{1, 2, 2, -3},
                            TrilinearShape{-1, 2, 2, 2}}) {
-    const std::string msg = tt::invalid_argument_message(
-        [&] { tasn::cpu::trilinear_attention_forward<float>(buf.data(), buf.data(), nullptr, s); });
-    EXPECT_NE(msg.find("trilinear_attention_forward"), std::string::npos) << msg;
-    EXPECT_NE(msg.find("(N, C, H, W)"), std::string::npos) << msg;
-    EXPECT_NE(msg.find(std::to_string(s.w)), std::string::npos) << msg;
+    const std::string msg = tt::invalid_argument_message([&] { forward<float>(buf.data(), buf.data(), nullptr, s); });
+    EXPECT_NE(msg.find("trilinear_attention_forward: x must have shape (N, C, H, W)"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(tasn::detail::sizes_string({s.n, s.c, s.h, s.w})), std::string::npos) << msg;
+    EXPECT_EQ(tt::invalid_argument_message([&] { backward<float>(buf.data(), buf.data(), nullptr, buf.data(), s); }),
+              "trilinear_attention_backward" + msg.substr(msg.find(':')));
   }
 }
 
-TEST(TrilinearCpuErrors, NullPointers) {
+// Every view is checked against the sizes x defines: size, packed strides, presence; each message
+// names the operator, the argument and the sizes.
+TEST(TrilinearCpuErrors, ViewsAreCheckedAgainstX) {
+  using V4 = tasn::Tensor4<float>;
+  using C4 = tasn::Tensor4<const float>;
   const TrilinearShape s{1, 2, 2, 2};
-  std::vector<float> b(8);
-  std::string msg = tt::invalid_argument_message([&] { tasn::cpu::trilinear_attention_forward<float>(nullptr, b.data(), nullptr, s); });
-  EXPECT_NE(msg.find("x is null"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("8 elements"), std::string::npos) << msg;
-  msg = tt::invalid_argument_message([&] { tasn::cpu::trilinear_attention_forward<float>(b.data(), nullptr, nullptr, s); });
-  EXPECT_NE(msg.find("m is null"), std::string::npos) << msg;
-  msg = tt::invalid_argument_message([&] { tasn::cpu::trilinear_attention_backward<float>(b.data(), nullptr, nullptr, b.data(), s); });
-  EXPECT_NE(msg.find("dm is null"), std::string::npos) << msg;
-  msg = tt::invalid_argument_message([&] { tasn::cpu::trilinear_attention_backward<float>(b.data(), b.data(), nullptr, nullptr, s); });
-  EXPECT_NE(msg.find("dx is null"), std::string::npos) << msg;
-  // An empty batch is a no-op, null pointers allowed.
-  EXPECT_NO_THROW(tasn::cpu::trilinear_attention_forward<float>(nullptr, nullptr, nullptr, TrilinearShape{0, 2, 2, 2}));
+  std::vector<float> b(64, 0.5f), out(64);
+  const C4 x = v4<const float>(b.data(), s);
+  const V4 m = v4(out.data(), s);
+  auto fwd = [&](C4 xv, V4 mv, tasn::Tensor1<float> sv) {
+    return tt::invalid_argument_message(
+        [&] { tasn::cpu::trilinear_attention_forward(tasn::TrilinearForwardArgs<float>{xv, mv, sv, {}}); });
+  };
+  auto bwd = [&](C4 xv, C4 dmv, tasn::Tensor1<const float> sv, V4 dxv) {
+    return tt::invalid_argument_message(
+        [&] { tasn::cpu::trilinear_attention_backward(tasn::TrilinearBackwardArgs<float>{xv, dmv, sv, dxv, {}}); });
+  };
+  EXPECT_EQ(fwd(x, V4(out.data(), {1, 2, 2, 3}), {}),
+            "trilinear_attention_forward: m has shape (1, 2, 2, 3) but (N, C, H, W) = (1, 2, 2, 2) is required");
+  EXPECT_EQ(fwd(x, m, v1(out.data(), 11)),
+            "trilinear_attention_forward: saved has shape (11) but (N*C*(H*W + C)) = (12) is required");
+  EXPECT_EQ(fwd(C4(b.data(), {1, 2, 2, 2}, {16, 8, 4, 2}), m, {}),
+            "trilinear_attention_forward: x of shape (1, 2, 2, 2) has strides (16, 8, 4, 2); the operator needs it "
+            "packed row-major");
+  EXPECT_EQ(fwd(x, V4(out.data(), {1, 2, 2, 2}, {8, 1, 4, 2}), {}),
+            "trilinear_attention_forward: m of shape (1, 2, 2, 2) has strides (8, 1, 4, 2); the operator needs it "
+            "packed row-major");
+  EXPECT_EQ(fwd(C4(), m, {}), "trilinear_attention_forward: x is absent (a null view) but is required");
+  EXPECT_EQ(fwd(x, V4(), {}), "trilinear_attention_forward: m is absent (a null view) but is required");
+  EXPECT_EQ(bwd(x, C4(), {}, m), "trilinear_attention_backward: dm is absent (a null view) but is required");
+  EXPECT_EQ(bwd(x, x, {}, V4()), "trilinear_attention_backward: dx is absent (a null view) but is required");
+  EXPECT_EQ(bwd(x, C4(b.data(), {2, 2, 2, 2}), {}, m),
+            "trilinear_attention_backward: dm has shape (2, 2, 2, 2) but (N, C, H, W) = (1, 2, 2, 2) is required");
+  EXPECT_EQ(bwd(x, x, v1<const float>(b.data(), 13), m),
+            "trilinear_attention_backward: saved has shape (13) but (N*C*(H*W + C)) = (12) is required");
+  EXPECT_EQ(bwd(x, x, {}, V4(out.data(), {1, 2, 2, 2}, {8, 4, 1, 2})),
+            "trilinear_attention_backward: dx of shape (1, 2, 2, 2) has strides (8, 4, 1, 2); the operator needs "
+            "it packed row-major");
+  // Sizes whose S or A element counts overflow 64-bit indexing (C * C = 2^64), checked before use.
+  EXPECT_EQ(fwd(C4(b.data(), {1, std::int64_t(1) << 32, 1, 1}), V4(out.data(), {1, std::int64_t(1) << 32, 1, 1}), {}),
+            "trilinear_attention_forward: size 4294967296 x 4294967296 overflows 64-bit indexing");
+  // Nothing was written by any refused call.
+  EXPECT_TRUE(std::all_of(out.begin(), out.end(), [](float v) { return v == 0.f; }));
+  // An empty batch is a no-op (the views must still be present and of matching sizes).
+  const TrilinearShape e{0, 2, 2, 2};
+  EXPECT_NO_THROW(forward<float>(b.data(), out.data(), nullptr, e));
+  EXPECT_NO_THROW(backward<float>(b.data(), b.data(), nullptr, out.data(), e));
+  EXPECT_EQ(tasn::cpu::workspace_bytes(tasn::TrilinearForwardArgs<float>{v4<const float>(b.data(), e), v4(out.data(), e), {}, {}}),
+            0u);
 }
 
 TEST(TrilinearCpuErrors, BadBeta) {
@@ -261,33 +326,143 @@ TEST(TrilinearCpuErrors, BadBeta) {
   for (double beta : {0.0, -1.0, std::nan(""), double(INFINITY)}) {
     TrilinearAttentionOptions opt;
     opt.beta = beta;
-    const std::string msg = tt::invalid_argument_message([&] {
-      tasn::cpu::trilinear_attention_forward<double>(b.data(), out.data(), nullptr, s, opt);
-    });
-    EXPECT_NE(msg.find("beta must be finite and > 0"), std::string::npos) << msg;
-    const std::string msg2 = tt::invalid_argument_message([&] {
-      tasn::cpu::trilinear_attention_backward<double>(b.data(), b.data(), nullptr, out.data(), s, opt);
-    });
-    EXPECT_NE(msg2.find("beta"), std::string::npos) << msg2;
+    const std::string msg = tt::invalid_argument_message([&] { forward<double>(b.data(), out.data(), nullptr, s, opt); });
+    EXPECT_NE(msg.find("trilinear_attention_forward: beta must be finite and > 0"), std::string::npos) << msg;
+    const std::string msg2 =
+        tt::invalid_argument_message([&] { backward<double>(b.data(), b.data(), nullptr, out.data(), s, opt); });
+    EXPECT_NE(msg2.find("trilinear_attention_backward: beta"), std::string::npos) << msg2;
   }
 }
 
 TEST(TrilinearCpuErrors, NonFiniteInputs) {
   const TrilinearShape s{1, 2, 2, 2};
-  std::vector<float> x(8, 0.5f), m(8), dm(8, 1.f);
+  std::vector<float> x(8, 0.5f), m(8, 3.f), dm(8, 1.f);
   x[5] = std::nanf("");
-  std::string msg = tt::invalid_argument_message([&] { tasn::cpu::trilinear_attention_forward<float>(x.data(), m.data(), nullptr, s); });
+  std::string msg = tt::invalid_argument_message([&] { forward<float>(x.data(), m.data(), nullptr, s); });
+  EXPECT_EQ(msg, tasn::detail::nonfinite_message("trilinear_attention_forward", "x", std::nanf(""), 5, 8));
   EXPECT_NE(msg.find("x holds a non-finite value"), std::string::npos) << msg;
   EXPECT_NE(msg.find("index 5 of 8"), std::string::npos) << msg;
+  EXPECT_TRUE(std::all_of(m.begin(), m.end(), [](float v) { return v == 3.f; })) << "m written before the refusal";
   x[5] = 0.5f;
   dm[7] = INFINITY;
-  msg = tt::invalid_argument_message([&] { tasn::cpu::trilinear_attention_backward<float>(x.data(), dm.data(), nullptr, m.data(), s); });
-  EXPECT_NE(msg.find("dm holds a non-finite value"), std::string::npos) << msg;
+  msg = tt::invalid_argument_message([&] { backward<float>(x.data(), dm.data(), nullptr, m.data(), s); });
+  EXPECT_EQ(msg, "trilinear_attention_backward: dm holds a non-finite value (inf) at flat index 7 of 8");
+  EXPECT_TRUE(std::all_of(m.begin(), m.end(), [](float v) { return v == 3.f; })) << "dx written before the refusal";
   // The scan can be switched off; NaN then flows through as with any unchecked kernel.
   TrilinearAttentionOptions opt;
   opt.check_finite = false;
   x[0] = std::nanf("");
-  EXPECT_NO_THROW(tasn::cpu::trilinear_attention_forward<float>(x.data(), m.data(), nullptr, s, opt));
+  EXPECT_NO_THROW(forward<float>(x.data(), m.data(), nullptr, s, opt));
+  EXPECT_TRUE(std::isnan(m[0])) << "NaN in x must propagate to m with check_finite = false";
+  x[0] = 0.5f;
+  dm[7] = std::nanf("");
+  std::vector<float> dx(8);
+  EXPECT_NO_THROW(backward<float>(x.data(), dm.data(), nullptr, dx.data(), s, opt));
+  EXPECT_TRUE(std::any_of(dx.begin(), dx.end(), [](float v) { return std::isnan(v); }))
+      << "NaN in dm must propagate to dx with check_finite = false";
+}
+
+// ---- workspace --------------------------------------------------------------------------------
+
+// A 256-byte aligned host buffer (plus `offset` bytes, to test misalignment), filled with a pattern.
+struct HostBuffer {
+  explicit HostBuffer(std::size_t bytes, std::size_t offset = 0) : raw(bytes + 2 * tasn::detail::kWorkspaceAlign, 0xab) {
+    const auto a = reinterpret_cast<std::uintptr_t>(raw.data());
+    p = raw.data() + (tasn::detail::kWorkspaceAlign - a % tasn::detail::kWorkspaceAlign) % tasn::detail::kWorkspaceAlign +
+        offset;
+  }
+  std::vector<unsigned char> raw;
+  unsigned char* p;
+};
+
+template <class T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+// The caller's workspace gives the results of the self-allocated one bit for bit, for a batch
+// below the thread count (one region, threaded GEMMs) and above it (a region per thread slot),
+// and the operators touch no byte beyond workspace_bytes(args).
+TYPED_TEST(TrilinearCpu, CallerWorkspaceIsBitIdentical) {
+  using T = TypeParam;
+  for (std::int64_t n : {std::int64_t(1), std::int64_t(tasn::cpu::num_threads()) + 1}) {
+    const TrilinearShape s{n, 6, 5, 7};
+    SCOPED_TRACE(::testing::Message() << "N=" << n);
+    const auto x = tt::cast_vector<T>(tt::random_tensor(s.numel(), 81, -1.0, 2.0));
+    const auto dm = tt::cast_vector<T>(tt::random_tensor(s.numel(), 82));
+    std::vector<T> m0(x.size()), saved0(saved_elems(s)), dx0(x.size()), dxr0(x.size());
+    forward<T>(x.data(), m0.data(), saved0.data(), s);
+    backward<T>(x.data(), dm.data(), saved0.data(), dx0.data(), s);
+    backward<T>(x.data(), dm.data(), nullptr, dxr0.data(), s);
+    std::vector<T> m1(x.size()), m2(x.size()), saved1(saved_elems(s)), dx1(x.size()), dxr1(x.size());
+
+    const tasn::TrilinearForwardArgs<T> f_saved{v4<const T>(x.data(), s), v4(m1.data(), s), v1(saved1.data(), saved_elems(s)), {}};
+    const tasn::TrilinearForwardArgs<T> f_plain{v4<const T>(x.data(), s), v4(m2.data(), s), {}, {}};
+    const tasn::TrilinearBackwardArgs<T> b_saved{v4<const T>(x.data(), s), v4<const T>(dm.data(), s),
+                                                 v1<const T>(saved1.data(), saved_elems(s)), v4(dx1.data(), s), {}};
+    const tasn::TrilinearBackwardArgs<T> b_plain{v4<const T>(x.data(), s), v4<const T>(dm.data(), s), {},
+                                                 v4(dxr1.data(), s), {}};
+    auto run = [](std::size_t need, auto&& call) {
+      HostBuffer ws(need);
+      call(Workspace{ws.p, need});
+      for (std::size_t i = need; i < need + tasn::detail::kWorkspaceAlign; ++i)
+        if (ws.p[i] != 0xab) return false;  // a byte beyond workspace_bytes(args) was written
+      return true;
+    };
+    EXPECT_TRUE(run(tasn::cpu::workspace_bytes(f_saved), [&](Workspace w) { tasn::cpu::trilinear_attention_forward(f_saved, w); }));
+    EXPECT_TRUE(run(tasn::cpu::workspace_bytes(f_plain), [&](Workspace w) { tasn::cpu::trilinear_attention_forward(f_plain, w); }));
+    EXPECT_TRUE(run(tasn::cpu::workspace_bytes(b_saved), [&](Workspace w) { tasn::cpu::trilinear_attention_backward(b_saved, w); }));
+    EXPECT_TRUE(run(tasn::cpu::workspace_bytes(b_plain), [&](Workspace w) { tasn::cpu::trilinear_attention_backward(b_plain, w); }));
+    EXPECT_TRUE(same_bits(m1, m0));
+    EXPECT_TRUE(same_bits(m2, m0));
+    EXPECT_TRUE(same_bits(saved1, saved0));
+    EXPECT_TRUE(same_bits(dx1, dx0));
+    EXPECT_TRUE(same_bits(dxr1, dxr0));
+  }
+}
+
+// workspace_bytes(args): the per-sample temporaries, one region per thread slot when the samples
+// run one per thread, else one region; nothing for a forward pass with a saved buffer.
+TEST(TrilinearCpuWorkspace, BytesFollowTheLayout) {
+  auto al = [](std::size_t b) { return (b + 255) / 256 * 256; };
+  std::vector<float> b(4096);
+  const auto threads = static_cast<std::int64_t>(tasn::cpu::num_threads());
+  for (std::int64_t n : {std::int64_t(1), threads, threads + 2}) {
+    const TrilinearShape s{n, 3, 4, 5};  // C*P = 60, C*C = 9
+    const std::size_t regions = n >= threads ? static_cast<std::size_t>(tasn::cpu::num_slots()) : 1;
+    const auto x = v4<const float>(b.data(), s);
+    const auto m = v4(b.data(), s);
+    const auto sv = v1(b.data(), saved_elems(s));
+    EXPECT_EQ(tasn::cpu::workspace_bytes(tasn::TrilinearForwardArgs<float>{x, m, {}, {}}), regions * (al(240) + al(36)));
+    EXPECT_EQ(tasn::cpu::workspace_bytes(tasn::TrilinearForwardArgs<float>{x, m, sv, {}}), 0u);
+    EXPECT_EQ(tasn::cpu::workspace_bytes(tasn::TrilinearBackwardArgs<float>{x, x, sv, m, {}}),
+              regions * (2 * al(36) + al(240)));
+    EXPECT_EQ(tasn::cpu::workspace_bytes(tasn::TrilinearBackwardArgs<float>{x, x, {}, m, {}}),
+              regions * (al(240) + al(36) + 2 * al(36) + al(240)));
+  }
+}
+
+TEST(TrilinearCpuWorkspace, TooSmallOrMisalignedIsRefused) {
+  const TrilinearShape s{2, 3, 4, 5};
+  std::vector<float> x(s.numel(), 0.5f), m(s.numel(), 3.f);
+  const tasn::TrilinearForwardArgs<float> a{v4<const float>(x.data(), s), v4(m.data(), s), {}, {}};
+  const std::size_t need = tasn::cpu::workspace_bytes(a);
+  ASSERT_GT(need, 0u);
+  HostBuffer small(need), odd(need + 64, 8);
+  std::string msg =
+      tt::invalid_argument_message([&] { tasn::cpu::trilinear_attention_forward(a, Workspace{small.p, need - 1}); });
+  EXPECT_EQ(msg, "trilinear_attention_forward: workspace holds " + std::to_string(need - 1) + " bytes but " +
+                     std::to_string(need) + " are needed (query workspace_bytes(args))");
+  msg = tt::invalid_argument_message([&] { tasn::cpu::trilinear_attention_forward(a, Workspace{odd.p, need + 8}); });
+  EXPECT_EQ(msg, "trilinear_attention_forward: workspace must be 256-byte aligned (cudaMalloc memory is; on the host "
+                 "use std::aligned_alloc)");
+  const tasn::TrilinearBackwardArgs<float> ba{v4<const float>(x.data(), s), v4<const float>(x.data(), s), {},
+                                              v4(m.data(), s), {}};
+  const std::size_t bneed = tasn::cpu::workspace_bytes(ba);
+  msg = tt::invalid_argument_message([&] { tasn::cpu::trilinear_attention_backward(ba, Workspace{small.p, 16}); });
+  EXPECT_EQ(msg, "trilinear_attention_backward: workspace holds 16 bytes but " + std::to_string(bneed) +
+                     " are needed (query workspace_bytes(args))");
+  EXPECT_TRUE(std::all_of(m.begin(), m.end(), [](float v) { return v == 3.f; })) << "written before the refusal";
 }
 
 // 64-bit size arithmetic: a shape with more than 2^31 elements is accepted and counted exactly;
@@ -297,7 +472,7 @@ TEST(TrilinearCpuErrors, SixtyFourBitSizes) {
   EXPECT_NO_THROW(big.validate("test"));
   EXPECT_EQ(big.numel(), std::int64_t(4096) * 512 * 4096);
   EXPECT_GT(big.numel(), std::int64_t(1) << 31);
-  EXPECT_EQ(tasn::trilinear_saved_elems(big), std::int64_t(4096) * 512 * (4096 + 512));
+  EXPECT_EQ(saved_elems(big), std::int64_t(4096) * 512 * (4096 + 512));
   const TrilinearShape huge{1 << 20, 1 << 20, 1 << 20, 1 << 20};
   const std::string msg = tt::invalid_argument_message([&] { huge.validate("test"); });
   EXPECT_NE(msg.find("overflows 64-bit indexing"), std::string::npos) << msg;
@@ -315,13 +490,13 @@ TEST(TrilinearCpuErrors, BetaMustBeFiniteInFloat) {
     TrilinearAttentionOptions opt;
     opt.beta = beta;
     std::vector<float> x = tt::cast_vector<float>(xd), m(x.size());
-    std::string msg = tt::invalid_argument_message([&] { tasn::cpu::trilinear_attention_forward<float>(x.data(), m.data(), nullptr, s, opt); });
+    std::string msg = tt::invalid_argument_message([&] { forward<float>(x.data(), m.data(), nullptr, s, opt); });
     EXPECT_NE(msg.find("trilinear_attention_forward: beta must be finite in float, in (0, 3.40282e+38], got " +
                        std::string(beta == 1e39 ? "1e+39" : "1e+300")),
               std::string::npos)
         << msg;
     std::vector<double> md(xd.size()), dx(xd.size());
-    msg = tt::invalid_argument_message([&] { tasn::cpu::trilinear_attention_backward<double>(xd.data(), dmd.data(), nullptr, dx.data(), s, opt); });
+    msg = tt::invalid_argument_message([&] { backward<double>(xd.data(), dmd.data(), nullptr, dx.data(), s, opt); });
     EXPECT_NE(msg.find("trilinear_attention_backward: beta must be finite in float"), std::string::npos) << msg;
   }
   for (double beta : {3.4e38, double(FLT_MAX)}) {
@@ -329,8 +504,8 @@ TEST(TrilinearCpuErrors, BetaMustBeFiniteInFloat) {
     opt.beta = beta;
     const auto x = tt::cast_vector<float>(xd), dm = tt::cast_vector<float>(dmd);
     std::vector<float> m(x.size()), dx(x.size());
-    tasn::cpu::trilinear_attention_forward<float>(x.data(), m.data(), nullptr, s, opt);
-    tasn::cpu::trilinear_attention_backward<float>(x.data(), dm.data(), nullptr, dx.data(), s, opt);
+    forward<float>(x.data(), m.data(), nullptr, s, opt);
+    backward<float>(x.data(), dm.data(), nullptr, dx.data(), s, opt);
     for (std::size_t i = 0; i < m.size(); ++i) {
       ASSERT_TRUE(std::isfinite(m[i])) << "beta " << beta << " m[" << i << "]";
       ASSERT_TRUE(std::isfinite(dx[i])) << "beta " << beta << " dx[" << i << "]";

@@ -1,22 +1,24 @@
-// tasn/losses.cuh - distillation loss and softmax cross-entropy, CUDA path (float, __half and
-// __nv_bfloat16 logits; float math). Math and options: tasn/losses_common.h, docs/losses.md.
+// tasn/losses.cuh - distillation loss, softmax cross-entropy and top-k counts, CUDA path (float,
+// __half and __nv_bfloat16 logits; float math). Math, options, argument structs and the
+// non-finite policy: tasn/losses_common.h, docs/losses.md.
 //
-// One fused kernel per call computes each row's loss and, when gradient buffers are given, its
+//   tasn::cuda::distillation_loss(ctx, args, ws);      // DistillationArgs<T>, device views
+//   tasn::cuda::softmax_cross_entropy(ctx, args, ws);  // CrossEntropyArgs<T>
+//   tasn::cuda::topk_correct(ctx, args, ws);           // TopkArgs<T>, int64 counts
+//   std::size_t b = tasn::cuda::workspace_bytes(args); // device workspace the call needs
+//
+// One fused kernel per call computes each row's loss and, when gradient views are given, its
 // gradients (one read of the logits per pass, passes served from L1/L2, one write of the
 // gradients). Rows go to a warp (K <= 1024) or a block of 256 threads (longer rows), or as forced
-// by ctx.row_kernel; both variants handle any K. Sum / Mean reductions finish in a one-block
-// kernel that adds the per-row losses in a fixed order (deterministic).
+// by tasn::cuda::testing::forced_row_kernel(); both variants handle any K. Sum / Mean reductions
+// finish in a one-block kernel that adds the per-row losses in a fixed order (deterministic).
 //
-// Outputs and upstream gradient as in the CPU path (tasn/losses.h), all device pointers:
-//   loss   None: N values of T; Sum / Mean: 1 value. May be nullptr.
-//   dloss  upstream gradient of `loss` (None: N values, Sum / Mean: 1 value) or nullptr (= 1).
-// Everything is enqueued on ctx.stream (ctx.cublas is not used); nothing synchronises.
-//
-// Labels are int64 device values. The host cannot see them without a round trip, so a label that
-// is neither ignore_index nor in [0, K) makes that row's loss NaN (so a reduced loss is NaN too,
-// never silently wrong) and its gradient 0, and is reported through the optional `status`
-// (2 int64 on the device: first bad row + 1, or 0; and its label): check_label_status() syncs
-// and throws the CPU path's message.
+// Everything is enqueued on ctx.stream (ctx.cublas is not used); nothing is allocated. With
+// options.check_finite (the default) the inputs (and the labels) are scanned first and read back
+// with one stream synchronisation (tasn/core/value_checks.cuh), so NaN/Inf and bad labels throw
+// the CPU path's tasn::InvalidArgument before anything is written; with check_finite = false
+// nothing synchronises, and a bad label gives its row a NaN loss and a zero gradient (top-k does
+// not count it), as on the CPU.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -30,6 +32,8 @@
 #include "tasn/core/dtype.cuh"
 #include "tasn/core/row_group.cuh"
 #include "tasn/core/row_softmax.cuh"
+#include "tasn/core/tensor.h"
+#include "tasn/core/value_checks.cuh"
 #include "tasn/losses_common.h"
 
 namespace tasn::cuda {
@@ -169,32 +173,16 @@ __global__ void __launch_bounds__(Group::kBlockThreads) distillation_kernel(cons
   }
 }
 
-// status (may be null): [first bad row + 1 or 0, its label]; valid: rows not ignored.
+// valid: rows not ignored (bad labels included: they poison the mean, as on the CPU).
 static __global__ void __launch_bounds__(kFinalizeBlock)
-    check_labels_kernel(const std::int64_t* __restrict__ labels, std::int64_t n, std::int64_t k,
-                        std::int64_t ignore_index, long long* valid, std::int64_t* status) {
+    count_valid_kernel(const std::int64_t* __restrict__ labels, std::int64_t n, std::int64_t ignore_index,
+                       long long* valid) {
   using Reduce = cub::BlockReduce<long long, kFinalizeBlock>;
   __shared__ typename Reduce::TempStorage temp;
-  long long count = 0, first_bad = n;  // min over bad rows
-  for (std::int64_t i = threadIdx.x; i < n; i += kFinalizeBlock) {
-    const std::int64_t y = labels[i];
-    if (y == ignore_index) continue;
-    ++count;  // every non-ignored row counts for the mean, as on the CPU (bad rows poison it)
-    if (y < 0 || y >= k) first_bad = first_bad < i ? first_bad : i;
-  }
+  long long count = 0;
+  for (std::int64_t i = threadIdx.x; i < n; i += kFinalizeBlock) count += labels[i] != ignore_index;
   count = Reduce(temp).Sum(count);
-  __syncthreads();
-  struct MinOp {
-    __device__ long long operator()(long long a, long long b) const { return a < b ? a : b; }
-  };
-  first_bad = Reduce(temp).Reduce(first_bad, MinOp{});
-  if (threadIdx.x == 0) {
-    *valid = count;
-    if (status) {
-      status[0] = first_bad < n ? first_bad + 1 : 0;
-      status[1] = first_bad < n ? labels[first_bad] : 0;
-    }
-  }
+  if (threadIdx.x == 0) *valid = count;
 }
 
 template <class Group, class T>
@@ -207,7 +195,7 @@ __global__ void __launch_bounds__(Group::kBlockThreads) cross_entropy_kernel(con
   for (std::int64_t row = RowSchedule<Group>::first(); row < p.n; row += RowSchedule<Group>::stride()) {
     const std::int64_t off = row * p.k, y = labels[row];
     float l;
-    if (y == p.ignore_index || y < 0 || y >= p.k) {
+    if (y == p.ignore_index || ::tasn::detail::is_bad_label(y, p.k, p.ignore_index)) {
       l = y == p.ignore_index ? 0.f : __int_as_float(0x7fc00000);  // NaN marks a bad label
       if (dz)
         for (std::int64_t j = g.rank(); j < p.k; j += g.size()) dz[off + j] = from_float<T>(0.f);
@@ -248,7 +236,7 @@ __global__ void __launch_bounds__(WarpRowGroup::kBlockThreads) topk_kernel(const
   WarpRowGroup g(group_storage<WarpRowGroup>());
   for (std::int64_t row = RowSchedule<WarpRowGroup>::first(); row < n; row += RowSchedule<WarpRowGroup>::stride()) {
     const std::int64_t y = labels[row];
-    if (y == ignore_index || y < 0 || y >= k) continue;  // warp-uniform
+    if (y == ignore_index || ::tasn::detail::is_bad_label(y, k, ignore_index)) continue;  // warp-uniform
     const float zy = to_float(z[row * k + y]);
     if (zy != zy) continue;  // a NaN label logit is never correct (warp-uniform)
     float greater = 0.f;
@@ -273,36 +261,102 @@ void launch_rows(std::int64_t n, std::int64_t k, RowKernel kernel, Launch&& laun
 
 }  // namespace kernels
 
-// ---- workspace -------------------------------------------------------------------------------
+// ---- workspace layouts (the ops and workspace_bytes run the same code) --------------------------
 
-// Bytes of workspace distillation_loss needs (per-row losses for Sum / Mean).
-inline std::size_t distillation_workspace_bytes(std::int64_t n, Reduction r) {
-  detail::WorkspaceCarver ws;
-  if (r != Reduction::None) ws.take<float>(n);
-  return ws.bytes();
+namespace detail_losses {
+
+// Value-check slots first (only with check_finite), then the per-row losses of Sum / Mean.
+struct DistillationLayout {
+  unsigned long long* checks = nullptr;
+  float* rows = nullptr;
+};
+template <class T>
+DistillationLayout layout(detail::WorkspaceCarver& c, const DistillationArgs<T>& a) {
+  DistillationLayout l;
+  l.checks = detail::take_value_check_slots(c, a.options.check_finite);
+  if (a.options.reduction != Reduction::None && a.loss.present()) l.rows = c.take<float>(a.student.size[0]);
+  return l;
 }
 
-// Bytes of workspace softmax_cross_entropy needs (valid-row count, per-row losses).
-inline std::size_t cross_entropy_workspace_bytes(std::int64_t n, Reduction r) {
-  detail::WorkspaceCarver ws;
-  ws.take<long long>(1);
-  if (r != Reduction::None) ws.take<float>(n);
-  return ws.bytes();
+// Value-check slots, the count of rows not ignored (the mean's denominator), per-row losses.
+struct CrossEntropyLayout {
+  unsigned long long* checks = nullptr;
+  long long* valid = nullptr;
+  float* rows = nullptr;
+};
+template <class T>
+CrossEntropyLayout layout(detail::WorkspaceCarver& c, const CrossEntropyArgs<T>& a) {
+  CrossEntropyLayout l;
+  l.checks = detail::take_value_check_slots(c, a.options.check_finite);
+  l.valid = c.take<long long>(1);
+  if (a.options.reduction != Reduction::None && a.loss.present()) l.rows = c.take<float>(a.logits.size[0]);
+  return l;
+}
+
+// Value-check slots only (the label check).
+struct TopkLayout {
+  unsigned long long* checks = nullptr;
+};
+template <class T>
+TopkLayout layout(detail::WorkspaceCarver& c, const TopkArgs<T>& a) {
+  TopkLayout l;
+  l.checks = detail::take_value_check_slots(c, a.options.check_finite);
+  return l;
+}
+
+template <class T>
+void check_type() {
+  static_assert(is_storage_type_v<T>, "T must be float, __half or __nv_bfloat16");
+}
+
+
+// Bytes of a layout (a carver with a null base runs the ops' own layout code).
+template <class Args>
+std::size_t layout_bytes(const Args& args) {
+  detail::WorkspaceCarver c;
+  layout(c, args);
+  return c.bytes();
+}
+
+}  // namespace detail_losses
+
+// Bytes of device workspace each operator needs for `args` (value-check slots with check_finite;
+// per-row losses for Sum / Mean; the valid-row count of cross-entropy). Runs the operator's
+// option and shape checks first, so invalid args throw the operator's message.
+template <class T>
+std::size_t workspace_bytes(const DistillationArgs<T>& args) {
+  ::tasn::detail::check_distillation_args(args, "cuda::distillation_loss");
+  return detail_losses::layout_bytes(args);
+}
+template <class T>
+std::size_t workspace_bytes(const CrossEntropyArgs<T>& args) {
+  ::tasn::detail::check_cross_entropy_args(args, "cuda::softmax_cross_entropy");
+  return detail_losses::layout_bytes(args);
+}
+template <class T>
+std::size_t workspace_bytes(const TopkArgs<T>& args) {
+  ::tasn::detail::check_topk_args(args, "cuda::topk_correct");
+  return detail_losses::layout_bytes(args);
 }
 
 // ---- operators ---------------------------------------------------------------------------------
 
 template <class T>
-void distillation_loss(const T* student, const T* teacher, std::int64_t n, std::int64_t k,
-                       const DistillationOptions& opt, T* loss, T* dstudent, T* dteacher,
-                       const T* dloss, void* workspace, std::size_t workspace_bytes, const Context& ctx) {
+void distillation_loss(const Context& ctx, const DistillationArgs<T>& args, Workspace ws = {}) {
   constexpr const char* op = "cuda::distillation_loss";
-  static_assert(is_storage_type_v<T>, "T must be float, __half or __nv_bfloat16");
-  validate_logits_shape(n, k, op);
-  opt.validate(op);
-  tasn::detail::check_pointer(student, "student", n * k, op);
-  tasn::detail::check_pointer(teacher, "teacher", n * k, op);
-  detail::check_workspace(workspace, workspace_bytes, distillation_workspace_bytes(n, opt.reduction), op);
+  detail_losses::check_type<T>();
+  ::tasn::detail::check_distillation_args(args, op);
+  detail::check_workspace(ws, detail_losses::layout_bytes(args), op);
+  const DistillationOptions& opt = args.options;
+  const std::int64_t n = args.student.size[0], k = args.student.size[1];
+  detail::WorkspaceCarver carver(ws.data);
+  const auto l = detail_losses::layout(carver, args);
+  detail::ValueChecks vc(ctx, l.checks, op);
+  vc.finite(args.student.data, n * k, "student");
+  vc.finite(args.teacher.data, n * k, "teacher");
+  vc.finite(args.dloss.data, loss_elems(n, opt.reduction), "dloss");
+  vc.finish();
+
   kernels::DistillParams p{n,
                            k,
                            static_cast<float>(1.0 / opt.temperature),
@@ -311,41 +365,40 @@ void distillation_loss(const T* student, const T* teacher, std::int64_t n, std::
                            opt.loss_factor(),
                            opt.kl,
                            opt.reduction == Reduction::None};
-  detail::WorkspaceCarver ws(workspace);
-  float* rows = opt.reduction == Reduction::None ? nullptr : ws.take<float>(n);
-  T* loss_none = opt.reduction == Reduction::None ? loss : nullptr;
-  kernels::launch_rows(n, k, ctx.row_kernel, [&](auto* group_tag, unsigned grid, int block) {
+  T* loss_none = opt.reduction == Reduction::None ? args.loss.data : nullptr;
+  kernels::launch_rows(n, k, ::tasn::cuda::testing::forced_row_kernel(), [&](auto* group_tag, unsigned grid, int block) {
     using Group = std::remove_pointer_t<decltype(group_tag)>;
     kernels::distillation_kernel<Group, T><<<grid, block, 0, ctx.stream>>>(
-        student, teacher, p, dloss, rows, loss_none, dstudent, dteacher);
+        args.student.data, args.teacher.data, p, args.dloss.data, l.rows, loss_none, args.dstudent.data,
+        args.dteacher.data);
   });
   TASN_CUDA_CHECK_LAUNCH("distillation_kernel");
-  if (rows && loss) {
+  if (l.rows) {
     kernels::finalize_loss_kernel<T><<<1, kernels::kFinalizeBlock, 0, ctx.stream>>>(
-        rows, n, opt.loss_factor(), nullptr, opt.reduction == Reduction::Mean ? double(n) : 1.0, loss);
+        l.rows, n, opt.loss_factor(), nullptr, opt.reduction == Reduction::Mean ? double(n) : 1.0, args.loss.data);
     TASN_CUDA_CHECK_LAUNCH("finalize_loss_kernel");
   }
 }
 
 template <class T>
-void softmax_cross_entropy(const T* logits, const std::int64_t* labels, std::int64_t n,
-                           std::int64_t k, const CrossEntropyOptions& opt, T* loss, T* dlogits,
-                           const T* dloss, std::int64_t* status, void* workspace,
-                           std::size_t workspace_bytes, const Context& ctx) {
+void softmax_cross_entropy(const Context& ctx, const CrossEntropyArgs<T>& args, Workspace ws = {}) {
   constexpr const char* op = "cuda::softmax_cross_entropy";
-  static_assert(is_storage_type_v<T>, "T must be float, __half or __nv_bfloat16");
-  validate_logits_shape(n, k, op);
-  opt.validate(op);
-  tasn::detail::check_pointer(logits, "logits", n * k, op);
-  tasn::detail::check_pointer(labels, "labels", n, op);
-  detail::check_workspace(workspace, workspace_bytes, cross_entropy_workspace_bytes(n, opt.reduction), op);
-  detail::WorkspaceCarver ws(workspace);
-  long long* valid = ws.take<long long>(1);
-  float* rows = opt.reduction == Reduction::None ? nullptr : ws.take<float>(n);
-  T* loss_none = opt.reduction == Reduction::None ? loss : nullptr;
-  kernels::check_labels_kernel<<<1, kernels::kFinalizeBlock, 0, ctx.stream>>>(labels, n, k, opt.ignore_index,
-                                                                              valid, status);
-  TASN_CUDA_CHECK_LAUNCH("check_labels_kernel");
+  detail_losses::check_type<T>();
+  ::tasn::detail::check_cross_entropy_args(args, op);
+  detail::check_workspace(ws, detail_losses::layout_bytes(args), op);
+  const CrossEntropyOptions& opt = args.options;
+  const std::int64_t n = args.logits.size[0], k = args.logits.size[1];
+  detail::WorkspaceCarver carver(ws.data);
+  const auto l = detail_losses::layout(carver, args);
+  detail::ValueChecks vc(ctx, l.checks, op);
+  vc.labels(args.labels.data, n, k, opt.ignore_index);
+  vc.finite(args.logits.data, n * k, "logits");
+  vc.finite(args.dloss.data, loss_elems(n, opt.reduction), "dloss");
+  vc.finish();
+
+  kernels::count_valid_kernel<<<1, kernels::kFinalizeBlock, 0, ctx.stream>>>(args.labels.data, n, opt.ignore_index,
+                                                                             l.valid);
+  TASN_CUDA_CHECK_LAUNCH("count_valid_kernel");
   kernels::CrossEntropyParams p{n,
                                 k,
                                 opt.ignore_index,
@@ -355,69 +408,46 @@ void softmax_cross_entropy(const T* logits, const std::int64_t* labels, std::int
                                 opt.grad_scale,
                                 opt.reduction == Reduction::Mean,
                                 opt.reduction == Reduction::None};
-  kernels::launch_rows(n, k, ctx.row_kernel, [&](auto* group_tag, unsigned grid, int block) {
+  T* loss_none = opt.reduction == Reduction::None ? args.loss.data : nullptr;
+  kernels::launch_rows(n, k, ::tasn::cuda::testing::forced_row_kernel(), [&](auto* group_tag, unsigned grid, int block) {
     using Group = std::remove_pointer_t<decltype(group_tag)>;
     kernels::cross_entropy_kernel<Group, T><<<grid, block, 0, ctx.stream>>>(
-        logits, labels, p, valid, dloss, rows, loss_none, dlogits);
+        args.logits.data, args.labels.data, p, l.valid, args.dloss.data, l.rows, loss_none, args.dlogits.data);
   });
   TASN_CUDA_CHECK_LAUNCH("cross_entropy_kernel");
-  if (rows && loss) {
+  if (l.rows) {
     kernels::finalize_loss_kernel<T><<<1, kernels::kFinalizeBlock, 0, ctx.stream>>>(
-        rows, n, opt.grad_scale, opt.reduction == Reduction::Mean ? valid : nullptr, 1.0, loss);
+        l.rows, n, opt.grad_scale, opt.reduction == Reduction::Mean ? l.valid : nullptr, 1.0, args.loss.data);
     TASN_CUDA_CHECK_LAUNCH("finalize_loss_kernel");
   }
 }
 
-// Overloads on views (device memory): every tensor's shape is checked against the others.
+// correct[j] (device, int64, max_k = correct.size[0] values, overwritten) = rows (label !=
+// ignore_index) whose label is among the top j+1 logits; ties count in the label's favour (as the
+// CPU topk_correct). The counts are added with 64-bit atomics on the int64 values.
 template <class T>
-void distillation_loss(MatrixView<const T> student, MatrixView<const T> teacher,
-                       const DistillationOptions& opt, VectorView<T> loss, MatrixView<T> dstudent,
-                       MatrixView<T> dteacher, VectorView<const T> dloss, void* workspace,
-                       std::size_t workspace_bytes, const Context& ctx) {
-  tasn::detail::check_distillation_views(student, teacher, opt, loss, dstudent, dteacher, dloss,
-                                         "cuda::distillation_loss");
-  distillation_loss(student.data, teacher.data, student.rows, student.cols, opt, loss.data,
-                    dstudent.data, dteacher.data, dloss.data, workspace, workspace_bytes, ctx);
-}
-
-template <class T>
-void softmax_cross_entropy(MatrixView<const T> logits, VectorView<const std::int64_t> labels,
-                           const CrossEntropyOptions& opt, VectorView<T> loss,
-                           MatrixView<T> dlogits, VectorView<const T> dloss, std::int64_t* status,
-                           void* workspace, std::size_t workspace_bytes, const Context& ctx) {
-  tasn::detail::check_cross_entropy_views(logits, labels, opt, loss, dlogits, dloss,
-                                          "cuda::softmax_cross_entropy");
-  softmax_cross_entropy(logits.data, labels.data, logits.rows, logits.cols, opt, loss.data,
-                        dlogits.data, dloss.data, status, workspace, workspace_bytes, ctx);
-}
-
-// correct[j] (device, max_k values, overwritten) = rows (label != ignore_index) whose label is
-// among the top j+1 logits; ties count in the label's favour (as the CPU topk_correct).
-template <class T>
-void topk_correct(const T* logits, const std::int64_t* labels, std::int64_t n, std::int64_t k,
-                  std::int64_t max_k, std::int64_t ignore_index, unsigned long long* correct,
-                  const Context& ctx) {
+void topk_correct(const Context& ctx, const TopkArgs<T>& args, Workspace ws = {}) {
   constexpr const char* op = "cuda::topk_correct";
-  validate_logits_shape(n, k, op);
-  TASN_CHECK_ARG(max_k >= 1, op, ": max_k must be >= 1, got ", max_k);
-  tasn::detail::check_pointer(logits, "logits", n * k, op);
-  tasn::detail::check_pointer(labels, "labels", n, op);
-  tasn::detail::check_pointer(correct, "correct", max_k, op);
-  TASN_CUDA_CHECK(cudaMemsetAsync(correct, 0, sizeof(unsigned long long) * max_k, ctx.stream));
+  static_assert(sizeof(std::int64_t) == sizeof(unsigned long long) && alignof(std::int64_t) == alignof(unsigned long long),
+                "top-k counts are int64 updated with unsigned long long atomics on the same 8 bytes");
+  detail_losses::check_type<T>();
+  ::tasn::detail::check_topk_args(args, op);
+  detail::check_workspace(ws, detail_losses::layout_bytes(args), op);
+  const TopkOptions& opt = args.options;
+  const std::int64_t n = args.logits.size[0], k = args.logits.size[1], max_k = args.correct.size[0];
+  detail::WorkspaceCarver carver(ws.data);
+  const auto l = detail_losses::layout(carver, args);
+  detail::ValueChecks vc(ctx, l.checks, op);
+  vc.labels(args.labels.data, n, k, opt.ignore_index);
+  vc.finish();
+
+  // two's complement: counts below 2^63 read the same as int64 and as unsigned long long
+  auto* counts = reinterpret_cast<unsigned long long*>(args.correct.data);
+  TASN_CUDA_CHECK(cudaMemsetAsync(counts, 0, sizeof(std::int64_t) * static_cast<std::size_t>(max_k), ctx.stream));
   kernels::topk_kernel<T><<<kernels::grid_for(n, kernels::kWarpRowsPerBlock),
                             kernels::kWarp * kernels::kWarpRowsPerBlock, 0, ctx.stream>>>(
-      logits, labels, n, k, max_k, ignore_index, correct);
+      args.logits.data, args.labels.data, n, k, max_k, opt.ignore_index, counts);
   TASN_CUDA_CHECK_LAUNCH("topk_kernel");
-}
-
-// Synchronises `stream` and throws tasn::InvalidArgument naming the first bad label when the
-// `status` written by softmax_cross_entropy reports one.
-inline void check_label_status(const std::int64_t* status, std::int64_t k, std::int64_t ignore_index,
-                               cudaStream_t stream) {
-  std::int64_t h[2] = {0, 0};
-  TASN_CUDA_CHECK(cudaMemcpyAsync(h, status, sizeof(h), cudaMemcpyDeviceToHost, stream));
-  TASN_CUDA_CHECK(cudaStreamSynchronize(stream));
-  TASN_CHECK_ARG(h[0] == 0, tasn::detail::bad_label_message("cuda::softmax_cross_entropy", h[0] - 1, h[1], k, ignore_index));
 }
 
 }  // namespace tasn::cuda

@@ -69,8 +69,7 @@ struct NetConfig {
     TrilinearAttentionOptions t;
     t.beta = beta;
     t.validate("NetConfig (--beta)");
-    GridOptions g;
-    g.out_h = g.out_w = out;
+    GridOptions g;  // the output size (out) sizes the sampled images' views
     g.dense = dense;
     g.iters = iters;
     g.validate("NetConfig (--dense, --iters)");
@@ -163,7 +162,10 @@ inline double cross_entropy(const Tensor<float>& z, const std::vector<std::int64
   o.reduction = Reduction::Sum;
   dz = Tensor<float>(z.shape);
   float loss = 0;
-  cpu::softmax_cross_entropy(z.ptr(), labels.data(), z.dim(0), z.dim(1), o, &loss, dz.ptr());
+  const std::int64_t n = z.dim(0), k = z.dim(1);
+  cpu::softmax_cross_entropy(CrossEntropyArgs<float>{Tensor2<const float>(z.ptr(), {n, k}),
+                                                     Tensor1<const std::int64_t>(labels.data(), {n}),
+                                                     Tensor1<float>(&loss, {1}), Tensor2<float>(dz.ptr(), {n, k}), {}, o});
   return loss;
 }
 
@@ -185,7 +187,9 @@ inline StepStats non_finite(const char* what, std::int64_t n) {
 
 inline std::int64_t top1(const Tensor<float>& z, const std::vector<std::int64_t>& labels) {
   std::int64_t c = 0;
-  cpu::topk_correct(z.ptr(), labels.data(), z.dim(0), z.dim(1), 1, -100, &c);
+  const std::int64_t n = z.dim(0), k = z.dim(1);
+  cpu::topk_correct(TopkArgs<float>{Tensor2<const float>(z.ptr(), {n, k}), Tensor1<const std::int64_t>(labels.data(), {n}),
+                                    Tensor1<std::int64_t>(&c, {1}), TopkOptions{}});
   return c;
 }
 
@@ -250,14 +254,22 @@ class TasnNet : public Model {
     Tensor<float> M(F.shape);
     TrilinearAttentionOptions to;
     to.beta = cfg_.beta;
-    cpu::trilinear_attention_forward(F.ptr(), M.ptr(), static_cast<float*>(nullptr), TrilinearShape{N, C, h, w}, to);
+    cpu::trilinear_attention_forward(TrilinearForwardArgs<float>{Tensor4<const float>(F.ptr(), {N, C, h, w}),
+                                                                 Tensor4<float>(M.ptr(), {N, C, h, w}), {}, to});
     v.structure_map = Tensor<float>({N, h, w});
     v.detail_map = Tensor<float>({N, h, w});
-    cpu::structure_map(M.ptr(), N, C, h, w, cfg_.distinct, v.structure_map.ptr());
-    cpu::detail_map(M.ptr(), N, C, h, w, training, static_cast<const std::int64_t*>(nullptr), step_seed,
-                    v.detail_map.ptr());
+    StructureMapArgs<float> sm{Tensor4<const float>(M.ptr(), {N, C, h, w}), Tensor3<float>(v.structure_map.ptr(), {N, h, w}),
+                               {}};
+    sm.options.distinct = cfg_.distinct;
+    cpu::structure_map(sm);
+    DetailMapArgs<float> dm;
+    dm.m = sm.m;
+    dm.out = Tensor3<float>(v.detail_map.ptr(), {N, h, w});
+    dm.options.training = training;
+    dm.options.seed = step_seed;
+    cpu::detail_map(dm);
+    const std::int64_t O = cfg_.out;  // the sampled images' size: their views give it to the sampler
     AttentionSampleOptions so;
-    so.grid.out_h = so.grid.out_w = cfg_.out;
     so.grid.dense = cfg_.dense;
     so.grid.iters = cfg_.iters;
     so.grid.mode = cfg_.mode;
@@ -267,13 +279,23 @@ class TasnNet : public Model {
     v.gx_structure.assign(static_cast<std::size_t>(N * cfg_.out), 0.f);
     v.fallback_structure.assign(static_cast<std::size_t>(N), 0);
     v.fallback_detail.assign(static_cast<std::size_t>(N), 0);
-    so.squared = cfg_.structure_squared;
-    cpu::attention_sample(img.ptr(), N, std::int64_t{3}, Hi, Wi, v.structure_map.ptr(), h, w, so,
-                          v.structure_image.ptr(), v.gy_structure.data(), v.gx_structure.data(),
-                          v.fallback_structure.data());
-    so.squared = false;
-    cpu::attention_sample(img.ptr(), N, std::int64_t{3}, Hi, Wi, v.detail_map.ptr(), h, w, so, v.detail_image.ptr(),
-                          static_cast<float*>(nullptr), static_cast<float*>(nullptr), v.fallback_detail.data());
+    AttentionSampleArgs<float> as;
+    as.img = Tensor4<const float>(img.ptr(), {N, 3, Hi, Wi});
+    as.attention = Tensor3<const float>(v.structure_map.ptr(), {N, h, w});
+    as.out = Tensor4<float>(v.structure_image.ptr(), {N, 3, O, O});
+    as.gy = Tensor2<float>(v.gy_structure.data(), {N, O});
+    as.gx = Tensor2<float>(v.gx_structure.data(), {N, O});
+    as.fallback = Tensor1<unsigned char>(v.fallback_structure.data(), {N});
+    as.options = so;
+    as.options.squared = cfg_.structure_squared;
+    cpu::attention_sample(as);
+    as.attention = Tensor3<const float>(v.detail_map.ptr(), {N, h, w});
+    as.out = Tensor4<float>(v.detail_image.ptr(), {N, 3, O, O});
+    as.gy = {};
+    as.gx = {};
+    as.fallback = Tensor1<unsigned char>(v.fallback_detail.data(), {N});
+    as.options.squared = false;
+    cpu::attention_sample(as);
     return logits;
   }
 
@@ -313,8 +335,15 @@ class TasnNet : public Model {
       Tensor<float> ds(z_master.shape), dt(z_part.shape);
       float loss = 0;
       const float w = static_cast<float>(cfg_.distill_weight);
-      cpu::distillation_loss(z_master.ptr(), z_part.ptr(), N, cfg_.classes, o, &loss, ds.ptr(),
-                             cfg_.teacher_grad ? dt.ptr() : static_cast<float*>(nullptr));
+      const std::int64_t K = cfg_.classes;
+      DistillationArgs<float> da;
+      da.student = Tensor2<const float>(z_master.ptr(), {N, K});
+      da.teacher = Tensor2<const float>(z_part.ptr(), {N, K});
+      da.loss = Tensor1<float>(&loss, {1});
+      da.dstudent = Tensor2<float>(ds.ptr(), {N, K});
+      if (cfg_.teacher_grad) da.dteacher = Tensor2<float>(dt.ptr(), {N, K});
+      da.options = o;
+      cpu::distillation_loss(da);
       for (std::int64_t i = 0; i < ds.numel(); ++i) {
         d_master.data[i] += w * ds.data[i];
         if (cfg_.teacher_grad) d_part.data[i] += w * dt.data[i];

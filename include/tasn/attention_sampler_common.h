@@ -9,6 +9,7 @@
 #include <initializer_list>
 #include <limits>
 #include <sstream>
+#include <string>
 
 #include "tasn/core/common.h"
 #include "tasn/core/tensor.h"
@@ -27,7 +28,6 @@ inline const char* to_string(GridMode m) { return m == GridMode::Exact ? "exact"
 
 // The grid of SPEC 3b, 3c. The output size (Ho, Wo) is that of the gy / gx (or out) views.
 struct GridOptions {
-  std::int64_t out_h = 224, out_w = 224;  // TRANSITION: old API only; removed with it (sizes come from the views)
   double dense = 4.0;              // largest magnification the limit allows, finite and > 0
   int iters = 5;                   // magnification-limit iterations, >= 0
   GridMode mode = GridMode::Exact;
@@ -36,8 +36,6 @@ struct GridOptions {
   bool check_finite = true;
 
   void validate(const char* op) const {
-    TASN_CHECK_ARG(out_h >= 1 && out_w >= 1, op, ": output size must be >= 1, got (", out_h, ", ", out_w,
-                   ")");  // TRANSITION: removed with out_h / out_w
     TASN_CHECK_ARG(std::isfinite(dense) && dense > 0.0, op, ": dense must be finite and > 0, got ", dense);
     TASN_CHECK_ARG(iters >= 0, op, ": iters must be >= 0, got ", iters);
   }
@@ -251,80 +249,238 @@ inline std::int64_t checked_elems(const char* op, const char* what, std::initial
 // exceed any address space).
 constexpr std::int64_t kMaxSampledAxis = std::int64_t(1) << 62;
 
-// structure_map / detail_map: m (N, C, h, w), out (N, h, w).
-inline void check_map_args(const char* op, std::int64_t N, std::int64_t C, std::int64_t h, std::int64_t w) {
-  checked_elems(op, "m", {N, C, h, w});
+// ---- view checks (CPU and CUDA run the same ones, before any allocation, launch or write) -------
+// One overload of check_args per arguments struct: the options, then every view's presence,
+// shape (from the views: the leading tensor defines the sizes, the others must agree), layout
+// (packed row-major) and data pointer, then the sizes every internal buffer needs. They return
+// the sizes; messages name the operator (its `op` argument), the argument and the sizes, so the
+// cpu:: and cuda:: operators give the same messages (prefix aside).
+
+// A tensor whose sizes are partly free (`expected` entries of -1: any size >= 1) and partly fixed
+// by other arguments; present, packed, non-null, and its element count fits 64-bit indexing
+// (checked before the layout, so a view of any sizes is safe to pass).
+template <class T, int R>
+void check_sized_tensor(const char* op, const char* name, const TensorRef<T, R>& v, const char* layout,
+                        std::initializer_list<std::int64_t> expected) {
+  detail::check_present(op, name, v);
+  std::int64_t want[R] = {};
+  int k = 0;
+  for (std::int64_t e : expected) {
+    if (k < R) want[k] = e;
+    ++k;
+  }
+  for (k = 0; k < R; ++k)
+    TASN_CHECK_ARG(want[k] != -1 || v.size[k] >= 1, op, ": ", name, " has shape ", v.shape_string(), " but ", layout,
+                   " with every size >= 1 is required");
+  for (k = 0; k < R; ++k)
+    if (want[k] == -1) want[k] = v.size[k];
+  std::int64_t p = 1;
+  for (k = 0; k < R; ++k) {
+    TASN_CHECK_ARG(v.size[k] < 1 || p <= std::numeric_limits<std::int64_t>::max() / v.size[k], op, ": ", name,
+                   " of shape ", v.shape_string(), " overflows 64-bit indexing");
+    if (v.size[k] >= 1) p *= v.size[k];
+  }
+  if constexpr (R == 1) detail::check_tensor(op, name, v, layout, {want[0]});
+  if constexpr (R == 2) detail::check_tensor(op, name, v, layout, {want[0], want[1]});
+  if constexpr (R == 3) detail::check_tensor(op, name, v, layout, {want[0], want[1], want[2]});
+  if constexpr (R == 4) detail::check_tensor(op, name, v, layout, {want[0], want[1], want[2], want[3]});
 }
 
-// upsample_bilinear: in (N, h, w), out (N, H, W).
-inline void check_upsample_args(const char* op, std::int64_t N, std::int64_t h, std::int64_t w, std::int64_t H,
-                                std::int64_t W) {
-  checked_elems(op, "in", {N, 1, h, w});
-  checked_elems(op, "out", {N, 1, H, W});
+// A required tensor whose sizes other arguments fix (none of its products can overflow: they are
+// sub-products of checked tensors): present, then detail::check_tensor.
+template <class T, int R>
+void check_required_tensor(const char* op, const char* name, const TensorRef<T, R>& v, const char* layout,
+                           std::initializer_list<std::int64_t> expected) {
+  detail::check_present(op, name, v);
+  detail::check_tensor(op, name, v, layout, expected);
 }
 
-// attention_marginals: map (N, h, w), marginals my (N, Hs), mx (N, Ws) of the (Hs, Ws) upsampling.
-inline void check_marginal_args(const char* op, std::int64_t N, std::int64_t h, std::int64_t w, std::int64_t Hs,
-                                std::int64_t Ws) {
-  checked_elems(op, "map", {N, 1, h, w});
-  checked_elems(op, "marginal sizes", {N, 1, Hs, Ws});
-}
-
-// sampling_grid: options, marginals my (N, Hs), mx (N, Ws), grid gy (N, out_h), gx (N, out_w).
-inline void check_grid_args(const char* op, std::int64_t N, std::int64_t Hs, std::int64_t Ws, const GridOptions& opt) {
-  opt.validate(op);
-  checked_elems(op, "marginals (N, 1, Hs, Ws)", {N, 1, Hs, Ws});
-  checked_elems(op, "gy (N, out_h)", {N, opt.out_h});
-  checked_elems(op, "gx (N, out_w)", {N, opt.out_w});
-}
-
-enum class SampleCall { SeparableForward, SeparableBackward, GridForward, GridBackward };
-
-// Bilinear sampling of img (N, C, Hi, Wi) to out (N, C, Ho, Wo), separable (gy (N, Ho),
-// gx (N, Wo)) or general (grid (N, Ho, Wo, 2)). The separable backward also forms the pass-1
-// buffer (N, C, Ho, Wi) and (CUDA) per-sample tap lists of Hi + 1 / Wi + 1 offsets and
-// 2 Ho / 2 Wo entries.
-inline void check_sample_args(const char* op, SampleCall call, std::int64_t N, std::int64_t C, std::int64_t Hi,
-                              std::int64_t Wi, std::int64_t Ho, std::int64_t Wo) {
-  const bool backward = call == SampleCall::SeparableBackward || call == SampleCall::GridBackward;
-  checked_elems(op, call == SampleCall::SeparableBackward ? "dimg" : "img", {N, C, Hi, Wi});
-  checked_elems(op, backward ? "dout" : "out", {N, C, Ho, Wo});
+// Image axes longer than kMaxSampledAxis pixels are refused (see taps_of).
+inline void check_sampled_axes(const char* op, std::int64_t Hi, std::int64_t Wi) {
   TASN_CHECK_ARG(Hi <= kMaxSampledAxis && Wi <= kMaxSampledAxis, op, ": image sizes (", Hi, ", ", Wi,
                  ") exceed the ", kMaxSampledAxis, " pixels per axis sampling supports");
-  if (call == SampleCall::GridForward || call == SampleCall::GridBackward)
-    checked_elems(op, "grid (N, Ho, Wo, 2)", {N, Ho, Wo, 2});
-  if (call == SampleCall::SeparableBackward) {
-    checked_elems(op, "the row buffer (N, C, Ho, Wi)", {N, C, Ho, Wi});
-    checked_elems(op, "the tap list offsets (N, Hi + 1)", {N, detail::checked_add(Hi, 1, op)});
-    checked_elems(op, "the tap list offsets (N, Wi + 1)", {N, detail::checked_add(Wi, 1, op)});
-    checked_elems(op, "the tap lists (N, 2, Ho)", {N, 2, Ho});
-    checked_elems(op, "the tap lists (N, 2, Wo)", {N, 2, Wo});
+}
+
+struct MapSizes {
+  std::int64_t N, C, h, w;
+};
+struct UpsampleSizes {
+  std::int64_t N, h, w, H, W;
+};
+struct MarginalSizes {
+  std::int64_t N, h, w, Hs, Ws;
+};
+struct GridSizes {
+  std::int64_t N, Hs, Ws, Ho, Wo;
+};
+struct SampleSizes {
+  std::int64_t N, C, Hi, Wi, Ho, Wo;
+};
+struct AttentionSampleSizes {
+  std::int64_t N, C, Hi, Wi, Ha, Wa, Hs, Ws, Ho, Wo;
+};
+
+// structure_map: m (N, C, h, w), out (N, h, w).
+template <class T>
+MapSizes check_args(const char* op, const StructureMapArgs<T>& a) {
+  detail::check_leading_tensor(op, "m", a.m, "(N, C, h, w)");
+  const MapSizes s{a.m.size[0], a.m.size[1], a.m.size[2], a.m.size[3]};
+  check_required_tensor(op, "out", a.out, "(N, h, w)", {s.N, s.h, s.w});
+  return s;
+}
+
+// detail_map: m (N, C, h, w), channels (N) optional, out (N, h, w), chosen (N) optional.
+template <class T>
+MapSizes check_args(const char* op, const DetailMapArgs<T>& a) {
+  detail::check_leading_tensor(op, "m", a.m, "(N, C, h, w)");
+  const MapSizes s{a.m.size[0], a.m.size[1], a.m.size[2], a.m.size[3]};
+  detail::check_optional_tensor(op, "channels", a.channels, "(N)", {s.N});
+  check_required_tensor(op, "out", a.out, "(N, h, w)", {s.N, s.h, s.w});
+  detail::check_optional_tensor(op, "chosen", a.chosen, "(N)", {s.N});
+  return s;
+}
+
+// The message both backends give for channels[n] outside [0, C) (detail_map, check_finite).
+inline std::string bad_channel_message(const char* op, std::int64_t n, std::int64_t c, std::int64_t C) {
+  return detail::concat(op, ": channels[", n, "] = ", c, " is out of range [0, ", C, ")");
+}
+
+// upsample_bilinear: in (N, h, w), out (N, H, W) (its sizes give H, W).
+template <class V>
+UpsampleSizes check_args(const char* op, const UpsampleArgs<V>& a) {
+  detail::check_leading_tensor(op, "in", a.in, "(N, h, w)");
+  check_sized_tensor(op, "out", a.out, "(N, H, W)", {a.in.size[0], -1, -1});
+  return {a.in.size[0], a.in.size[1], a.in.size[2], a.out.size[1], a.out.size[2]};
+}
+
+// attention_marginals: map (N, h, w), my (N, Hs), mx (N, Ws) (their sizes give Hs, Ws), fallback (N)
+// optional.
+template <class V>
+MarginalSizes check_args(const char* op, const MarginalsArgs<V>& a) {
+  detail::check_leading_tensor(op, "map", a.map, "(N, h, w)");
+  const std::int64_t N = a.map.size[0];
+  check_sized_tensor(op, "my", a.my, "(N, Hs)", {N, -1});
+  check_sized_tensor(op, "mx", a.mx, "(N, Ws)", {N, -1});
+  detail::check_optional_tensor(op, "fallback", a.fallback, "(N)", {N});
+  const MarginalSizes s{N, a.map.size[1], a.map.size[2], a.my.size[1], a.mx.size[1]};
+  checked_elems(op, "the upsampled map (N, Hs, Ws)", {s.N, s.Hs, s.Ws});
+  return s;
+}
+
+// sampling_grid: options, my (N, Hs), mx (N, Ws), gy (N, Ho), gx (N, Wo) (their sizes give Ho, Wo).
+template <class V>
+GridSizes check_args(const char* op, const GridArgs<V>& a) {
+  a.options.validate(op);
+  detail::check_leading_tensor(op, "my", a.my, "(N, Hs)");
+  const std::int64_t N = a.my.size[0];
+  check_sized_tensor(op, "mx", a.mx, "(N, Ws)", {N, -1});
+  check_sized_tensor(op, "gy", a.gy, "(N, Ho)", {N, -1});
+  check_sized_tensor(op, "gx", a.gx, "(N, Wo)", {N, -1});
+  const GridSizes s{N, a.my.size[1], a.mx.size[1], a.gy.size[1], a.gx.size[1]};
+  checked_elems(op, "the grid scratch (N, 2, Hs + Ws)", {N, 2, detail::checked_add(s.Hs, s.Ws, op)});
+  return s;
+}
+
+// sample_separable: img (N, C, Hi, Wi), gy (N, Ho), gx (N, Wo), out (N, C, Ho, Wo).
+template <class T>
+SampleSizes check_args(const char* op, const SampleSeparableArgs<T>& a) {
+  detail::check_leading_tensor(op, "img", a.img, "(N, C, Hi, Wi)");
+  SampleSizes s{a.img.size[0], a.img.size[1], a.img.size[2], a.img.size[3], 0, 0};
+  check_sampled_axes(op, s.Hi, s.Wi);
+  check_sized_tensor(op, "gy", a.gy, "(N, Ho)", {s.N, -1});
+  check_sized_tensor(op, "gx", a.gx, "(N, Wo)", {s.N, -1});
+  s.Ho = a.gy.size[1];
+  s.Wo = a.gx.size[1];
+  check_sized_tensor(op, "out", a.out, "(N, C, Ho, Wo)", {s.N, s.C, s.Ho, s.Wo});
+  return s;
+}
+
+// sample_separable_backward: dout (N, C, Ho, Wo), gy (N, Ho), gx (N, Wo), dimg (N, C, Hi, Wi) (its
+// sizes give Hi, Wi). The pass-1 row buffer (N, C, Ho, Wi) and (CUDA) the per-sample tap lists of
+// Hi + 1 / Wi + 1 offsets and 2 Ho / 2 Wo entries must fit 64-bit sizes too.
+template <class T>
+SampleSizes check_args(const char* op, const SampleSeparableBackwardArgs<T>& a) {
+  detail::check_leading_tensor(op, "dout", a.dout, "(N, C, Ho, Wo)");
+  SampleSizes s{a.dout.size[0], a.dout.size[1], 0, 0, a.dout.size[2], a.dout.size[3]};
+  check_required_tensor(op, "gy", a.gy, "(N, Ho)", {s.N, s.Ho});
+  check_required_tensor(op, "gx", a.gx, "(N, Wo)", {s.N, s.Wo});
+  check_sized_tensor(op, "dimg", a.dimg, "(N, C, Hi, Wi)", {s.N, s.C, -1, -1});
+  s.Hi = a.dimg.size[2];
+  s.Wi = a.dimg.size[3];
+  check_sampled_axes(op, s.Hi, s.Wi);
+  checked_elems(op, "the row buffer (N, C, Ho, Wi)", {s.N, s.C, s.Ho, s.Wi});
+  checked_elems(op, "the tap list offsets (N, Hi + 1)", {s.N, detail::checked_add(s.Hi, 1, op)});
+  checked_elems(op, "the tap list offsets (N, Wi + 1)", {s.N, detail::checked_add(s.Wi, 1, op)});
+  checked_elems(op, "the tap lists (N, 2, Ho)", {s.N, 2, s.Ho});
+  checked_elems(op, "the tap lists (N, 2, Wo)", {s.N, 2, s.Wo});
+  return s;
+}
+
+// sample_grid: img (N, C, Hi, Wi), grid (N, Ho, Wo, 2), out (N, C, Ho, Wo).
+template <class T>
+SampleSizes check_args(const char* op, const SampleGridArgs<T>& a) {
+  detail::check_leading_tensor(op, "img", a.img, "(N, C, Hi, Wi)");
+  SampleSizes s{a.img.size[0], a.img.size[1], a.img.size[2], a.img.size[3], 0, 0};
+  check_sampled_axes(op, s.Hi, s.Wi);
+  check_sized_tensor(op, "grid", a.grid, "(N, Ho, Wo, 2)", {s.N, -1, -1, 2});
+  s.Ho = a.grid.size[1];
+  s.Wo = a.grid.size[2];
+  check_sized_tensor(op, "out", a.out, "(N, C, Ho, Wo)", {s.N, s.C, s.Ho, s.Wo});
+  return s;
+}
+
+// sample_grid_backward: dout (N, C, Ho, Wo), grid (N, Ho, Wo, 2), img (N, C, Hi, Wi) (required
+// with dgrid; else optional), dimg (N, C, Hi, Wi) optional (its sizes give Hi, Wi without img),
+// dgrid (N, Ho, Wo, 2) optional. Hi = Wi = 0 when neither img nor dimg is given.
+template <class T>
+SampleSizes check_args(const char* op, const SampleGridBackwardArgs<T>& a) {
+  detail::check_leading_tensor(op, "dout", a.dout, "(N, C, Ho, Wo)");
+  SampleSizes s{a.dout.size[0], a.dout.size[1], 0, 0, a.dout.size[2], a.dout.size[3]};
+  check_sized_tensor(op, "grid", a.grid, "(N, Ho, Wo, 2)", {s.N, s.Ho, s.Wo, 2});
+  TASN_CHECK_ARG(!a.dgrid.present() || a.img.present(), op,
+                 ": img is absent (a null view) but is required when dgrid is given");
+  if (a.img.present()) {
+    check_sized_tensor(op, "img", a.img, "(N, C, Hi, Wi)", {s.N, s.C, -1, -1});
+    s.Hi = a.img.size[2];
+    s.Wi = a.img.size[3];
+    detail::check_optional_tensor(op, "dimg", a.dimg, "(N, C, Hi, Wi)", {s.N, s.C, s.Hi, s.Wi});
+  } else if (a.dimg.present()) {
+    check_sized_tensor(op, "dimg", a.dimg, "(N, C, Hi, Wi)", {s.N, s.C, -1, -1});
+    s.Hi = a.dimg.size[2];
+    s.Wi = a.dimg.size[3];
   }
+  check_sampled_axes(op, s.Hi, s.Wi);
+  if (a.dgrid.present()) check_sized_tensor(op, "dgrid", a.dgrid, "(N, Ho, Wo, 2)", {s.N, s.Ho, s.Wo, 2});
+  return s;
 }
 
-// The buffers attention_sample forms besides its arguments: the map upsampled to (Hs, Ws)
-// (materialised when squared; its size bounds the fused marginals' loops otherwise), the
-// marginals (N, Hs), (N, Ws) and the grid (N, Ho), (N, Wo). Image sizes (Hi, Wi) give (Hs, Ws)
-// when the options do not.
-inline void check_attention_sample_buffers(const char* op, std::int64_t N, std::int64_t Hi, std::int64_t Wi,
-                                           const AttentionSampleOptions& opt) {
-  opt.validate(op);
-  checked_elems(op, "image sizes (N, Hi, Wi)", {N, Hi, Wi});
-  checked_elems(op, "the upsampled attention map (N, Hs, Ws)", {N, opt.marginal_h(Hi), opt.marginal_w(Wi)});
-  checked_elems(op, "gy (N, out_h)", {N, opt.grid.out_h});
-  checked_elems(op, "gx (N, out_w)", {N, opt.grid.out_w});
-}
-
-// attention_sample: img (N, C, Hi, Wi), attention (N, Ha, Wa), out (N, C, out_h, out_w) and the
-// buffers above.
-inline void check_attention_sample_args(const char* op, std::int64_t N, std::int64_t C, std::int64_t Hi,
-                                        std::int64_t Wi, std::int64_t Ha, std::int64_t Wa,
-                                        const AttentionSampleOptions& opt) {
-  opt.validate(op);
-  checked_elems(op, "img", {N, C, Hi, Wi});
-  checked_elems(op, "attention", {N, 1, Ha, Wa});
-  check_attention_sample_buffers(op, N, Hi, Wi, opt);
-  check_sample_args(op, SampleCall::SeparableForward, N, C, Hi, Wi, opt.grid.out_h, opt.grid.out_w);
+// attention_sample: options, img (N, C, Hi, Wi), attention (N, Ha, Wa), out (N, C, Ho, Wo) (its
+// sizes give Ho, Wo), gy (N, Ho), gx (N, Wo), fallback (N) optional; the upsampled map
+// (N, Hs, Ws) (Hs, Ws: options.marginal_h / marginal_w) must fit 64-bit sizes.
+template <class T>
+AttentionSampleSizes check_args(const char* op, const AttentionSampleArgs<T>& a) {
+  a.options.validate(op);
+  detail::check_leading_tensor(op, "img", a.img, "(N, C, Hi, Wi)");
+  AttentionSampleSizes s{};
+  s.N = a.img.size[0];
+  s.C = a.img.size[1];
+  s.Hi = a.img.size[2];
+  s.Wi = a.img.size[3];
+  check_sampled_axes(op, s.Hi, s.Wi);
+  check_sized_tensor(op, "attention", a.attention, "(N, Ha, Wa)", {s.N, -1, -1});
+  s.Ha = a.attention.size[1];
+  s.Wa = a.attention.size[2];
+  check_sized_tensor(op, "out", a.out, "(N, C, Ho, Wo)", {s.N, s.C, -1, -1});
+  s.Ho = a.out.size[2];
+  s.Wo = a.out.size[3];
+  detail::check_optional_tensor(op, "gy", a.gy, "(N, Ho)", {s.N, s.Ho});
+  detail::check_optional_tensor(op, "gx", a.gx, "(N, Wo)", {s.N, s.Wo});
+  detail::check_optional_tensor(op, "fallback", a.fallback, "(N)", {s.N});
+  s.Hs = a.options.marginal_h(s.Hi);
+  s.Ws = a.options.marginal_w(s.Wi);
+  checked_elems(op, "the upsampled attention map (N, Hs, Ws)", {s.N, s.Hs, s.Ws});
+  checked_elems(op, "the grid scratch (N, 2, Hs + Ws)", {s.N, 2, detail::checked_add(s.Hs, s.Ws, op)});
+  return s;
 }
 
 // ---- bilinear interpolation, align_corners = true --------------------------------------------

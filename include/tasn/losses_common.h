@@ -10,6 +10,26 @@
 //                  p log q is 0 where p = 0, even where log q = -inf (xlogy)
 //   cross-entropy  t = (1 - eps) onehot(y) + eps / K;  loss[n] = -grad_scale * sum_k t log q
 //                  (q = softmax(z)); d/dz = grad_scale (q - t); rows with y == ignore_index: 0
+//
+// Calling convention (both backends, the same argument structs below):
+//   tasn::cpu::distillation_loss(args, ws)          tasn::cuda::distillation_loss(ctx, args, ws)
+//   tasn::cpu::softmax_cross_entropy(args, ws)      tasn::cuda::softmax_cross_entropy(ctx, args, ws)
+//   tasn::cpu::topk_correct(args, ws)               tasn::cuda::topk_correct(ctx, args, ws)
+//   tasn::cpu::workspace_bytes(args)                tasn::cuda::workspace_bytes(args)
+// Every call checks, in this order and before anything is written: the options (validate()),
+// the shapes of every view (detail::check_*_args below: the same code and messages on both
+// backends), the workspace, then the values when options.check_finite.
+//
+// Non-finite values and bad labels (options.check_finite):
+//   true (default): NaN/Inf in student, teacher, logits or dloss, and a label that is neither
+//     ignore_index nor in [0, K), throw the same tasn::InvalidArgument on both backends
+//     (detail::nonfinite_message / detail::bad_label_message) before anything is written. On
+//     CUDA that costs a scan per input and one read-back (one stream synchronisation) per call.
+//     topk_correct checks only its labels (NaN logits are ranked, see ranks_above_label).
+//   false: no scan, no CUDA synchronisation. Non-finite values propagate (NaN losses and
+//     gradients). A bad label gives its row a NaN loss (so a reduced loss is NaN too; the row
+//     still counts in the mean's denominator) and a zero gradient, on both backends; a bad label
+//     is never used as an index. topk_correct never counts a bad label's row.
 #pragma once
 
 #include <cmath>
@@ -19,7 +39,6 @@
 #include "tasn/core/common.h"
 #include "tasn/core/softmax_math.h"
 #include "tasn/core/tensor.h"
-#include "tasn/core/view.h"  // TRANSITION: removed with the pointer overloads
 
 namespace tasn {
 
@@ -76,48 +95,8 @@ struct CrossEntropyOptions {
   }
 };
 
-// (N, K) logits: N >= 1 rows of K >= 1 classes.
-inline void validate_logits_shape(std::int64_t n, std::int64_t k, const char* op) {
-  TASN_CHECK_ARG(n >= 1 && k >= 1, op, ": logits must have shape (N, K) with N >= 1 and K >= 1, got (",
-                 n, ", ", k, ")");
-  detail::checked_mul(n, k, op);
-}
-
 // Elements of the loss output for a reduction: N for None, else 1.
 inline std::int64_t loss_elems(std::int64_t n, Reduction r) { return r == Reduction::None ? n : 1; }
-
-namespace detail {
-
-inline const char* loss_size_reason(Reduction r) {
-  return r == Reduction::None ? "reduction none: one per row" : "reduction sum/mean: one value";
-}
-
-// Shape checks of the view overloads (CPU and CUDA): every tensor must agree with `student`.
-template <class T>
-void check_distillation_views(MatrixView<const T> student, MatrixView<const T> teacher,
-                              const DistillationOptions& opt, VectorView<T> loss,
-                              MatrixView<T> dstudent, MatrixView<T> dteacher,
-                              VectorView<const T> dloss, const char* op) {
-  TASN_CHECK_ARG(teacher.present() || student.rows * student.cols == 0, op, ": teacher is absent");
-  check_same_shape(teacher, "teacher", student, "student", op);
-  check_same_shape(dstudent, "dstudent", student, "student", op);
-  check_same_shape(dteacher, "dteacher", student, "student", op);
-  check_size(loss, "loss", loss_elems(student.rows, opt.reduction), loss_size_reason(opt.reduction), op);
-  check_size(dloss, "dloss", loss_elems(student.rows, opt.reduction), loss_size_reason(opt.reduction), op);
-}
-
-template <class T>
-void check_cross_entropy_views(MatrixView<const T> logits, VectorView<const std::int64_t> labels,
-                               const CrossEntropyOptions& opt, VectorView<T> loss,
-                               MatrixView<T> dlogits, VectorView<const T> dloss, const char* op) {
-  TASN_CHECK_ARG(labels.present() && labels.size == logits.rows, op, ": labels holds ", labels.size,
-                 " elements but logits has ", logits.rows, " rows");
-  check_same_shape(dlogits, "dlogits", logits, "logits", op);
-  check_size(loss, "loss", loss_elems(logits.rows, opt.reduction), loss_size_reason(opt.reduction), op);
-  check_size(dloss, "dloss", loss_elems(logits.rows, opt.reduction), loss_size_reason(opt.reduction), op);
-}
-
-}  // namespace detail
 
 // Options of topk_correct.
 struct TopkOptions {
@@ -161,6 +140,65 @@ struct TopkArgs {
   Tensor1<std::int64_t> correct;        // (max_k), max_k >= 1; overwritten
   TopkOptions options;
 };
+
+// ---- shape checks (CPU and CUDA: the same code, so the same messages) ---------------------------
+
+namespace detail {
+
+// Layout of loss and dloss for a reduction, for the shape messages.
+inline const char* loss_layout(Reduction r) {
+  return r == Reduction::None ? "(N)" : r == Reduction::Sum ? "(1) (reduction sum)" : "(1) (reduction mean)";
+}
+
+// Options, then every view's shape: student defines (N, K); the other views must agree.
+template <class T>
+void check_distillation_args(const DistillationArgs<T>& a, const char* op) {
+  a.options.validate(op);
+  check_leading_tensor(op, "student", a.student, "(N, K)");
+  const std::int64_t n = a.student.size[0], k = a.student.size[1], nl = loss_elems(n, a.options.reduction);
+  const char* ll = loss_layout(a.options.reduction);
+  check_present(op, "teacher", a.teacher);
+  check_tensor(op, "teacher", a.teacher, "(N, K)", {n, k});
+  check_optional_tensor(op, "loss", a.loss, ll, {nl});
+  check_optional_tensor(op, "dstudent", a.dstudent, "(N, K)", {n, k});
+  check_optional_tensor(op, "dteacher", a.dteacher, "(N, K)", {n, k});
+  check_optional_tensor(op, "dloss", a.dloss, ll, {nl});
+}
+
+// Options, then every view's shape: logits defines (N, K).
+template <class T>
+void check_cross_entropy_args(const CrossEntropyArgs<T>& a, const char* op) {
+  a.options.validate(op);
+  check_leading_tensor(op, "logits", a.logits, "(N, K)");
+  const std::int64_t n = a.logits.size[0], k = a.logits.size[1], nl = loss_elems(n, a.options.reduction);
+  const char* ll = loss_layout(a.options.reduction);
+  check_present(op, "labels", a.labels);
+  check_tensor(op, "labels", a.labels, "(N)", {n});
+  check_optional_tensor(op, "loss", a.loss, ll, {nl});
+  check_optional_tensor(op, "dlogits", a.dlogits, "(N, K)", {n, k});
+  check_optional_tensor(op, "dloss", a.dloss, ll, {nl});
+}
+
+// logits defines (N, K); correct (max_k) with max_k >= 1.
+template <class T>
+void check_topk_args(const TopkArgs<T>& a, const char* op) {
+  check_leading_tensor(op, "logits", a.logits, "(N, K)");
+  const std::int64_t n = a.logits.size[0];
+  check_present(op, "labels", a.labels);
+  check_tensor(op, "labels", a.labels, "(N)", {n});
+  check_present(op, "correct", a.correct);
+  TASN_CHECK_ARG(a.correct.size[0] >= 1, op, ": correct must have shape (max_k) with max_k >= 1, got ",
+                 a.correct.shape_string());
+  check_tensor(op, "correct", a.correct, "(max_k)", {a.correct.size[0]});
+}
+
+// A label that is neither ignore_index nor in [0, k): refused with check_finite, else its row
+// gets a NaN loss and no gradient (never used as an index).
+TASN_HD bool is_bad_label(std::int64_t y, std::int64_t k, std::int64_t ignore_index) {
+  return y != ignore_index && (y < 0 || y >= k);
+}
+
+}  // namespace detail
 
 // ---- per-element math (CPU and CUDA) ---------------------------------------------------------
 // Row weights are split so that no intermediate product can overflow into inf * 0 = NaN: the

@@ -15,6 +15,7 @@
 namespace tasn {
 
 // Sizes of X (N, C, H, W). N may be 0 (the operator does nothing); C, H, W must be positive.
+// An internal helper of both backends (the operators take the sizes from the x view).
 struct TrilinearShape {
   std::int64_t n = 0, c = 0, h = 0, w = 0;
 
@@ -51,11 +52,16 @@ struct TrilinearAttentionOptions {
   }
 };
 
-// Elements of the tensors the forward pass can save for the backward pass: S (N*C*P elements)
-// followed by A (N*C*C elements).
-inline std::int64_t trilinear_saved_elems(const TrilinearShape& s) {
+// Elements of the tensors the forward pass can save for the backward pass: S (N*C*H*W elements)
+// followed by A (N*C*C elements). From the sizes of x, or from x itself.
+inline std::int64_t trilinear_saved_elems(std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w) {
+  const TrilinearShape s{n, c, h, w};
   s.validate("trilinear_saved_elems");
   return s.n * s.c * (s.p() + s.c);
+}
+template <class T>
+std::int64_t trilinear_saved_elems(const Tensor4<T>& x) {
+  return trilinear_saved_elems(x.size[0], x.size[1], x.size[2], x.size[3]);
 }
 
 // ---- arguments (the same struct for tasn::cpu:: and tasn::cuda::) ------------------------------
@@ -80,4 +86,40 @@ struct TrilinearBackwardArgs {
   TrilinearAttentionOptions options;
 };
 
+namespace detail {
+
+// The argument checks of both backends, in the convention's order: options, then x (defines the
+// sizes; also checks the element counts of S and A against 64-bit overflow), then every other
+// view. `op` prefixes every message ("trilinear_attention_forward" / "cuda::...").
+template <class T>
+TrilinearShape trilinear_shape_of(const Tensor4<const T>& x, const char* op) {
+  check_leading_tensor(op, "x", x, "(N, C, H, W)", 0);
+  const TrilinearShape s{x.size[0], x.size[1], x.size[2], x.size[3]};
+  s.validate(op);
+  return s;
+}
+
+template <class T>
+TrilinearShape check_trilinear_args(const TrilinearForwardArgs<T>& a, const char* op) {
+  a.options.validate(op);
+  const TrilinearShape s = trilinear_shape_of<T>(a.x, op);
+  check_present(op, "m", a.m);
+  check_tensor(op, "m", a.m, "(N, C, H, W)", {s.n, s.c, s.h, s.w});
+  check_optional_tensor(op, "saved", a.saved, "(N*C*(H*W + C))", {s.n * s.c * (s.p() + s.c)});
+  return s;
+}
+
+template <class T>
+TrilinearShape check_trilinear_args(const TrilinearBackwardArgs<T>& a, const char* op) {
+  a.options.validate(op);
+  const TrilinearShape s = trilinear_shape_of<T>(a.x, op);
+  check_present(op, "dm", a.dm);
+  check_tensor(op, "dm", a.dm, "(N, C, H, W)", {s.n, s.c, s.h, s.w});
+  check_optional_tensor(op, "saved", a.saved, "(N*C*(H*W + C))", {s.n * s.c * (s.p() + s.c)});
+  check_present(op, "dx", a.dx);
+  check_tensor(op, "dx", a.dx, "(N, C, H, W)", {s.n, s.c, s.h, s.w});
+  return s;
+}
+
+}  // namespace detail
 }  // namespace tasn

@@ -29,16 +29,15 @@ inline std::vector<long long> cross_entropy_labels(long n, long k) {
   return y;
 }
 
-// The grid tests' output size: 224 x 200 in the given mode.
+// The grid tests' output size (the gy / gx views): 224 x 200; options in the given mode.
+inline constexpr long kGridHo = 224, kGridWo = 200;
 inline GridOptions grid_options(GridMode mode) {
   GridOptions opt;
-  opt.out_h = 224;
-  opt.out_w = 200;
   opt.mode = mode;
   return opt;
 }
 
-// attention_sample on (3, 3, 160, 192) images with 14 x 14 maps; sample 2's map is all zero, so it
+// attention_sample on (3, 3, 160, 192) images with 14 x 14 maps to (3, 3, 64, 80); sample 2's map is all zero, so it
 // falls back to the identity grid.
 struct AttentionSampleCase {
   static constexpr long N = 3, C = 3, Hi = 160, Wi = 192, Ha = 14, Wa = 14, Ho = 64, Wo = 80;
@@ -51,8 +50,6 @@ struct AttentionSampleCase {
   static std::vector<double> image() { return random_tensor(N * C * Hi * Wi, 111, 0.0, 1.0); }
   static AttentionSampleOptions options(bool squared) {
     AttentionSampleOptions opt;
-    opt.grid.out_h = Ho;
-    opt.grid.out_w = Wo;
     opt.upsample_h = 128;
     opt.squared = squared;
     return opt;

@@ -714,13 +714,14 @@ namespace detail {
 
 // The magnification limit (SPEC 3b) and knot CDF (3c) of one sample, in double, for the grid
 // bound's knot spacing only (written here so that the bound does not depend on library internals).
-inline void limited_knot_cdfs(std::vector<double>& ty, std::vector<double>& tx, const GridOptions& opt) {
+inline void limited_knot_cdfs(std::vector<double>& ty, std::vector<double>& tx, std::int64_t out_rows,
+                              std::int64_t out_cols, const GridOptions& opt) {
   for (auto* t : {&ty, &tx}) {  // normalised: negatives as 0, sum 1 (uniform without mass)
     double mass = 0.0;
     for (double& v : *t) mass += (v = std::max(v, 0.0));
     for (double& v : *t) v = mass > 0.0 ? v / mass : 1.0 / double(t->size());
   }
-  const double Ho = double(opt.out_h), Wo = double(opt.out_w), Hs = double(ty.size()), Ws = double(tx.size());
+  const double Ho = double(out_rows), Wo = double(out_cols), Hs = double(ty.size()), Ws = double(tx.size());
   for (double& v : ty) v *= Ho;
   for (double& v : tx) v *= Wo;
   for (int it = 0; it < opt.iters; ++it) {
@@ -759,7 +760,8 @@ inline void limited_knot_cdfs(std::vector<double>& ty, std::vector<double>& tx, 
 // When the two sides start from different marginals (attention_sample: each side computes its own,
 // off by at most pre_my / pre_mx, MarginalsPre), their effect is added to first order: entry k of a
 // marginal moved by +-pre_k moves the grid by d_k (the CPU grid, recomputed in double with that one
-// entry moved), and the grid point by at most sum_k |d_k|.
+// entry moved), and the grid point by at most sum_k |d_k|. The output sizes Ho, Wo are those of gy
+// (N * Ho values) and gx (N * Wo).
 inline GridPre grid_pre(const std::vector<float>& my, const std::vector<float>& mx, std::int64_t N, std::int64_t Hs,
                         std::int64_t Ws, const GridOptions& opt, const std::vector<float>& gy,
                         const std::vector<float>& gx, const std::vector<double>* pre_my = nullptr,
@@ -767,11 +769,17 @@ inline GridPre grid_pre(const std::vector<float>& my, const std::vector<float>& 
   GridPre out;
   out.gy.resize(gy.size());
   out.gx.resize(gx.size());
-  const std::int64_t Ho = opt.out_h, Wo = opt.out_w;
+  const auto Ho = static_cast<std::int64_t>(gy.size()) / N, Wo = static_cast<std::int64_t>(gx.size()) / N;
+  // the CPU grid of one sample (Hs, Ws) -> (Ho, Wo)
+  auto cpu_grid = [&](const std::vector<double>& py, const std::vector<double>& px, std::vector<double>& oy,
+                      std::vector<double>& ox) {
+    tasn::cpu::sampling_grid(tasn::GridArgs<double>{
+        {py.data(), {1, Hs}}, {px.data(), {1, Ws}}, {oy.data(), {1, Ho}}, {ox.data(), {1, Wo}}, opt});
+  };
   for (std::int64_t n = 0; n < N; ++n) {
     std::vector<double> ty(my.begin() + n * Hs, my.begin() + (n + 1) * Hs), tx(mx.begin() + n * Ws, mx.begin() + (n + 1) * Ws);
     const std::vector<double> by(ty), bx(tx);
-    detail::limited_knot_cdfs(ty, tx, opt);
+    detail::limited_knot_cdfs(ty, tx, Ho, Wo, opt);
     const double growth = std::ldexp(1.0, opt.iters);
     for (auto [c, S, O, g, pre] : {std::make_tuple(&ty, Hs, Ho, gy.data() + n * Ho, out.gy.data() + n * Ho),
                                    std::make_tuple(&tx, Ws, Wo, gx.data() + n * Wo, out.gx.data() + n * Wo)}) {
@@ -784,7 +792,7 @@ inline GridPre grid_pre(const std::vector<float>& my, const std::vector<float>& 
     if (!pre_my || !pre_mx) continue;
     // first-order sensitivity to each marginal entry, both signs, one entry at a time
     std::vector<double> py(by), px(bx), g0y(Ho), g0x(Wo), g1y(Ho), g1x(Wo), ey(Ho, 0.0), ex(Wo, 0.0);
-    tasn::cpu::sampling_grid<double>(py.data(), px.data(), 1, Hs, Ws, opt, g0y.data(), g0x.data());
+    cpu_grid(py, px, g0y, g0x);
     std::vector<double> wy(Ho), wx(Wo);
     for (auto [m, S, b] : {std::make_tuple(&py, Hs, pre_my->data() + n * Hs), std::make_tuple(&px, Ws, pre_mx->data() + n * Ws)}) {
       for (std::int64_t k = 0; k < S; ++k) {
@@ -794,7 +802,7 @@ inline GridPre grid_pre(const std::vector<float>& my, const std::vector<float>& 
         const double keep = (*m)[k];
         for (double sign : {1.0, -1.0}) {
           (*m)[k] = keep + sign * b[k];
-          tasn::cpu::sampling_grid<double>(py.data(), px.data(), 1, Hs, Ws, opt, g1y.data(), g1x.data());
+          cpu_grid(py, px, g1y, g1x);
           for (std::int64_t i = 0; i < Ho; ++i) wy[i] = std::max(wy[i], std::fabs(g1y[i] - g0y[i]));
           for (std::int64_t i = 0; i < Wo; ++i) wx[i] = std::max(wx[i], std::fabs(g1x[i] - g0x[i]));
         }
@@ -832,7 +840,8 @@ inline std::vector<double> separable_forward_pre(const std::vector<float>& img, 
   const auto aimg = detail::abs_vector(img);
   const auto dgy = detail::to_double(gy), dgx = detail::to_double(gx);
   std::vector<double> pre(static_cast<std::size_t>(N * C * Ho * Wo));
-  tasn::cpu::sample_separable<double>(aimg.data(), N, C, Hi, Wi, dgy.data(), dgx.data(), Ho, Wo, pre.data());
+  tasn::cpu::sample_separable(tasn::SampleSeparableArgs<double>{
+      {aimg.data(), {N, C, Hi, Wi}}, {dgy.data(), {N, Ho}}, {dgx.data(), {N, Wo}}, {pre.data(), {N, C, Ho, Wo}}, {}});
   for (double& v : pre) v *= 2 * gamma(5.0) * kSecondOrder;
   if (dev_gy && dev_gx) {
     for (std::int64_t nc = 0; nc < N * C; ++nc) {
@@ -869,7 +878,8 @@ inline std::vector<double> separable_backward_pre(const std::vector<float>& dout
   const auto ad = detail::abs_vector(dout);
   const auto dgy = detail::to_double(gy), dgx = detail::to_double(gx);
   std::vector<double> pre(static_cast<std::size_t>(N * C * Hi * Wi));
-  tasn::cpu::sample_separable_backward<double>(ad.data(), N, C, Hi, Wi, dgy.data(), dgx.data(), Ho, Wo, pre.data());
+  tasn::cpu::sample_separable_backward(tasn::SampleSeparableBackwardArgs<double>{
+      {ad.data(), {N, C, Ho, Wo}}, {dgy.data(), {N, Ho}}, {dgx.data(), {N, Wo}}, {pre.data(), {N, C, Hi, Wi}}, {}});
   for (double& v : pre) v *= 2 * gamma(double(Wo + Ho + 2)) * kSecondOrder;
   return pre;
 }
@@ -881,7 +891,8 @@ inline std::vector<double> grid_forward_pre(const std::vector<float>& img, std::
   const auto aimg = detail::abs_vector(img);
   const auto dg = detail::to_double(grid);
   std::vector<double> pre(static_cast<std::size_t>(N * C * Ho * Wo));
-  tasn::cpu::sample_grid<double>(aimg.data(), N, C, Hi, Wi, dg.data(), Ho, Wo, pre.data());
+  tasn::cpu::sample_grid(tasn::SampleGridArgs<double>{
+      {aimg.data(), {N, C, Hi, Wi}}, {dg.data(), {N, Ho, Wo, 2}}, {pre.data(), {N, C, Ho, Wo}}, {}});
   for (double& v : pre) v *= 2 * gamma(5.0) * kSecondOrder;
   return pre;
 }
@@ -905,7 +916,11 @@ inline GridBackwardPre grid_backward_pre(const std::vector<float>& img, const st
   const auto ad = detail::abs_vector(dout);
   const auto dg = detail::to_double(grid);
   out.dimg.resize(img.size());
-  tasn::cpu::sample_grid_backward<double>(nullptr, dg.data(), ad.data(), N, C, Hi, Wi, Ho, Wo, out.dimg.data(), nullptr);
+  tasn::SampleGridBackwardArgs<double> args{};  // no img, no dgrid: dimg's view gives (Hi, Wi)
+  args.grid = {dg.data(), {N, Ho, Wo, 2}};
+  args.dout = {ad.data(), {N, C, Ho, Wo}};
+  args.dimg = {out.dimg.data(), {N, C, Hi, Wi}};
+  tasn::cpu::sample_grid_backward(args);
   std::vector<int> count(static_cast<std::size_t>(N * Hi * Wi), 0);
   out.dgrid.resize(grid.size());
   for (std::int64_t n = 0; n < N; ++n)

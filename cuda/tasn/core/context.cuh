@@ -11,17 +11,16 @@
 
 #include "tasn/core/common.h"
 #include "tasn/core/tensor.h"
-#include "tasn/core/row_softmax.cuh"
 
 namespace tasn::cuda {
 
-// The stream every kernel and cuBLAS call of an operator is enqueued on (no operator synchronises
-// it), the cuBLAS handle to use (its stream is set to `stream`), and, for tests and benchmarks,
-// the row-kernel variant to force (Auto picks by row length).
+// What every CUDA operator call needs besides its arguments struct and workspace: the stream its
+// kernels and cuBLAS calls are enqueued on (an operator synchronises it only for the value checks
+// of options.check_finite, see tasn/core/value_checks.cuh), and the cuBLAS handle to use (its
+// stream set to `stream`; only trilinear attention uses it).
 struct Context {
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
-  RowKernel row_kernel = RowKernel::Auto;
 };
 
 namespace detail {
@@ -30,11 +29,6 @@ using ::tasn::detail::align_up;
 using ::tasn::detail::check_workspace;
 using ::tasn::detail::kWorkspaceAlign;
 using ::tasn::detail::WorkspaceCarver;
-
-// TRANSITION (removed once every operator takes a tasn::Workspace): the old pointer + size form.
-inline void check_workspace(const void* ws, std::size_t have, std::size_t need, const char* op) {
-  check_workspace(Workspace{const_cast<void*>(ws), have}, need, op);
-}
 
 inline void check_context(const Context& ctx, const char* op) {
   TASN_CHECK_ARG(ctx.cublas != nullptr, op, ": ctx.cublas is null (create one, e.g. tasn::cuda::CublasHandle)");

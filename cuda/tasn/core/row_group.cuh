@@ -10,7 +10,7 @@
 #include <cub/block/block_scan.cuh>
 #include <cub/warp/warp_reduce.cuh>
 
-#include "tasn/core/row_softmax.cuh"
+#include "tasn/core/row_kernel.cuh"
 #include "tasn/core/softmax_math.h"
 
 namespace tasn::cuda::kernels {
@@ -32,6 +32,12 @@ class WarpRowGroup {
 
   __device__ float sum(float v) {
     const float r = cub::WarpReduce<float>(t_.f).Sum(v);
+    __syncwarp();
+    return __shfl_sync(0xffffffffu, r, 0);
+  }
+  // fmaxf over the warp (a NaN member is ignored unless all are NaN), broadcast.
+  __device__ float max(float v) {
+    const float r = cub::WarpReduce<float>(t_.f).Reduce(v, [](float a, float b) { return fmaxf(a, b); });
     __syncwarp();
     return __shfl_sync(0xffffffffu, r, 0);
   }

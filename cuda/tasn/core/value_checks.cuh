@@ -13,12 +13,13 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <string>
 
 #include "tasn/core/common.h"
 #include "tasn/core/context.cuh"
 #include "tasn/core/cuda_check.cuh"
 #include "tasn/core/dtype.cuh"
-#include "tasn/core/row_softmax.cuh"
+#include "tasn/core/row_kernel.cuh"
 #include "tasn/core/tensor.h"
 
 namespace tasn::cuda::detail {
@@ -42,6 +43,13 @@ static __global__ void first_bad_label(const std::int64_t* __restrict__ labels, 
     const std::int64_t y = labels[i];
     if (y != ignore_index && (y < 0 || y >= k)) atomicMin(slot, static_cast<unsigned long long>(i));
   }
+}
+
+static __global__ void first_out_of_range(const std::int64_t* __restrict__ idx, std::int64_t n, std::int64_t k,
+                                          unsigned long long* slot) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    if (idx[i] < 0 || idx[i] >= k) atomicMin(slot, static_cast<unsigned long long>(i));
 }
 
 }  // namespace value_check_kernels
@@ -90,6 +98,20 @@ class ValueChecks {
     TASN_CUDA_CHECK_LAUNCH("first_bad_label");
   }
 
+  // An index outside [0, k) fails the check; message(op, i, value, k) words the error (the CPU
+  // path's message for that argument, e.g. sampler::bad_channel_message).
+  using IndexMessage = std::string (*)(const char* op, std::int64_t i, std::int64_t value, std::int64_t k);
+  void indices(const std::int64_t* idx, std::int64_t n, std::int64_t k, IndexMessage message) {
+    if (!slots_ || n == 0) return;
+    Entry& e = next("indices", n);
+    e.is_label = true;
+    e.index_message = message;
+    e.ptr = idx;
+    e.k = k;
+    value_check_kernels::first_out_of_range<<<kernels::grid_for(n, 256), 256, 0, ctx_.stream>>>(idx, n, k, slot(e));
+    TASN_CUDA_CHECK_LAUNCH("first_out_of_range");
+  }
+
   // One read-back and one synchronisation; throws tasn::InvalidArgument for the first failed check.
   void finish() {
     if (!slots_ || count_ == 0) return;
@@ -105,6 +127,7 @@ class ValueChecks {
         TASN_CUDA_CHECK(cudaMemcpyAsync(&y, static_cast<const std::int64_t*>(e.ptr) + i, sizeof(y),
                                         cudaMemcpyDeviceToHost, ctx_.stream));
         TASN_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+        if (e.index_message) throw InvalidArgument(e.index_message(op_, i, y, e.k));
         throw InvalidArgument(::tasn::detail::bad_label_message(op_, i, y, e.k, e.ignore_index));
       }
       throw InvalidArgument(::tasn::detail::nonfinite_message(op_, e.name, e.fetch_value(e.ptr, i, ctx_.stream), i, e.n));
@@ -119,6 +142,7 @@ class ValueChecks {
     float (*fetch_value)(const void*, std::int64_t, cudaStream_t) = nullptr;
     bool is_label = false;
     std::int64_t k = 0, ignore_index = 0;
+    IndexMessage index_message = nullptr;
   };
   Entry& next(const char* name, std::int64_t n) {
     TASN_CHECK_ARG(count_ < kMaxValueChecks, op_, ": more than ", kMaxValueChecks, " value checks in one call");

@@ -87,14 +87,23 @@ struct TensorRef {
   }
 
   // True when the view is packed row-major (elements contiguous, last index fastest). Sizes of 1
-  // have no stride constraint.
+  // have no stride constraint; a view without elements counts as packed.
   bool is_contiguous() const {
+    for (int k = 0; k < Rank; ++k)
+      if (size[k] == 0) return true;  // no elements: no layout to get wrong
     std::int64_t st = 1;
     for (int k = Rank - 1; k >= 0; --k) {
       if (size[k] != 1 && stride[k] != st) return false;
-      st *= size[k];
+      st = saturating_mul(st, size[k]);
     }
     return true;
+  }
+
+  // numel() that saturates at INT64_MAX instead of overflowing (for checks of untrusted sizes).
+  std::int64_t saturating_numel() const {
+    std::int64_t n = 1;
+    for (int k = 0; k < Rank; ++k) n = saturating_mul(n, size[k]);
+    return n;
   }
 
   TASN_HD T& operator()(std::int64_t i0) const {
@@ -122,6 +131,12 @@ struct TensorRef {
     r.data = data ? data + begin * stride[0] : nullptr;
     r.size[0] = end - begin;
     return r;
+  }
+
+  // a * b for sizes, INT64_MAX when the product would overflow (negative sizes give 0).
+  static std::int64_t saturating_mul(std::int64_t a, std::int64_t b) {
+    if (a <= 0 || b <= 0) return 0;
+    return a > std::numeric_limits<std::int64_t>::max() / b ? std::numeric_limits<std::int64_t>::max() : a * b;
   }
 
   // "(2, 3, 4)": for messages.
@@ -199,8 +214,8 @@ void check_tensor(const char* op, const char* name, const TensorRef<T, R>& v, co
                  sizes_string(expected), " is required");
   TASN_CHECK_ARG(v.is_contiguous(), op, ": ", name, " of shape ", v.shape_string(), " has strides ",
                  v.stride_string(), "; the operator needs it packed row-major");
-  TASN_CHECK_ARG(v.data != nullptr || v.numel() == 0, op, ": ", name, " is null but must hold ", v.numel(),
-                 " elements");
+  TASN_CHECK_ARG(v.data != nullptr || v.saturating_numel() == 0, op, ": ", name, " is null but must hold ",
+                 v.saturating_numel(), " elements");
 }
 
 // As check_tensor, for an optional argument: an absent view passes.
@@ -226,7 +241,7 @@ std::int64_t check_leading_tensor(const char* op, const char* name, const Tensor
   for (int k = 0; k < R; ++k) {
     const std::int64_t lo = k == 0 ? min_batch : 1;
     TASN_CHECK_ARG(v.size[k] >= lo, op, ": ", name, " must have shape ", layout, " with ",
-                   k == 0 && min_batch == 0 ? "N >= 0 and the other sizes >= 1" : "every size >= 1", ", got ",
+                   min_batch == 0 ? "N >= 0 and the other sizes >= 1" : "every size >= 1", ", got ",
                    v.shape_string());
   }
   for (int k = 0; k < R; ++k) {
