@@ -44,47 +44,15 @@ Args unchecked(Args a) {
 
 constexpr std::int64_t kN = 96, kC = 3, kHi = 512, kWi = 512, kHa = 28, kWa = 28, kO = 224;
 
-// Baseline: the whole grid of a sample in one thread (limit, CDF, search), like the official port.
+// Baseline: the whole grid of a sample in one thread, like the official port: the library's own
+// per-sample routine (sampler::grid_of_sample) run by a single thread (SerialGroup) per sample.
 __global__ void serial_grid_kernel(const float* my, const float* mx, std::int64_t N, std::int64_t S, std::int64_t O,
-                                   double dense, int iters, double* scratch, float* gy, float* gx) {
+                                   tasn::GridOptions opt, double* scratch, float* gy, float* gx) {
   const std::int64_t n = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= N) return;
-  double* ty = scratch + n * 4 * S;
-  double* tx = ty + S;
-  double* cy = tx + S;
-  double* cx = cy + S;
-  for (std::int64_t i = 0; i < S; ++i) {
-    ty[i] = fmax(double(my[n * S + i]), 0.0) * double(O);
-    tx[i] = fmax(double(mx[n * S + i]), 0.0) * double(O);
-  }
-  const double t0 = dense * double(O) / double(S);
-  for (int it = 0; it < iters; ++it) {
-    double a = 0, b = 0;
-    for (std::int64_t i = 0; i < S; ++i) {
-      a = fmax(a, ty[i]);
-      b = fmax(b, tx[i]);
-    }
-    const double t = tasn::sampler::limit_threshold(a, b, t0, it);
-    a = 0;
-    b = 0;
-    for (std::int64_t i = 0; i < S; ++i) {
-      a += (ty[i] = fmin(ty[i], t));
-      b += (tx[i] = fmin(tx[i], t));
-    }
-    for (std::int64_t i = 0; i < S; ++i) {
-      ty[i] += (double(O) - a) / double(S);
-      tx[i] += (double(O) - b) / double(S);
-    }
-  }
-  cy[0] = cx[0] = 0.0;
-  for (std::int64_t i = 1; i < S; ++i) {
-    cy[i] = cy[i - 1] + 0.5 * (ty[i - 1] + ty[i]);
-    cx[i] = cx[i - 1] + 0.5 * (tx[i - 1] + tx[i]);
-  }
-  for (std::int64_t i = 0; i < O; ++i) {
-    gy[n * O + i] = static_cast<float>(tasn::sampler::exact_grid_value(cy, S, O, i));
-    gx[n * O + i] = static_cast<float>(tasn::sampler::exact_grid_value(cx, S, O, i));
-  }
+  tasn::sampler::SerialGroup g;
+  tasn::sampler::grid_of_sample(g, my + n * S, mx + n * S, S, S, O, O, opt, scratch + n * tasn::sampler::grid_scratch_elems(S, S),
+                                gy + n * O, gx + n * O);
 }
 
 void BM_Marginals(benchmark::State& state) {
@@ -133,8 +101,8 @@ void BM_Grid(benchmark::State& state) {
       {my.get(), {kN, kHi}}, {mx.get(), {kN, kWi}}, {gy.get(), {kN, kO}}, {gx.get(), {kN, kO}}, opt});
   auto parallel = [&] { tasn::cuda::sampling_grid(ctx, args); };
   auto serial = [&] {
-    serial_grid_kernel<<<(kN + 31) / 32, 32, 0, stream.get()>>>(my.get(), mx.get(), kN, kHi, kO, opt.dense, opt.iters,
-                                                           scratch.get(), gy.get(), gx.get());
+    serial_grid_kernel<<<(kN + 31) / 32, 32, 0, stream.get()>>>(my.get(), mx.get(), kN, kHi, kO, opt, scratch.get(),
+                                                           gy.get(), gx.get());
   };
   EventTimer timer(stream.get());
   parallel();
