@@ -73,11 +73,7 @@ __global__ void __launch_bounds__(kBlock)
       if (lane == 0) sums[c] = s;
     }
     __syncthreads();
-    for (std::int64_t c = threadIdx.x; c < C; c += kBlock) {
-      unsigned char k = 1;
-      for (std::int64_t e = 0; e < c && k; ++e) k = sums[e] != sums[c];
-      keep[c] = k;
-    }
+    for (std::int64_t c = threadIdx.x; c < C; c += kBlock) keep[c] = sampler::channel_is_distinct(sums, c) ? 1 : 0;
     __syncthreads();
   }
   if (mode == 1) {
@@ -86,11 +82,7 @@ __global__ void __launch_bounds__(kBlock)
       if (channels) {
         c = channels[n];  // device data: an out-of-range index gives a NaN map and chosen = -1
       } else {
-        std::int64_t count = 0;
-        for (std::int64_t e = 0; e < C; ++e) count += keep[e];
-        std::int64_t r = sampler::pick_index(seed, n, count);
-        for (c = 0; c < C; ++c)
-          if (keep[c] && r-- == 0) break;
+        c = sampler::pick_kept_channel(keep, C, seed, n);
       }
       const bool ok = c >= 0 && c < C;
       pick = ok ? c : -1;

@@ -122,14 +122,7 @@ template <class T>
 void distinct_channels(const T* mc, std::int64_t C, std::int64_t p, double* sums, unsigned char* keep) {
   for (std::int64_t c = 0; c < C; ++c)
     sums[c] = sampler::warp_order_sum(mc + c * p, p, [](T v) { return static_cast<double>(v); });
-  for (std::int64_t c = 0; c < C; ++c) {
-    keep[c] = 1;
-    for (std::int64_t e = 0; e < c; ++e)
-      if (sums[e] == sums[c]) {
-        keep[c] = 0;
-        break;
-      }
-  }
+  for (std::int64_t c = 0; c < C; ++c) keep[c] = sampler::channel_is_distinct(sums, c) ? 1 : 0;
 }
 
 // out[n] = sum of the channels of m[n] (only the distinct ones when l.sums is set).
@@ -295,11 +288,7 @@ void detail_map(const DetailMapArgs<T>& args, Workspace ws = {}) {
     } else {
       unsigned char* keep = l.keep.at(slot);
       detail_sampler::distinct_channels(mc, C, p, l.sums.at(slot), keep);
-      std::int64_t count = 0;
-      for (std::int64_t e = 0; e < C; ++e) count += keep[e];
-      std::int64_t r = sampler::pick_index(seed, n, count);
-      for (ch = 0; ch < C; ++ch)
-        if (keep[ch] && r-- == 0) break;
+      ch = sampler::pick_kept_channel(keep, C, seed, n);
     }
     const bool ok = ch >= 0 && ch < C;
     if (chosen) chosen[n] = ok ? ch : -1;

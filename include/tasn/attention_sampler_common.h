@@ -750,5 +750,24 @@ TASN_HD std::int64_t pick_index(std::uint64_t seed, std::int64_t n, std::int64_t
                                     static_cast<std::uint64_t>(count));
 }
 
+// Whether channel c counts as distinct (SPEC 2): its spatial sum differs from every earlier
+// channel's. sums: the channels' sums in warp_order_sum's order (the same on CPU and GPU).
+TASN_HD bool channel_is_distinct(const double* sums, std::int64_t c) {
+  for (std::int64_t e = 0; e < c; ++e)
+    if (sums[e] == sums[c]) return false;
+  return true;
+}
+
+// The channel sample n uses in training: the pick_index(seed, n, count)-th of the `count`
+// channels with keep[c] != 0 (channel 0 is always kept, so count >= 1).
+TASN_HD std::int64_t pick_kept_channel(const unsigned char* keep, std::int64_t C, std::uint64_t seed, std::int64_t n) {
+  std::int64_t count = 0;
+  for (std::int64_t e = 0; e < C; ++e) count += keep[e];
+  std::int64_t r = pick_index(seed, n, count), c = 0;
+  for (; c < C; ++c)
+    if (keep[c] && r-- == 0) break;
+  return c;
+}
+
 }  // namespace sampler
 }  // namespace tasn
