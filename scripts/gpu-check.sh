@@ -80,6 +80,10 @@ command -v nvcc >/dev/null 2>&1 || export PATH="/usr/local/cuda/bin:$PATH"
 
 # ---- what runs here (add the GPU trainer in the marked places once examples/ has one) -------------
 test_targets=(tasn_tests_gpu tasn_gpu_probe)
+# The CUDA doc snippets (docs/snippets/*_cuda.cu): each family's calls as the docs show them.
+for f in "$root"/docs/snippets/*_cuda.cu; do
+  [ -e "$f" ] && test_targets+=("doc_snippet_$(basename "$f" .cu)")
+done
 benches=(bench_trilinear_cuda bench_losses_cuda bench_sampler_cuda)
 examples=OFF
 # >>> future GPU trainer: set its target (built under examples/) and arguments here, e.g.
@@ -150,6 +154,15 @@ if [ -n "$tests_exe" ]; then
 else
   log "gpu-tests: NOT RUN (tasn_tests_gpu was not built; see build.log)"
 fi
+for t in "${test_targets[@]}"; do  # the doc snippets: exit 0 and their printed results
+  case "$t" in doc_snippet_*) ;; *) continue ;; esac
+  exe="$(path_of "$t")"
+  if [ -n "$exe" ]; then
+    step "$t" 10 gpu-tests.log "$exe" || log "$t: FAILED (see gpu-tests.log)"
+  else
+    log "$t: NOT RUN (not built)"
+  fi
+done
 
 # ---- benchmarks (JSON merged into bench-cuda.json after each) ---------------------------------------
 json_dir="$build/bench-json"
