@@ -36,20 +36,14 @@ __global__ void first_nonfinite(const T* __restrict__ p, std::int64_t n, unsigne
     if (!isfinite(to_float(p[i]))) atomicMin(slot, static_cast<unsigned long long>(i));
 }
 
-static __global__ void first_bad_label(const std::int64_t* __restrict__ labels, std::int64_t n, std::int64_t k,
-                                       std::int64_t ignore_index, unsigned long long* slot) {
+// First index i with idx[i] outside [0, k); with skip_ignored, idx[i] == ignore is allowed too.
+static __global__ void first_out_of_range(const std::int64_t* __restrict__ idx, std::int64_t n, std::int64_t k,
+                                          bool skip_ignored, std::int64_t ignore, unsigned long long* slot) {
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t y = labels[i];
-    if (y != ignore_index && (y < 0 || y >= k)) atomicMin(slot, static_cast<unsigned long long>(i));
+    const std::int64_t v = idx[i];
+    if (!(skip_ignored && v == ignore) && (v < 0 || v >= k)) atomicMin(slot, static_cast<unsigned long long>(i));
   }
-}
-
-static __global__ void first_out_of_range(const std::int64_t* __restrict__ idx, std::int64_t n, std::int64_t k,
-                                          unsigned long long* slot) {
-  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
-    if (idx[i] < 0 || idx[i] >= k) atomicMin(slot, static_cast<unsigned long long>(i));
 }
 
 }  // namespace value_check_kernels
@@ -85,31 +79,16 @@ class ValueChecks {
     TASN_CUDA_CHECK_LAUNCH("first_nonfinite");
   }
 
-  // A label that is neither ignore_index nor in [0, k) fails the check.
+  // A label that is neither ignore_index nor in [0, k) fails the check (bad_label_message).
   void labels(const std::int64_t* labels, std::int64_t n, std::int64_t k, std::int64_t ignore_index) {
-    if (!slots_ || n == 0) return;
-    Entry& e = next("labels", n);
-    e.is_label = true;
-    e.ptr = labels;
-    e.k = k;
-    e.ignore_index = ignore_index;
-    value_check_kernels::first_bad_label<<<kernels::grid_for(n, 256), 256, 0, ctx_.stream>>>(labels, n, k,
-                                                                                            ignore_index, slot(e));
-    TASN_CUDA_CHECK_LAUNCH("first_bad_label");
+    range(labels, n, k, true, ignore_index, nullptr);
   }
 
   // An index outside [0, k) fails the check; message(op, i, value, k) words the error (the CPU
   // path's message for that argument, e.g. sampler::bad_channel_message).
   using IndexMessage = std::string (*)(const char* op, std::int64_t i, std::int64_t value, std::int64_t k);
   void indices(const std::int64_t* idx, std::int64_t n, std::int64_t k, IndexMessage message) {
-    if (!slots_ || n == 0) return;
-    Entry& e = next("indices", n);
-    e.is_label = true;
-    e.index_message = message;
-    e.ptr = idx;
-    e.k = k;
-    value_check_kernels::first_out_of_range<<<kernels::grid_for(n, 256), 256, 0, ctx_.stream>>>(idx, n, k, slot(e));
-    TASN_CUDA_CHECK_LAUNCH("first_out_of_range");
+    range(idx, n, k, false, 0, message);
   }
 
   // One read-back and one synchronisation; throws tasn::InvalidArgument for the first failed check.
@@ -122,7 +101,7 @@ class ValueChecks {
       if (h[c] == kNoBadIndex) continue;
       const Entry& e = entries_[c];
       const auto i = static_cast<std::int64_t>(h[c]);
-      if (e.is_label) {
+      if (e.is_index) {
         std::int64_t y = 0;
         TASN_CUDA_CHECK(cudaMemcpyAsync(&y, static_cast<const std::int64_t*>(e.ptr) + i, sizeof(y),
                                         cudaMemcpyDeviceToHost, ctx_.stream));
@@ -135,12 +114,27 @@ class ValueChecks {
   }
 
  private:
+  // The one range scan behind labels() and indices().
+  void range(const std::int64_t* idx, std::int64_t n, std::int64_t k, bool skip_ignored, std::int64_t ignore,
+             IndexMessage message) {
+    if (!slots_ || n == 0) return;
+    Entry& e = next(skip_ignored ? "labels" : "indices", n);
+    e.is_index = true;
+    e.index_message = message;
+    e.ptr = idx;
+    e.k = k;
+    e.ignore_index = ignore;
+    value_check_kernels::first_out_of_range<<<kernels::grid_for(n, 256), 256, 0, ctx_.stream>>>(
+        idx, n, k, skip_ignored, ignore, slot(e));
+    TASN_CUDA_CHECK_LAUNCH("first_out_of_range");
+  }
+
   struct Entry {
     const char* name = nullptr;
     std::int64_t n = 0;
     const void* ptr = nullptr;
     float (*fetch_value)(const void*, std::int64_t, cudaStream_t) = nullptr;
-    bool is_label = false;
+    bool is_index = false;  // labels() / indices(); else finite()
     std::int64_t k = 0, ignore_index = 0;
     IndexMessage index_message = nullptr;
   };
