@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "bench_common.h"
+#include "nn/exec.h"
 #include "nn/resnet.h"
 
 namespace {
@@ -56,15 +57,25 @@ void BM_Conv(benchmark::State& state) {
 
 void BM_ResNet(benchmark::State& state) {
   const bool bottleneck = state.range(0) == 50;
+  const auto backend = state.range(1) ? nn::Backend::OneDnn : nn::Backend::Reference;
+  if (backend == nn::Backend::OneDnn && !nn::onednn_built()) {
+    state.SkipWithError("this build has no oneDNN");
+    return;
+  }
+  state.SetLabel(nn::to_string(backend));
   nn::ParamStore<float> ps;
   nn::ResNet<float> net(ps, bottleneck ? nn::ResNetConfig::resnet50() : nn::ResNetConfig::resnet18());
+  ps.allocate();
   nn::init_torchvision(ps, 1, false, bottleneck ? ".bn3.weight" : ".bn2.weight");
+  nn::CpuExec<float> ex(backend);
   const auto x = rnd({8, 3, 224, 224}, 4);
   const auto dy = rnd({8, 1000}, 5);
-  const nn::BatchNormState s;
   const double sec = loop_seconds(state, [&] {
-    net.forward(x, s);
-    benchmark::DoNotOptimize(net.backward(dy));
+    ex.begin_step();
+    ps.zero_grad();
+    net.forward(ex, tasn::Tensor4<const float>(x.ptr(), {8, 3, 224, 224}), true);
+    net.backward(ex, tasn::Tensor2<const float>(dy.ptr(), {8, 1000}));
+    benchmark::DoNotOptimize(ps.at("conv1.weight").grad.ptr());
   });
   // forward MACs: ResNet-18 1.82 G, ResNet-50 4.11 G per 224 x 224 image; backward ~2x forward
   const double flops = 3.0 * 2.0 * (bottleneck ? 4.11e9 : 1.82e9) * 8;
@@ -87,7 +98,7 @@ void conv_shapes(benchmark::internal::Benchmark* b) {
 }
 
 BENCHMARK(BM_Conv)->Apply(conv_shapes);
-BENCHMARK(BM_ResNet)->Arg(18)->Arg(50)->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(1);
+BENCHMARK(BM_ResNet)->Args({18, 0})->Args({18, 1})->Args({50, 0})->Args({50, 1})->ArgNames({"depth", "onednn"})->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(1);
 
 }  // namespace
 

@@ -21,6 +21,7 @@
 
 #include "data/parse.h"
 #include "io/file_io.h"
+#include "train/diagnostics.h"
 #include "train/memory.h"
 #include "train/presets.h"
 #include "train/run_folder.h"
@@ -58,6 +59,8 @@ With no options: train TASN and the baseline on the built-in generated data (CPU
   --seed N                   seed of everything (initialisation, order, detail channels, data)
   --seeds N1,N2,...          run the whole comparison once per seed and print every table
   --threads N                CPU threads, 1 .. 4 x the hardware threads (default: OpenMP's default)
+  --backend B                convolution / batch-norm backend: auto (default: onednn where built),
+                             onednn (oneDNN primitives) or reference (the Eigen im2col layers)
   --out DIR                  metrics logs (MODEL-metrics.jsonl) and checkpoints (MODEL-last.safetensors);
                              locked while the run writes. A fresh run refuses a folder holding an
                              earlier run of the same model (see --resume, --overwrite). Default:
@@ -95,7 +98,7 @@ Args parse(int argc, char** argv) {
   static const std::set<std::string> value_names = {
       "--preset", "--model", "--data", "--data-root", "--list", "--classes", "--train-size", "--test-size",
       "--eval-split", "--epochs", "--batch", "--lr", "--momentum", "--wd", "--schedule", "--milestones", "--gamma",
-      "--seed", "--seeds", "--threads", "--out", "--resume", "--weights", "--att-weights", "--dump-attention",
+      "--seed", "--seeds", "--threads", "--backend", "--out", "--resume", "--weights", "--att-weights", "--dump-attention",
       "--dump-count", "--sampler-mode", "--dense", "--iters", "--beta", "--temperature", "--image", "--att-input",
       "--out-size", "--stop-after-epoch", "--max-steps", "--width", "--att-width"};
   Args a;
@@ -160,6 +163,7 @@ void check_readable(const std::string& path, const std::string& what) {
 // Everything decided, and checked, before any data is made.
 struct Plan {
   Preset s;
+  nn::Backend backend = nn::default_backend<float>();
   std::string which, kind, split;
   std::vector<std::uint64_t> seeds;
   bool eval_only = false;
@@ -172,6 +176,7 @@ Plan make_plan(const Args& a) {
   NetConfig& net = s.net;
   TrainConfig& tc = s.train;
   p.which = one_of(a, "--model", "both", {"both", "tasn", "baseline"});
+  p.backend = nn::parse_backend(a.get("--backend", "auto"));
   p.kind = one_of(a, "--data", "synthetic", {"synthetic", "cub", "list"});
   p.split = one_of(a, "--eval-split", "test", {"test", "val"});
   p.eval_only = a.has("--eval-only");
@@ -372,6 +377,9 @@ int run(const Args& a) {
     if (::access(dir.c_str(), W_OK) != 0) io::fail("cannot write the attention dump folder", dir, errno);
   }
 
+  std::printf("backend: %s%s, %d threads\n", nn::to_string(plan.backend),
+              nn::onednn_built() ? "" : " (this build has no oneDNN: install libdnnl-dev and rebuild for the fast backend)",
+              cpu::num_threads());
   std::vector<std::vector<RunRow>> tables;
   for (std::size_t si = 0; si < plan.seeds.size(); ++si) {
     const std::uint64_t seed = plan.seeds[si];
@@ -385,8 +393,8 @@ int run(const Args& a) {
     for (const std::string m : {"baseline", "tasn"}) {
       if (plan.which != "both" && plan.which != m) continue;
       std::unique_ptr<Model> model;
-      if (m == "tasn") model = std::make_unique<TasnNet>(net);
-      else model = std::make_unique<BaselineNet>(net);
+      if (m == "tasn") model = std::make_unique<TasnNet>(net, plan.backend);
+      else model = std::make_unique<BaselineNet>(net, plan.backend);
       init_model(*model, seed);
       for (auto& [prefix, ps] : model->stores()) {  // "master": part/master or baseline backbone; "att": attention net
         if (prefix == "master" && a.has("--weights")) load_backbone(*ps, a.get("--weights", ""));
@@ -408,11 +416,10 @@ int run(const Args& a) {
           return 3;
         }
       }
-      if (a.has("--dump-attention"))
-        if (auto* t = dynamic_cast<TasnNet*>(model.get())) {
-          const auto files = dump_attention(*t, *d.eval, int_opt(a, "--dump-count", 8, 1, INT64_MAX), a.get("--dump-attention", ""));
-          std::printf("attention dumps: %zu PNGs in %s\n", files.size(), a.get("--dump-attention", "").c_str());
-        }
+      if (a.has("--dump-attention") && model->attention_views()) {  // models with attention maps (TASN)
+        const auto files = dump_attention(*model, *d.eval, int_opt(a, "--dump-count", 8, 1, INT64_MAX), a.get("--dump-attention", ""));
+        std::printf("attention dumps: %zu PNGs in %s\n", files.size(), a.get("--dump-attention", "").c_str());
+      }
       rows.push_back(std::move(row));
     }
     // the table

@@ -2,7 +2,11 @@
 
 # Installs the Debian packages the build needs when any is missing (Debian 12).
 tasn_install_deps() {
-  local pkgs=(cmake ninja-build g++ libeigen3-dev libgtest-dev googletest libbenchmark-dev nlohmann-json3-dev libstb-dev)
+  # libdnnl-dev: oneDNN for the trainer's CPU convolutions and batch norm; Debian's oneDNN CMake
+  # config also requires OpenCL's (ocl-icd-opencl-dev, only "recommended" by libdnnl-dev, and
+  # recommendations are not installed here).
+  local pkgs=(cmake ninja-build g++ libeigen3-dev libgtest-dev googletest libbenchmark-dev nlohmann-json3-dev libstb-dev
+              libdnnl-dev ocl-icd-opencl-dev)
   local missing=()
   for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -152,7 +152,7 @@ TEST(FileIo, RealFileSizeLimitKeepsTheOldCheckpoint) {
   const std::string p = (d / "model.safetensors").string();
   tasn::nn::Tensor<float> small({4}), big({100000});
   for (std::size_t i = 0; i < big.data.size(); ++i) big.data[i] = float(i);
-  tasn::nn::safetensors::write<float>(p, {{"w", &small}}, {{"epoch", "1"}});
+  tasn::nn::safetensors::write<tasn::nn::Tensor<float>>(p, {{"w", &small}}, {{"epoch", "1"}});
   const std::string before = slurp(p);
   rlimit old{};
   ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
@@ -160,7 +160,7 @@ TEST(FileIo, RealFileSizeLimitKeepsTheOldCheckpoint) {
   rlimit lim = old;
   lim.rlim_cur = 64 * 1024;  // the new file needs 400 kB
   ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &lim), 0);
-  const std::string msg = io_message([&] { tasn::nn::safetensors::write<float>(p, {{"w", &big}}, {{"epoch", "2"}}); });
+  const std::string msg = io_message([&] { tasn::nn::safetensors::write<tasn::nn::Tensor<float>>(p, {{"w", &big}}, {{"epoch", "2"}}); });
   setrlimit(RLIMIT_FSIZE, &old);
   signal(SIGXFSZ, old_handler);
   EXPECT_NE(msg.find("File too large"), std::string::npos) << msg;
@@ -181,9 +181,9 @@ TEST(FileIo, RealFullTmpfsKeepsTheOldCheckpoint) {
   }
   const std::string p = (d / "model.safetensors").string();
   tasn::nn::Tensor<float> t({40000});  // 160 kB: one fits, a second beside it does not
-  tasn::nn::safetensors::write<float>(p, {{"w", &t}}, {{"epoch", "1"}});
+  tasn::nn::safetensors::write<tasn::nn::Tensor<float>>(p, {{"w", &t}}, {{"epoch", "1"}});
   t.data[7] = 1.0f;
-  const std::string msg = io_message([&] { tasn::nn::safetensors::write<float>(p, {{"w", &t}}, {{"epoch", "2"}}); });
+  const std::string msg = io_message([&] { tasn::nn::safetensors::write<tasn::nn::Tensor<float>>(p, {{"w", &t}}, {{"epoch", "2"}}); });
   EXPECT_NE(msg.find("No space left on device"), std::string::npos) << msg;
   const auto f = tasn::nn::safetensors::read(p);  // intact, checksum verified
   EXPECT_EQ(f.metadata.at("epoch"), "1");

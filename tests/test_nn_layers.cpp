@@ -53,6 +53,52 @@ TEST(NnLayers, Conv2dGradients) {
   }
 }
 
+// y[n][o][oy][ox] = b[o] + sum over (c, ky, kx) inside the input: the definition, in double.
+nn::Tensor<T> naive_conv(const nn::Tensor<T>& x, const nn::Tensor<T>& w, const nn::Tensor<T>& b, const nn::Conv2dArgs& a) {
+  const std::int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3), O = w.dim(0), K = w.dim(2);
+  const std::int64_t Ho = (H + 2 * a.padding - a.dilation * (K - 1) - 1) / a.stride + 1;
+  const std::int64_t Wo = (W + 2 * a.padding - a.dilation * (K - 1) - 1) / a.stride + 1;
+  nn::Tensor<T> y({N, O, Ho, Wo});
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t o = 0; o < O; ++o)
+      for (std::int64_t oy = 0; oy < Ho; ++oy)
+        for (std::int64_t ox = 0; ox < Wo; ++ox) {
+          double s = b.data[o];
+          for (std::int64_t c = 0; c < C; ++c)
+            for (std::int64_t ky = 0; ky < K; ++ky)
+              for (std::int64_t kx = 0; kx < K; ++kx) {
+                const std::int64_t iy = oy * a.stride - a.padding + ky * a.dilation;
+                const std::int64_t ix = ox * a.stride - a.padding + kx * a.dilation;
+                if (iy >= 0 && iy < H && ix >= 0 && ix < W)
+                  s += x.data[((n * C + c) * H + iy) * W + ix] * w.data[((o * C + c) * K + ky) * K + kx];
+              }
+          y.data[((n * O + o) * Ho + oy) * Wo + ox] = s;
+        }
+  return y;
+}
+
+// Padding wider than the input (the attention head's dilation-3 conv on a 1x1 or 2x2 map, which a
+// small --att-input gives): once an out-of-bounds write (found by a review), now equal to the definition.
+TEST(NnLayers, Conv2dPaddingWiderThanTheInput) {
+  struct Case {
+    std::int64_t h, w;
+    nn::Conv2dArgs a;
+  };
+  for (const auto& [h, w, a] : {Case{1, 1, {1, 3, 3}}, Case{2, 2, {1, 3, 3}}, Case{1, 2, {1, 2, 2}}, Case{2, 1, {2, 3, 1}},
+                                Case{3, 2, {3, 4, 2}}}) {
+    SCOPED_TRACE(::testing::Message() << h << "x" << w << " stride " << a.stride << " pad " << a.padding << " dilation " << a.dilation);
+    const auto x = rnd({2, 3, h, w}, 11), wt = rnd({4, 3, 3, 3}, 12), b = rnd({4}, 13);
+    const auto y = nn::conv2d_forward(x, wt, &b, a);
+    auto r = tt::compare(y.data, naive_conv(x, wt, b, a).data, 1e-12, 1e-12);
+    EXPECT_TRUE(r.ok) << r.message();
+    const auto g = rnd(y.shape, 14);
+    nn::Tensor<T> dx(x.shape), dw(wt.shape), db(b.shape);
+    nn::conv2d_backward(x, wt, g, a, &dx, &dw, &db);
+    expect_grad([&](const nn::Tensor<T>& v) { return naive_conv(v, wt, b, a); }, x, g, dx, "dx");
+    expect_grad([&](const nn::Tensor<T>& v) { return naive_conv(x, v, b, a); }, wt, g, dw, "dweight");
+  }
+}
+
 TEST(NnLayers, SharedWeightsAccumulate) {
   // The TASN attention head: one 3x3 weight applied with dilation 1, 2 and 3, outputs summed.
   const auto x = rnd({1, 2, 9, 9}, 5), wt = rnd({2, 2, 3, 3}, 6);

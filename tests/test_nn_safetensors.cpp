@@ -37,22 +37,23 @@ nn::ResNetConfig small_config(double width) {
   return cfg;
 }
 
-nn::ParamStore<float> small_store() {
-  nn::ParamStore<float> ps;
+void small_store(nn::ParamStore<float>& ps) {
   nn::ResNet<float> net(ps, small_config(0.125));
+  ps.allocate();
   std::uint64_t seed = 1;
   for (auto& [name, p] : ps.all()) p.value.set(tt::cast_vector<float>(tt::random_tensor(p.value.numel(), seed++)));
-  return ps;
 }
 
 TEST(Safetensors, RoundTripByName) {
-  auto ps = small_store();
+  nn::ParamStore<float> ps;
+  small_store(ps);
   const std::string path = tmp_path("roundtrip.safetensors");
   st::save(ps, path, {{"format", "pt"}});
-  auto other = small_store();
-  for (auto& [name, p] : other.all()) std::fill(p.value.data.begin(), p.value.data.end(), 0.f);
+  nn::ParamStore<float> other;
+  small_store(other);
+  for (auto& [name, p] : other.all()) p.value.fill(0.f);
   st::load(other, path);
-  for (auto& [name, p] : ps.all()) EXPECT_EQ(other.at(name).value.data, p.value.data) << name;
+  for (auto& [name, p] : ps.all()) EXPECT_EQ(other.at(name).value.to_vector(), p.value.to_vector()) << name;
   EXPECT_EQ(st::read(path).metadata.at("format"), "pt");
 }
 
@@ -91,29 +92,32 @@ TEST(Safetensors, MalformedFilesGiveClearErrors) {
 }
 
 TEST(Safetensors, LoadChecksNamesAndShapesBeforeWriting) {
-  auto ps = small_store();
+  nn::ParamStore<float> ps;
+  small_store(ps);
   const std::string path = tmp_path("names.safetensors");
   st::save(ps, path);
   // a model with another width: shapes differ
   nn::ParamStore<float> wide;
   nn::ResNetConfig cfg = small_config(0.25);
   nn::ResNet<float> net(wide, cfg);
-  const auto before = wide.at("conv1.weight").value.data;
+  wide.allocate();
+  const auto before = wide.at("conv1.weight").value.to_vector();
   const std::string m = tt::invalid_argument_message([&] { st::load(wide, path); });
   EXPECT_NE(m.find("has shape"), std::string::npos) << m;
   EXPECT_NE(m.find("in the file but"), std::string::npos) << m;
-  EXPECT_EQ(wide.at("conv1.weight").value.data, before) << "nothing may be loaded on error";
+  EXPECT_EQ(wide.at("conv1.weight").value.to_vector(), before) << "nothing may be loaded on error";
   // a model with an extra unit in stage 2 (same feature count): missing names
   nn::ParamStore<float> deeper;
   cfg.width = 0.125;
   cfg.depth = {1, 2};
   nn::ResNet<float> net2(deeper, cfg);
+  deeper.allocate();
   const std::string miss = tt::invalid_argument_message([&] { st::load(deeper, path); });
   EXPECT_NE(miss.find("missing 10 tensor(s), first: layer2.1."), std::string::npos) << miss;
   st::LoadOptions lax;
   lax.strict = false;  // loads what matches, keeps the rest
   EXPECT_NO_THROW(st::load(deeper, path, lax));
-  EXPECT_EQ(deeper.at("conv1.weight").value.data, ps.at("conv1.weight").value.data);
+  EXPECT_EQ(deeper.at("conv1.weight").value.to_vector(), ps.at("conv1.weight").value.to_vector());
   // a model without stage 2's second unit in the file's view: unexpected names
   const std::string deeper_path = tmp_path("deeper.safetensors");
   st::save(deeper, deeper_path);

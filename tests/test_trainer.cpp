@@ -124,7 +124,7 @@ TEST(Trainer, ResumeRepeatsAnUninterruptedRunBitForBit) {
   auto sa = a.stores(), sc = c.stores();
   for (std::size_t k = 0; k < sa.size(); ++k)
     for (auto& [name, p] : sa[k].second->all())
-      ASSERT_EQ(p.value.data, sc[k].second->at(name).value.data) << sa[k].first << "." << name;
+      ASSERT_EQ(p.value.to_vector(), sc[k].second->at(name).value.to_vector()) << sa[k].first << "." << name;
   EXPECT_EQ(rc.final_eval.accuracy, ra.final_eval.accuracy);
   // the final checkpoints agree in every tensor, momentum buffers (optim.*) included
   const auto fa = nn::safetensors::read((dir / "a" / "tasn-last.safetensors").string());
@@ -142,7 +142,7 @@ TEST(Trainer, ResumeRepeatsAnUninterruptedRunBitForBit) {
   other.lr.base = 0.06;
   EXPECT_THROW(train_model(c, train_set, &eval_set, other, "c"), InvalidArgument);
   for (auto& [name, p] : c.att_store().all())  // a refused resume changes nothing
-    ASSERT_EQ(p.value.data, a.att_store().at(name).value.data) << name;
+    ASSERT_EQ(p.value.to_vector(), a.att_store().at(name).value.to_vector()) << name;
   TrainConfig done = tiny_train((dir / "d").string());
   done.resume = (dir / "a" / "tasn-last.safetensors").string();
   std::string msg = tt::invalid_argument_message([&] { train_model(c, train_set, &eval_set, done, "d"); });
@@ -186,7 +186,7 @@ TEST(Trainer, CheckpointRefusesAnotherConfiguration) {
   BaselineNet base(tiny_net());
   EXPECT_THROW(load_checkpoint((dir / "a.safetensors").string(), base, nullptr), InvalidArgument);
   // no optimiser state in this file: resuming (which needs it) names the missing tensor
-  Sgd opt(a.stores(), {});
+  Sgd opt(a.params(), {});
   msg = tt::invalid_argument_message([&] { load_checkpoint((dir / "a.safetensors").string(), a, &opt); });
   EXPECT_NE(msg.find("optim."), std::string::npos) << msg;
   fs::remove_all(dir);
@@ -198,13 +198,14 @@ class Diverging : public Model {
  public:
   Diverging(Model& m, std::int64_t bad, bool poison_gradient = false) : m_(m), bad_(bad), grad_(poison_gradient) {}
   std::string name() const override { return m_.name(); }
-  std::vector<std::pair<std::string, nn::ParamStore<float>*>> stores() override { return m_.stores(); }
-  StepStats train_step(const std::vector<float>& im, const std::vector<std::int64_t>& l, std::uint64_t s) override {
-    StepStats st = m_.train_step(im, l, s);
-    if (step_++ < bad_) return st;
-    if (grad_) m_.stores().front().second->at("conv1.weight").grad.data[3] = std::numeric_limits<float>::quiet_NaN();
-    else st.total = std::numeric_limits<double>::infinity();
-    return st;
+  nn::FlatParams<float>& params() override { return m_.params(); }
+  nn::CpuExec<float>& exec() override { return m_.exec(); }
+  const StepStats& train_step(const std::vector<float>& im, const std::vector<std::int64_t>& l, std::uint64_t s) override {
+    st_ = m_.train_step(im, l, s);
+    if (step_++ < bad_) return st_;
+    if (grad_) m_.stores().front().second->at("conv1.weight").grad[3] = std::numeric_limits<float>::quiet_NaN();
+    else st_.total = std::numeric_limits<double>::infinity();
+    return st_;
   }
   std::vector<Tensor<float>> predict(const std::vector<float>& im, std::int64_t n) override { return m_.predict(im, n); }
   std::vector<std::string> head_names() const override { return m_.head_names(); }
@@ -213,6 +214,7 @@ class Diverging : public Model {
 
  private:
   Model& m_;
+  StepStats st_;
   std::int64_t bad_, step_ = 0;
   bool grad_;
 };
@@ -224,14 +226,15 @@ TEST(Trainer, TorchvisionWeightsLoadIntoTheBackbones) {
   n.att_backbone.width = 0.125;
   TasnNet m(n);
   init_model(m, 1);
-  const auto head_before = m.att_store().at("head.conv1.weight").value.data;
+  const auto head_before = m.att_store().at("head.conv1.weight").value.to_vector();
   nn::ParamStore<float> tv;
   nn::ResNetConfig rc = n.att_backbone;
   rc.num_classes = 10;
   nn::ResNet<float> resnet(tv, rc);
+  tv.allocate();
   nn::init_torchvision(tv, 77);
   const fs::path dir = temp_dir("weights");
-  std::map<std::string, const Tensor<float>*> all, partial;
+  std::map<std::string, const nn::TensorSpan<float>*> all, partial;
   for (auto& [name, p] : tv.all()) {
     all[name] = &p.value;
     if (name != "layer3.0.downsample.0.weight") partial[name] = &p.value;
@@ -242,11 +245,11 @@ TEST(Trainer, TorchvisionWeightsLoadIntoTheBackbones) {
   std::int64_t compared = 0;
   for (auto& [name, p] : tv.all()) {
     if (name.rfind("fc.", 0) == 0) continue;
-    ASSERT_EQ(m.att_store().at(name).value.data, p.value.data) << name;
+    ASSERT_EQ(m.att_store().at(name).value.to_vector(), p.value.to_vector()) << name;
     ++compared;
   }
   EXPECT_EQ(compared, 100);  // 60 parameters + 40 BN statistics: a ResNet-18 without its fc
-  EXPECT_EQ(m.att_store().at("head.conv1.weight").value.data, head_before);
+  EXPECT_EQ(m.att_store().at("head.conv1.weight").value.to_vector(), head_before);
   // the demo backbone is no ResNet-18
   EXPECT_THROW(load_backbone(m.master_store(), (dir / "tv.safetensors").string()), InvalidArgument);
   std::string msg = tt::invalid_argument_message([&] { load_backbone(m.att_store(), (dir / "partial.safetensors").string()); });
@@ -281,13 +284,13 @@ TEST(Trainer, NonFiniteLossStopsAndKeepsTheLastGoodCheckpoint) {
   EXPECT_NE(rg.message.find("none (no checkpoint written)"), std::string::npos) << rg.message;
   for (auto& [prefix, ps] : base2.stores())
     for (auto& [name, p] : ps->all())
-      for (float v : p.value.data) ASSERT_TRUE(std::isfinite(v)) << prefix << "." << name;
+      for (float v : p.value) ASSERT_TRUE(std::isfinite(v)) << prefix << "." << name;
   EXPECT_FALSE(fs::exists(dir2 / "baseline-last.safetensors"));
 
   // a real divergence: a NaN weight gives a non-finite forward pass; no operator is fed NaN
   TasnNet t(tiny_net());
   init_model(t, 2);
-  t.att_store().at("conv1.weight").value.data[0] = std::numeric_limits<float>::quiet_NaN();
+  t.att_store().at("conv1.weight").value[0] = std::numeric_limits<float>::quiet_NaN();
   const TrainResult rt = train_model(t, train_set, nullptr, tiny_train(""), "tasn");
   EXPECT_TRUE(rt.stopped_nonfinite);
   EXPECT_NE(rt.message.find("non-finite attention-net output"), std::string::npos) << rt.message;
@@ -348,15 +351,24 @@ TEST(Trainer, LearningRateSchedules) {
 TEST(Trainer, SgdMatchesTheFormula) {
   nn::ParamStore<float> ps;
   auto& p = ps.add("w", {2});
-  p.value.data = {1.0f, -2.0f};
-  Sgd opt({{"s", &ps}}, {0.9, 0.01});
-  p.grad.data = {4.0f, 2.0f};
+  auto& q = ps.add("x", {3});  // a second tensor: the flat layout pads between them
+  nn::FlatParams<float> flat;
+  flat.add("s", ps);
+  flat.allocate();
+  p.value.set(std::vector<float>{1.0f, -2.0f});
+  q.value.set(std::vector<float>{5.0f, 6.0f, 7.0f});
+  Sgd opt(flat, {0.9, 0.01});
+  EXPECT_EQ(opt.buffers().count("s.w"), 1u);
+  p.grad.set(std::vector<float>{4.0f, 2.0f});
   opt.step(0.1, 0.5);  // v = g * 0.5 + 0.01 w = (2.01, 0.98); w -= 0.1 v
-  EXPECT_FLOAT_EQ(p.value.data[0], 1.0f - 0.201f);
-  EXPECT_FLOAT_EQ(p.value.data[1], -2.0f - 0.098f);
+  EXPECT_FLOAT_EQ(p.value[0], 1.0f - 0.201f);
+  EXPECT_FLOAT_EQ(p.value[1], -2.0f - 0.098f);
+  EXPECT_FLOAT_EQ(q.value[0], 5.0f - 0.1f * 0.05f);  // weight decay only
   opt.step(0.1, 0.5);  // v = 0.9 v + g * 0.5 + 0.01 w
   const float v0 = 0.9f * 2.01f + 2.0f + 0.01f * (1.0f - 0.201f);
-  EXPECT_FLOAT_EQ(p.value.data[0], 1.0f - 0.201f - 0.1f * v0);
+  EXPECT_FLOAT_EQ(p.value[0], 1.0f - 0.201f - 0.1f * v0);
+  // the padding between the tensors stays zero
+  for (std::int64_t i = 2; i < flat.table()[1].offset; ++i) EXPECT_EQ(flat.values()[i], 0.f) << i;
 }
 
 // ---- run folders, atomic checkpoints, resumes that lose nothing -----------------------------------
@@ -594,7 +606,7 @@ TEST(Trainer, EditedCheckpointsAreRefused) {
   train_model(m, train_set, nullptr, c, "baseline");
   const std::string ck = (dir / "run" / "baseline-last.safetensors").string();
   const auto good = nn::safetensors::read(ck);
-  Sgd opt(m.stores(), c.sgd);
+  Sgd opt(m.params(), c.sgd);
   const auto tensors = checkpoint_tensors(m, &opt);
   TrainConfig r = tiny_train("");
   struct Case {
@@ -682,21 +694,21 @@ TEST(Trainer, PaperPresetBuildsTheFullNetworkAndSteps) {
     images.insert(images.end(), smp.image.begin(), smp.image.end());
     labels.push_back(smp.label * 20 + 3);  // any of the 200 classes
   }
-  const StepStats st = m.train_step(images, labels, 7);
+  const StepStats& st = m.train_step(images, labels, 7);
   ASSERT_TRUE(std::isfinite(st.total));
   ASSERT_EQ(st.losses.size(), 6u);
   for (const auto& [name, l] : st.losses) EXPECT_GT(l, 0.0) << name;
   // cross-entropies of a fresh 200-way net are near 2 ln 200 (two images); the four heads x 0.5
   EXPECT_NEAR(st.losses[0].second, 2 * std::log(200.0), 2.0);
   const TasnViews& v = m.last_views();
-  EXPECT_EQ(m.attention_net().feature_map().shape, (std::vector<std::int64_t>{2, 512, 28, 28}));
-  EXPECT_EQ(v.structure_map.shape, (std::vector<std::int64_t>{2, 28, 28}));
-  EXPECT_EQ(v.structure_image.shape, (std::vector<std::int64_t>{2, 3, 224, 224}));
-  EXPECT_EQ(v.detail_image.shape, (std::vector<std::int64_t>{2, 3, 224, 224}));
+  EXPECT_EQ(m.attention_net().feature_map().shape_string(), "(2, 512, 28, 28)");
+  EXPECT_EQ(v.structure_map.shape_string(), "(2, 28, 28)");
+  EXPECT_EQ(v.structure_image.shape_string(), "(2, 3, 224, 224)");
+  EXPECT_EQ(v.detail_image.shape_string(), "(2, 3, 224, 224)");
   // gradients reached both backbones and the attention head
   auto grad_norm = [](nn::Param<float>& p) {
     double s2 = 0;
-    for (float g : p.grad.data) s2 += double(g) * g;
+    for (float g : p.grad) s2 += double(g) * g;
     return std::sqrt(s2);
   };
   EXPECT_GT(grad_norm(m.master_store().at("conv1.weight")), 0.0);

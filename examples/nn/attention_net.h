@@ -6,6 +6,7 @@
 // Backbone parameters keep torchvision's names (ImageNet weights load); the head's are "head.*".
 #pragma once
 
+#include <array>
 #include <string>
 #include <vector>
 
@@ -32,77 +33,103 @@ class AttentionNet {
     b1_ = &ps.add("head.conv1.bias", {c});
     w2_ = &ps.add("head.conv2.weight", {c, c, 3, 3});
     b2_ = &ps.add("head.conv2.bias", {c});
-    g_ = &ps.add("head.bn.weight", {c});
+    g_ = &ps.add("head.bn.weight", {c}, true, T(1));
     bt_ = &ps.add("head.bn.bias", {c});
     rm_ = &ps.add("head.bn.running_mean", {c}, false);
-    rv_ = &ps.add("head.bn.running_var", {c}, false);
-    fw_ = &ps.add("head.fc.weight", {cfg.num_classes, c});
-    fb_ = &ps.add("head.fc.bias", {cfg.num_classes});
-    std::fill(g_->value.data.begin(), g_->value.data.end(), T(1));
-    std::fill(rv_->value.data.begin(), rv_->value.data.end(), T(1));
+    rv_ = &ps.add("head.bn.running_var", {c}, false, T(1));
+    fc_ = Linear<T>(ps, "head.fc", c, cfg.num_classes);
   }
 
   // Logits (N, classes); feature_map() then holds the head output (N, C, h, w).
-  Tensor<T> forward(const Tensor<T>& x, const BatchNormState& s) {
-    x0_ = backbone_.forward_features(x, s);
-    h1_ = dilated_sum(x0_, *w1_, *b1_, {1, 2}, pre1_);
-    h2_ = dilated_sum(h1_, *w2_, *b2_, {1, 2, 3}, pre2_);
-    training_ = s.training;
-    bnout_ = batchnorm2d_forward(h2_, g_->value, bt_->value, rm_->value, rv_->value, s, &cache_);
-    feat_ = relu_forward(bnout_);
-    pooled_ = global_avgpool_forward(feat_);
-    return linear_forward(pooled_, fw_->value, &fb_->value);
+  template <class Ex>
+  Tensor2<T> forward(Ex& ex, Tensor4<const T> x, bool training) {
+    x0_ = backbone_.forward_features(ex, x, training);
+    h1_ = dilated_sum(ex, x0_, *w1_, *b1_, 2, pre1_);
+    h2_ = dilated_sum(ex, h1_, *w2_, *b2_, 3, pre2_);
+    const std::int64_t N = h2_.size[0], C = h2_.size[1], P = h2_.size[2] * h2_.size[3];
+    feat_ = ex.act(N, C, h2_.size[2], h2_.size[3]);
+    BatchNormState s;
+    s.training = training;
+    eps_ = s.eps;
+    saved_ = ex.bn_forward(N, C, P, h2_.data, g_->value.ptr(), bt_->value.ptr(), rm_->value.ptr(), rv_->value.ptr(), s,
+                           true, feat_.data);
+    pooled_ = ex.mat(N, C);
+    global_avgpool(N * C, P, feat_.data, pooled_.data);
+    return fc_.forward(ex, pooled_);
   }
-  const Tensor<T>& feature_map() const { return feat_; }
+  Tensor4<const T> feature_map() const { return feat_; }
 
   // Backward from the logits' gradient (and, optionally, a gradient on the feature map; TASN
-  // stops the gradient after the trilinear attention, so it passes none). Returns d input.
-  Tensor<T> backward(const Tensor<T>& dlogits, const Tensor<T>* dfeature = nullptr) {
-    Tensor<T> dp(pooled_.shape);
-    linear_backward(pooled_, fw_->value, dlogits, &dp, &fw_->grad, &fb_->grad);
-    Tensor<T> df(feat_.shape);
-    global_avgpool_backward(dp, df);
-    if (dfeature)
-      for (std::int64_t i = 0; i < df.numel(); ++i) df.data[i] += dfeature->data[i];
-    Tensor<T> dbn(bnout_.shape);
-    relu_backward(bnout_, df, dbn);
-    Tensor<T> dh2(h2_.shape);
-    batchnorm2d_backward(h2_, g_->value, dbn, cache_, training_, &dh2, &g_->grad, &bt_->grad);
-    const Tensor<T> dh1 = dilated_sum_backward(h1_, *w2_, *b2_, {1, 2, 3}, pre2_, dh2);
-    const Tensor<T> dx0 = dilated_sum_backward(x0_, *w1_, *b1_, {1, 2}, pre1_, dh1);
-    return backbone_.backward_features(dx0);
+  // stops the gradient after the trilinear attention, so it passes none). The input gradient only
+  // when dx is given (written).
+  template <class Ex>
+  void backward(Ex& ex, Tensor2<const T> dlogits, Tensor4<const T> dfeature = {}, Tensor4<T> dx = {}) {
+    const auto mark = ex.arena().mark();
+    const std::int64_t N = feat_.size[0], C = feat_.size[1], P = feat_.size[2] * feat_.size[3];
+    Tensor2<T> dp = ex.mat(N, C, true);
+    fc_.backward(ex, dlogits, dp);
+    Tensor4<T> df = ex.act(N, C, feat_.size[2], feat_.size[3]);
+    global_avgpool_grad(N * C, P, dp.data, df.data, false);
+    if (dfeature.present())
+      for (std::int64_t i = 0; i < df.numel(); ++i) df.data[i] += dfeature.data[i];
+    Tensor4<T> dh2 = ex.act(N, C, feat_.size[2], feat_.size[3]);
+    ex.bn_backward(N, C, P, h2_.data, g_->value.ptr(), df.data, saved_, eps_, dh2.data, false, g_->grad.ptr(),
+                   bt_->grad.ptr());
+    Tensor4<T> dh1 = ex.act(h1_.size[0], h1_.size[1], h1_.size[2], h1_.size[3]);
+    dilated_sum_backward(ex, h1_, *w2_, *b2_, 3, pre2_, dh2, dh1);
+    Tensor4<T> dx0 = ex.act(x0_.size[0], x0_.size[1], x0_.size[2], x0_.size[3]);
+    dilated_sum_backward(ex, x0_, *w1_, *b1_, 2, pre1_, dh1, dx0);
+    backbone_.backward_features(ex, dx0, dx);
+    ex.arena().rewind(mark);
   }
 
  private:
-  // sum over d of relu(conv_d(x)), conv_d: 3x3 with dilation d and padding d (same size).
-  static Tensor<T> dilated_sum(const Tensor<T>& x, Param<T>& w, Param<T>& b, const std::vector<std::int64_t>& dil,
-                               std::vector<Tensor<T>>& pre) {
-    pre.clear();
-    Tensor<T> out;
-    for (std::int64_t d : dil) {
-      pre.push_back(conv2d_forward(x, w.value, &b.value, Conv2dArgs{1, d, d}));
-      const auto r = relu_forward(pre.back());
-      out = out.data.empty() ? r : add_forward(out, r);
+  static constexpr int kMaxDilation = 3;
+  using Pre = std::array<Tensor4<T>, kMaxDilation>;
+
+  // sum over d = 1..count of relu(conv_d(x) + b), conv_d: 3x3 with dilation d and padding d (same
+  // size). pre[d - 1] keeps relu(conv_d(x) + b) (its sign is the ReLU mask).
+  template <class Ex>
+  static Tensor4<T> dilated_sum(Ex& ex, Tensor4<const T> x, Param<T>& w, Param<T>& b, int count, Pre& pre) {
+    const std::int64_t ws[4] = {w.value.dim(0), w.value.dim(1), w.value.dim(2), w.value.dim(3)};
+    Tensor4<T> out;
+    for (int d = 1; d <= count; ++d) {
+      const ConvGeometry g = conv_geometry(x.size, ws, Conv2dArgs{1, d, d}, "AttentionNet head");
+      Tensor4<T>& p = pre[d - 1];
+      p = ex.act(g.n, g.cout, g.ho, g.wo);
+      ex.conv_forward(g, x.data, w.value.ptr(), b.value.ptr(), p.data);
+      relu(p.data, p.data, p.numel());
+      if (d == 1) {
+        out = ex.act(g.n, g.cout, g.ho, g.wo);
+        std::copy(p.data, p.data + p.numel(), out.data);
+      } else {
+        for (std::int64_t i = 0; i < out.numel(); ++i) out.data[i] += p.data[i];
+      }
     }
     return out;
   }
-  static Tensor<T> dilated_sum_backward(const Tensor<T>& x, Param<T>& w, Param<T>& b, const std::vector<std::int64_t>& dil,
-                                        const std::vector<Tensor<T>>& pre, const Tensor<T>& dy) {
-    Tensor<T> dx(x.shape);
-    for (std::size_t i = 0; i < dil.size(); ++i) {
-      Tensor<T> dpre(pre[i].shape);
-      relu_backward(pre[i], dy, dpre);
-      conv2d_backward(x, w.value, dpre, Conv2dArgs{1, dil[i], dil[i]}, &dx, &w.grad, &b.grad);
+  template <class Ex>
+  static void dilated_sum_backward(Ex& ex, Tensor4<const T> x, Param<T>& w, Param<T>& b, int count, const Pre& pre,
+                                   Tensor4<const T> dy, Tensor4<T> dx) {
+    const std::int64_t ws[4] = {w.value.dim(0), w.value.dim(1), w.value.dim(2), w.value.dim(3)};
+    const auto mark = ex.arena().mark();
+    T* dpre = ex.template buffer<T>(dy.numel());
+    for (int d = 1; d <= count; ++d) {
+      const ConvGeometry g = conv_geometry(x.size, ws, Conv2dArgs{1, d, d}, "AttentionNet head");
+      relu_grad(pre[d - 1].data, dy.data, dpre, dy.numel(), false);
+      ex.conv_backward(g, x.data, w.value.ptr(), dpre, dx.data, d > 1, w.grad.ptr(), b.grad.ptr());
     }
-    return dx;
+    ex.arena().rewind(mark);
   }
 
   ResNet<T> backbone_;
-  Param<T>*w1_, *b1_, *w2_, *b2_, *g_, *bt_, *rm_, *rv_, *fw_, *fb_;
-  bool training_ = true;
-  Tensor<T> x0_, h1_, h2_, bnout_, feat_, pooled_;
-  std::vector<Tensor<T>> pre1_, pre2_;
-  BatchNormCache<T> cache_;
+  Param<T>*w1_, *b1_, *w2_, *b2_, *g_, *bt_, *rm_, *rv_;
+  Linear<T> fc_;
+  Tensor4<T> x0_, h1_, h2_, feat_;
+  Tensor2<T> pooled_;
+  Pre pre1_, pre2_;
+  BnSaved<T> saved_;
+  double eps_ = 1e-5;
 };
 
 }  // namespace tasn::nn

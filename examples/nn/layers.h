@@ -1,8 +1,11 @@
-// examples/nn/layers.h - the CPU network layers the example trainer needs (forward + backward),
-// in functional form: each forward returns its output, each backward ADDS its gradients into the
-// given buffers, so a parameter used several times (weight sharing) accumulates all of them.
-// Tensors are dense row-major NCHW (or (N, F) for Linear). Templated on float / double (double
-// for gradient checks). Convolutions: batched im2col + one Eigen GEMM (Eigen threads it).
+// examples/nn/layers.h - the reference CPU layers of the example trainer (forward + backward):
+// kernels over raw NCHW pointers that write their outputs in place and take scratch from the
+// step's Arena (what the modules call through their execution context, nn/exec.h), and
+// Tensor-returning wrappers over them (tests, benchmarks). Each weight gradient is ADDED into its
+// buffer, so a parameter used several times (weight sharing) accumulates all of them. Tensors are
+// dense row-major NCHW (or (N, F) for Linear). Templated on float / double (double for gradient
+// checks and the whole-step golden test). Convolutions: batched im2col + one Eigen GEMM (Eigen
+// threads it). This is the reference backend; nn/dnnl_layers.h is the fast one (oneDNN).
 //
 // These serve the example trainer (issue: network building blocks); the library's public API
 // stays the TASN operators in include/tasn.
@@ -20,6 +23,7 @@
 #include "tasn/core/common.h"
 #include "tasn/core/parallel.h"
 #include "tasn/core/resize.h"
+#include "nn/arena.h"
 
 namespace tasn::nn {
 
@@ -31,6 +35,7 @@ inline std::string shape_string(const std::vector<std::int64_t>& shape) {
 
 template <class T>
 struct Tensor {
+  using value_type = T;
   std::vector<std::int64_t> shape;
   // Aligned to Eigen's packet size, so every tensor starts at the same alignment: Eigen's
   // vectorised loops peel a scalar prologue that depends on the address, and results (and a
@@ -82,7 +87,25 @@ void check_same(const Tensor<T>& a, const Tensor<T>& b, const char* an, const ch
 }
 }  // namespace detail
 
+
+// f(b, e) over [0, n) in one contiguous block per thread; serial below 32K elements, where a
+// parallel region costs more than the loop.
+template <class F>
+void parallel_for_blocks(std::int64_t n, F&& f) {
+  constexpr std::int64_t kMin = 1 << 15;
+  const std::int64_t blocks = std::max<std::int64_t>(1, std::min<std::int64_t>(cpu::num_threads(), n / kMin));
+  if (blocks == 1) {
+    if (n > 0) f(std::int64_t(0), n);
+    return;
+  }
+  cpu::parallel_for(0, blocks, [&](std::int64_t k) { f(n * k / blocks, n * (k + 1) / blocks); });
+}
+
 // ---- Conv2d -------------------------------------------------------------------------------------
+//
+// Every layer comes twice: the kernel over raw NCHW pointers (what the trainer's modules call
+// through their execution context, scratch from the step's Arena, outputs written in place), and a
+// Tensor-returning wrapper over it (tests, benchmarks, one-off use).
 
 struct Conv2dArgs {
   std::int64_t stride = 1, padding = 0, dilation = 1;
@@ -90,39 +113,53 @@ struct Conv2dArgs {
 
 struct ConvGeometry {
   std::int64_t n, cin, h, w, cout, kh, kw, ho, wo;
+  Conv2dArgs a;
+  std::int64_t x_numel() const { return n * cin * h * w; }
+  std::int64_t y_numel() const { return n * cout * ho * wo; }
+  std::int64_t w_numel() const { return cout * cin * kh * kw; }
 };
 
+// The geometry of x (n, cin, h, w) convolved with weight (cout, cin, kh, kw); throws with the sizes.
+inline ConvGeometry conv_geometry(const std::int64_t* xs, const std::int64_t* ws, const Conv2dArgs& a, const char* op) {
+  TASN_CHECK_ARG(ws[1] == xs[1], op, ": weight (", ws[0], ", ", ws[1], ", ", ws[2], ", ", ws[3], ") expects ", ws[1],
+                 " input channels but x (", xs[0], ", ", xs[1], ", ", xs[2], ", ", xs[3], ") has ", xs[1]);
+  TASN_CHECK_ARG(a.stride >= 1 && a.dilation >= 1 && a.padding >= 0, op,
+                 ": stride and dilation must be >= 1 and padding >= 0, got stride ", a.stride, ", dilation ",
+                 a.dilation, ", padding ", a.padding);
+  ConvGeometry g{xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3], 0, 0, a};
+  g.ho = (g.h + 2 * a.padding - a.dilation * (g.kh - 1) - 1) / a.stride + 1;
+  g.wo = (g.w + 2 * a.padding - a.dilation * (g.kw - 1) - 1) / a.stride + 1;
+  TASN_CHECK_ARG(g.ho >= 1 && g.wo >= 1, op, ": input (", xs[0], ", ", xs[1], ", ", xs[2], ", ", xs[3],
+                 ") is smaller than the kernel (", ws[0], ", ", ws[1], ", ", ws[2], ", ", ws[3], ") with dilation ",
+                 a.dilation, " and padding ", a.padding);
+  return g;
+}
 template <class T>
 ConvGeometry conv_geometry(const Tensor<T>& x, const Tensor<T>& weight, const Conv2dArgs& a, const char* op) {
   detail::check_rank(x, 4, "x", op);
   detail::check_rank(weight, 4, "weight", op);
-  TASN_CHECK_ARG(weight.dim(1) == x.dim(1), op, ": weight ", weight.shape_str(), " expects ", weight.dim(1),
-                 " input channels but x ", x.shape_str(), " has ", x.dim(1));
-  TASN_CHECK_ARG(a.stride >= 1 && a.dilation >= 1 && a.padding >= 0, op, ": stride and dilation must be >= 1 and padding >= 0");
-  ConvGeometry g{x.dim(0), x.dim(1), x.dim(2), x.dim(3), weight.dim(0), weight.dim(2), weight.dim(3), 0, 0};
-  g.ho = (g.h + 2 * a.padding - a.dilation * (g.kh - 1) - 1) / a.stride + 1;
-  g.wo = (g.w + 2 * a.padding - a.dilation * (g.kw - 1) - 1) / a.stride + 1;
-  TASN_CHECK_ARG(g.ho >= 1 && g.wo >= 1, op, ": input ", x.shape_str(), " is smaller than the kernel ",
-                 weight.shape_str(), " with dilation ", a.dilation, " and padding ", a.padding);
-  return g;
+  return conv_geometry(x.shape.data(), weight.shape.data(), a, op);
 }
 
 // 1x1, stride 1, no padding: the convolution is a plain GEMM per sample.
-inline bool is_pointwise(const ConvGeometry& g, const Conv2dArgs& a) {
-  return g.kh == 1 && g.kw == 1 && a.stride == 1 && a.padding == 0;
+inline bool is_pointwise(const ConvGeometry& g) {
+  return g.kh == 1 && g.kw == 1 && g.a.stride == 1 && g.a.padding == 0;
 }
 
 // Output columns [lo, hi) whose input column ox * stride + off lies inside [0, size).
 inline void valid_range(std::int64_t off, std::int64_t size, std::int64_t stride, std::int64_t out, std::int64_t& lo,
                         std::int64_t& hi) {
-  lo = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  // lo is clamped to the output: with padding wider than the input (a dilated 3x3 on a 1x1 or
+  // 2x2 map) no output column may be valid, and lo would point past the row.
+  lo = std::min(out, off >= 0 ? 0 : (-off + stride - 1) / stride);
   hi = size - 1 - off < 0 ? 0 : std::min(out, (size - 1 - off) / stride + 1);
   if (hi < lo) hi = lo;
 }
 
 // col (cin*kh*kw, n*ho*wo): column j = (sample, output pixel), row r = (channel, ky, kx).
 template <class T>
-void im2col(const T* x, const ConvGeometry& g, const Conv2dArgs& a, T* col) {
+void im2col(const T* x, const ConvGeometry& g, T* col) {
+  const Conv2dArgs& a = g.a;
   const std::int64_t P = g.ho * g.wo, cols = g.n * P;
   cpu::parallel_for(0, g.cin * g.kh * g.kw, [&](std::int64_t r) {
     const std::int64_t c = r / (g.kh * g.kw), ky = (r / g.kw) % g.kh, kx = r % g.kw;
@@ -150,7 +187,8 @@ void im2col(const T* x, const ConvGeometry& g, const Conv2dArgs& a, T* col) {
 
 // dx += col2im(dcol); parallel over (sample, channel) planes, so no two threads touch one element.
 template <class T>
-void col2im_add(const T* dcol, const ConvGeometry& g, const Conv2dArgs& a, T* dx) {
+void col2im_add(const T* dcol, const ConvGeometry& g, T* dx) {
+  const Conv2dArgs& a = g.a;
   const std::int64_t P = g.ho * g.wo, cols = g.n * P;
   cpu::parallel_for(0, g.n * g.cin, [&](std::int64_t nc) {
     const std::int64_t n = nc / g.cin, c = nc % g.cin;
@@ -172,31 +210,101 @@ void col2im_add(const T* dcol, const ConvGeometry& g, const Conv2dArgs& a, T* dx
   });
 }
 
+namespace ref {  // the reference kernels (Eigen im2col + GEMM), float and double
+
 // y (n, cout, ho, wo) = conv(x, weight) + bias (bias may be null).
+template <class T>
+void conv2d_forward(Arena& ar, const ConvGeometry& g, const T* x, const T* weight, const T* bias, T* y) {
+  const std::int64_t K = g.cin * g.kh * g.kw, P = g.ho * g.wo, cols = g.n * P;
+  if (is_pointwise(g)) {  // 1x1, stride 1, no padding: y_n = W x_n, no im2col
+    Eigen::Map<const Mat<T>> W(weight, g.cout, g.cin);
+    for (std::int64_t n = 0; n < g.n; ++n) {
+      Eigen::Map<Mat<T>> Y(y + n * g.cout * P, g.cout, P);
+      {
+        const LibraryCall gemm;  // Eigen allocates its blocking
+        Y.noalias() = W * Eigen::Map<const Mat<T>>(x + n * g.cin * P, g.cin, P);
+      }
+      if (bias) Y.colwise() += Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(bias, g.cout);
+    }
+    return;
+  }
+  const auto mark = ar.mark();
+  T* col = ar.alloc<T>(K * cols);
+  im2col(x, g, col);
+  Eigen::Map<Mat<T>> ym(ar.alloc<T>(g.cout * cols), g.cout, cols);
+  {
+    const LibraryCall gemm;  // Eigen allocates its blocking
+    ym.noalias() = Eigen::Map<const Mat<T>>(weight, g.cout, K) * Eigen::Map<const Mat<T>>(col, K, cols);
+  }
+  cpu::parallel_for(0, g.n * g.cout, [&](std::int64_t nc) {
+    const std::int64_t n = nc / g.cout, o = nc % g.cout;
+    const T b = bias ? bias[o] : T(0);
+    for (std::int64_t p = 0; p < P; ++p) y[nc * P + p] = ym(o, n * P + p) + b;
+  });
+  ar.rewind(mark);
+}
+
+// Adds the gradients of conv2d_forward for upstream dy into the non-null dx, dweight, dbias.
+template <class T>
+void conv2d_backward(Arena& ar, const ConvGeometry& g, const T* x, const T* weight, const T* dy, T* dx, T* dweight,
+                     T* dbias) {
+  const std::int64_t K = g.cin * g.kh * g.kw, P = g.ho * g.wo, cols = g.n * P;
+  if (is_pointwise(g)) {  // dW += dy_n x_n^T, dx_n += W^T dy_n, per sample, no im2col
+    Eigen::Map<const Mat<T>> W(weight, g.cout, g.cin);
+    for (std::int64_t n = 0; n < g.n; ++n) {
+      Eigen::Map<const Mat<T>> dY(dy + n * g.cout * P, g.cout, P), X(x + n * g.cin * P, g.cin, P);
+      if (dbias) Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>(dbias, g.cout) += dY.rowwise().sum();
+      if (dweight) {
+        const LibraryCall gemm;  // Eigen allocates its blocking
+        Eigen::Map<Mat<T>>(dweight, g.cout, g.cin).noalias() += dY * X.transpose();
+      }
+      if (dx) {
+        const LibraryCall gemm;  // Eigen allocates its blocking
+        Eigen::Map<Mat<T>>(dx + n * g.cin * P, g.cin, P).noalias() += W.transpose() * dY;
+      }
+    }
+    return;
+  }
+  const auto mark = ar.mark();
+  Eigen::Map<Mat<T>> dyc(ar.alloc<T>(g.cout * cols), g.cout, cols);  // dy as (cout, n*P)
+  cpu::parallel_for(0, g.n * g.cout, [&](std::int64_t nc) {
+    const std::int64_t n = nc / g.cout, o = nc % g.cout;
+    for (std::int64_t p = 0; p < P; ++p) dyc(o, n * P + p) = dy[nc * P + p];
+  });
+  if (dbias)
+    for (std::int64_t o = 0; o < g.cout; ++o) dbias[o] += dyc.row(o).sum();
+  if (dweight) {
+    const auto m2 = ar.mark();
+    T* col = ar.alloc<T>(K * cols);
+    im2col(x, g, col);
+    {
+      const LibraryCall gemm;  // Eigen allocates its blocking
+      Eigen::Map<Mat<T>>(dweight, g.cout, K).noalias() += dyc * Eigen::Map<const Mat<T>>(col, K, cols).transpose();
+    }
+    ar.rewind(m2);
+  }
+  if (dx) {
+    Eigen::Map<Mat<T>> dcol(ar.alloc<T>(K * cols), K, cols);
+    {
+      const LibraryCall gemm;  // Eigen allocates its blocking
+      dcol.noalias() = Eigen::Map<const Mat<T>>(weight, g.cout, K).transpose() * dyc;
+    }
+    col2im_add(dcol.data(), g, dx);
+  }
+  ar.rewind(mark);
+}
+
+}  // namespace ref
+
 template <class T>
 Tensor<T> conv2d_forward(const Tensor<T>& x, const Tensor<T>& weight, OptConst<T> bias, const Conv2dArgs& a) {
   const ConvGeometry g = conv_geometry(x, weight, a, "conv2d_forward");
-  const std::int64_t K = g.cin * g.kh * g.kw, P = g.ho * g.wo, cols = g.n * P;
-  if (is_pointwise(g, a)) {  // 1x1, stride 1, no padding: y_n = W x_n, no im2col
-    Tensor<T> out({g.n, g.cout, g.ho, g.wo});
-    Eigen::Map<const Mat<T>> W(weight.ptr(), g.cout, g.cin);
-    for (std::int64_t n = 0; n < g.n; ++n) {
-      Eigen::Map<Mat<T>> Y(out.ptr() + n * g.cout * P, g.cout, P);
-      Y.noalias() = W * Eigen::Map<const Mat<T>>(x.ptr() + n * g.cin * P, g.cin, P);
-      if (bias) Y.colwise() += Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(bias->ptr(), g.cout);
-    }
-    return out;
-  }
-  std::vector<T> col(static_cast<std::size_t>(K * cols));
-  im2col(x.ptr(), g, a, col.data());
-  Mat<T> y(g.cout, cols);
-  y.noalias() = Eigen::Map<const Mat<T>>(weight.ptr(), g.cout, K) * Eigen::Map<const Mat<T>>(col.data(), K, cols);
+  if (bias)
+    TASN_CHECK_ARG(bias->numel() == g.cout, "conv2d_forward: bias holds ", bias->numel(), " values for ", g.cout,
+                   " output channels");
   Tensor<T> out({g.n, g.cout, g.ho, g.wo});
-  cpu::parallel_for(0, g.n * g.cout, [&](std::int64_t nc) {
-    const std::int64_t n = nc / g.cout, o = nc % g.cout;
-    const T b = bias ? bias->data[o] : T(0);
-    for (std::int64_t p = 0; p < P; ++p) out.data[nc * P + p] = y(o, n * P + p) + b;
-  });
+  Arena ar;
+  ref::conv2d_forward(ar, g, x.ptr(), weight.ptr(), bias ? bias->ptr() : nullptr, out.ptr());
   return out;
 }
 
@@ -208,34 +316,9 @@ void conv2d_backward(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<T
   const ConvGeometry g = conv_geometry(x, weight, a, op);
   TASN_CHECK_ARG(dy.shape == std::vector<std::int64_t>({g.n, g.cout, g.ho, g.wo}), op, ": dy has shape ",
                  dy.shape_str(), " but the output is (", g.n, ", ", g.cout, ", ", g.ho, ", ", g.wo, ")");
-  const std::int64_t K = g.cin * g.kh * g.kw, P = g.ho * g.wo, cols = g.n * P;
-  if (is_pointwise(g, a)) {  // dW += dy_n x_n^T, dx_n += W^T dy_n, per sample, no im2col
-    Eigen::Map<const Mat<T>> W(weight.ptr(), g.cout, g.cin);
-    for (std::int64_t n = 0; n < g.n; ++n) {
-      Eigen::Map<const Mat<T>> dY(dy.ptr() + n * g.cout * P, g.cout, P), X(x.ptr() + n * g.cin * P, g.cin, P);
-      if (dbias) Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>(dbias->ptr(), g.cout) += dY.rowwise().sum();
-      if (dweight) Eigen::Map<Mat<T>>(dweight->ptr(), g.cout, g.cin).noalias() += dY * X.transpose();
-      if (dx) Eigen::Map<Mat<T>>(dx->ptr() + n * g.cin * P, g.cin, P).noalias() += W.transpose() * dY;
-    }
-    return;
-  }
-  Mat<T> dyc(g.cout, cols);  // dy as (cout, n*P)
-  cpu::parallel_for(0, g.n * g.cout, [&](std::int64_t nc) {
-    const std::int64_t n = nc / g.cout, o = nc % g.cout;
-    for (std::int64_t p = 0; p < P; ++p) dyc(o, n * P + p) = dy.data[nc * P + p];
-  });
-  if (dbias)
-    for (std::int64_t o = 0; o < g.cout; ++o) dbias->data[o] += dyc.row(o).sum();
-  if (dweight) {
-    std::vector<T> col(static_cast<std::size_t>(K * cols));
-    im2col(x.ptr(), g, a, col.data());
-    Eigen::Map<Mat<T>>(dweight->ptr(), g.cout, K).noalias() += dyc * Eigen::Map<const Mat<T>>(col.data(), K, cols).transpose();
-  }
-  if (dx) {
-    Mat<T> dcol(K, cols);
-    dcol.noalias() = Eigen::Map<const Mat<T>>(weight.ptr(), g.cout, K).transpose() * dyc;
-    col2im_add(dcol.data(), g, a, dx->ptr());
-  }
+  Arena ar;
+  ref::conv2d_backward(ar, g, x.ptr(), weight.ptr(), dy.ptr(), dx ? dx->ptr() : nullptr,
+                       dweight ? dweight->ptr() : nullptr, dbias ? dbias->ptr() : nullptr);
 }
 
 // ---- BatchNorm2d ------------------------------------------------------------------------------
@@ -245,15 +328,81 @@ struct BatchNormState {
   double momentum = 0.1, eps = 1e-5;
 };
 
-// What backward needs from a training-mode forward.
+// What backward needs from the forward: per channel mean and 1 / sqrt(var + eps) (batch
+// statistics in training, running ones in evaluation).
 template <class T>
 struct BatchNormCache {
   std::vector<T> mean, invstd;
 };
 
-// y = (x - mean) / sqrt(var + eps) * gamma + beta per channel. Training: batch statistics (biased
-// variance), running stats updated with momentum (unbiased variance, as PyTorch); evaluation:
-// running statistics.
+namespace ref {
+
+// y = (x - mean) / sqrt(var + eps) * gamma + beta per channel, x (N, C, P). Training: batch
+// statistics (biased variance), running stats updated with momentum (unbiased variance, as
+// PyTorch); evaluation: running statistics. Writes mean / invstd (C each) for backward.
+template <class T>
+void batchnorm2d_forward(std::int64_t N, std::int64_t C, std::int64_t P, const T* x, const T* gamma, const T* beta,
+                         T* running_mean, T* running_var, const BatchNormState& s, T* mean, T* invstd, T* y) {
+  cpu::parallel_for(0, C, [&](std::int64_t c) {
+    if (s.training) {
+      double sum = 0, sq = 0;
+      for (std::int64_t n = 0; n < N; ++n)
+        for (std::int64_t p = 0; p < P; ++p) sum += x[(n * C + c) * P + p];
+      const double m = sum / double(N * P);
+      for (std::int64_t n = 0; n < N; ++n)
+        for (std::int64_t p = 0; p < P; ++p) {
+          const double d = x[(n * C + c) * P + p] - m;
+          sq += d * d;
+        }
+      const double var = sq / double(N * P);
+      mean[c] = static_cast<T>(m);
+      invstd[c] = static_cast<T>(1.0 / std::sqrt(var + s.eps));
+      const double unbiased = N * P > 1 ? sq / double(N * P - 1) : var;
+      running_mean[c] = static_cast<T>((1 - s.momentum) * running_mean[c] + s.momentum * m);
+      running_var[c] = static_cast<T>((1 - s.momentum) * running_var[c] + s.momentum * unbiased);
+    } else {
+      mean[c] = running_mean[c];
+      invstd[c] = static_cast<T>(1.0 / std::sqrt(double(running_var[c]) + s.eps));
+    }
+  });
+  cpu::parallel_for(0, N * C, [&](std::int64_t nc) {
+    const std::int64_t c = nc % C;
+    const T sc = invstd[c] * gamma[c], sh = beta[c] - mean[c] * sc;
+    for (std::int64_t p = 0; p < P; ++p) y[nc * P + p] = x[nc * P + p] * sc + sh;
+  });
+}
+
+// dx (added to, or written when !accumulate; may be null), dgamma, dbeta (added to; may be null).
+// `training` must match the forward (batch statistics or running ones).
+template <class T>
+void batchnorm2d_backward(std::int64_t N, std::int64_t C, std::int64_t P, const T* x, const T* gamma, const T* dy,
+                          const T* mean, const T* invstd, bool training, T* dx, bool accumulate, T* dgamma, T* dbeta) {
+  const double M = double(N * P);
+  cpu::parallel_for(0, C, [&](std::int64_t c) {
+    double sdy = 0, sdyxh = 0;
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t p = 0; p < P; ++p) {
+        const std::int64_t i = (n * C + c) * P + p;
+        const double xh = (x[i] - mean[c]) * double(invstd[c]);
+        sdy += dy[i];
+        sdyxh += dy[i] * xh;
+      }
+    if (dgamma) dgamma[c] += static_cast<T>(sdyxh);
+    if (dbeta) dbeta[c] += static_cast<T>(sdy);
+    if (!dx) return;
+    const double k = double(gamma[c]) * invstd[c];
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t p = 0; p < P; ++p) {
+        const std::int64_t i = (n * C + c) * P + p;
+        const double xh = (x[i] - mean[c]) * double(invstd[c]);
+        const T v = static_cast<T>(training ? k * (dy[i] - sdy / M - xh * sdyxh / M) : k * dy[i]);
+        dx[i] = accumulate ? dx[i] + v : v;
+      }
+  });
+}
+
+}  // namespace ref
+
 template <class T>
 Tensor<T> batchnorm2d_forward(const Tensor<T>& x, const Tensor<T>& gamma, const Tensor<T>& beta,
                               Tensor<T>& running_mean, Tensor<T>& running_var, const BatchNormState& s,
@@ -262,36 +411,12 @@ Tensor<T> batchnorm2d_forward(const Tensor<T>& x, const Tensor<T>& gamma, const 
   detail::check_rank(x, 4, "x", op);
   const std::int64_t N = x.dim(0), C = x.dim(1), P = x.dim(2) * x.dim(3);
   TASN_CHECK_ARG(gamma.numel() == C && beta.numel() == C && running_mean.numel() == C && running_var.numel() == C,
-                 op, ": gamma, beta and running statistics must hold C = ", C, " values, got ", gamma.numel());
+                 op, ": gamma, beta and running statistics must hold C = ", C, " values, got ", gamma.numel(), ", ",
+                 beta.numel(), ", ", running_mean.numel(), ", ", running_var.numel());
   std::vector<T> mean(C), invstd(C);
-  cpu::parallel_for(0, C, [&](std::int64_t c) {
-    if (s.training) {
-      double sum = 0, sq = 0;
-      for (std::int64_t n = 0; n < N; ++n)
-        for (std::int64_t p = 0; p < P; ++p) sum += x.data[(n * C + c) * P + p];
-      const double m = sum / double(N * P);
-      for (std::int64_t n = 0; n < N; ++n)
-        for (std::int64_t p = 0; p < P; ++p) {
-          const double d = x.data[(n * C + c) * P + p] - m;
-          sq += d * d;
-        }
-      const double var = sq / double(N * P);
-      mean[c] = static_cast<T>(m);
-      invstd[c] = static_cast<T>(1.0 / std::sqrt(var + s.eps));
-      const double unbiased = N * P > 1 ? sq / double(N * P - 1) : var;
-      running_mean.data[c] = static_cast<T>((1 - s.momentum) * running_mean.data[c] + s.momentum * m);
-      running_var.data[c] = static_cast<T>((1 - s.momentum) * running_var.data[c] + s.momentum * unbiased);
-    } else {
-      mean[c] = running_mean.data[c];
-      invstd[c] = static_cast<T>(1.0 / std::sqrt(double(running_var.data[c]) + s.eps));
-    }
-  });
   Tensor<T> y(x.shape);
-  cpu::parallel_for(0, N * C, [&](std::int64_t nc) {
-    const std::int64_t c = nc % C;
-    const T sc = invstd[c] * gamma.data[c], sh = beta.data[c] - mean[c] * sc;
-    for (std::int64_t p = 0; p < P; ++p) y.data[nc * P + p] = x.data[nc * P + p] * sc + sh;
-  });
+  ref::batchnorm2d_forward(N, C, P, x.ptr(), gamma.ptr(), beta.ptr(), running_mean.ptr(), running_var.ptr(), s,
+                           mean.data(), invstd.data(), y.ptr());
   if (cache) *cache = {std::move(mean), std::move(invstd)};
   return y;
 }
@@ -304,36 +429,38 @@ void batchnorm2d_backward(const Tensor<T>& x, const Tensor<T>& gamma, const Tens
   constexpr const char* op = "batchnorm2d_backward";
   detail::check_same(dy, x, "dy", "x", op);
   const std::int64_t N = x.dim(0), C = x.dim(1), P = x.dim(2) * x.dim(3);
-  const double M = double(N * P);
-  cpu::parallel_for(0, C, [&](std::int64_t c) {
-    double sdy = 0, sdyxh = 0;
-    for (std::int64_t n = 0; n < N; ++n)
-      for (std::int64_t p = 0; p < P; ++p) {
-        const std::int64_t i = (n * C + c) * P + p;
-        const double xh = (x.data[i] - cache.mean[c]) * double(cache.invstd[c]);
-        sdy += dy.data[i];
-        sdyxh += dy.data[i] * xh;
-      }
-    if (dgamma) dgamma->data[c] += static_cast<T>(sdyxh);
-    if (dbeta) dbeta->data[c] += static_cast<T>(sdy);
-    if (!dx) return;
-    const double k = double(gamma.data[c]) * cache.invstd[c];
-    for (std::int64_t n = 0; n < N; ++n)
-      for (std::int64_t p = 0; p < P; ++p) {
-        const std::int64_t i = (n * C + c) * P + p;
-        const double xh = (x.data[i] - cache.mean[c]) * double(cache.invstd[c]);
-        dx->data[i] += static_cast<T>(training ? k * (dy.data[i] - sdy / M - xh * sdyxh / M) : k * dy.data[i]);
-      }
-  });
+  TASN_CHECK_ARG(static_cast<std::int64_t>(cache.mean.size()) == C && static_cast<std::int64_t>(cache.invstd.size()) == C,
+                 op, ": the cache holds ", cache.mean.size(), " channels but x has ", C);
+  ref::batchnorm2d_backward(N, C, P, x.ptr(), gamma.ptr(), dy.ptr(), cache.mean.data(), cache.invstd.data(), training,
+                            dx ? dx->ptr() : nullptr, true, dgamma ? dgamma->ptr() : nullptr,
+                            dbeta ? dbeta->ptr() : nullptr);
 }
 
 // ---- element-wise, pooling, linear ---------------------------------------------------------------
 
+// y = max(x, 0) (y may be x). NaN propagates (x <= 0 is false for NaN), as in PyTorch: a diverged
+// layer must not look healthy.
+template <class T>
+void relu(const T* x, T* y, std::int64_t n) {
+  parallel_for_blocks(n, [&](std::int64_t b, std::int64_t e) {
+    for (std::int64_t i = b; i < e; ++i) y[i] = x[i] <= T(0) ? T(0) : x[i];
+  });
+}
+// dx (+)= dy where the forward output y (or input: the same sign) was positive; dx may be dy.
+template <class T>
+void relu_grad(const T* y, const T* dy, T* dx, std::int64_t n, bool accumulate) {
+  parallel_for_blocks(n, [&](std::int64_t b, std::int64_t e) {
+    if (accumulate)
+      for (std::int64_t i = b; i < e; ++i) dx[i] += y[i] > T(0) ? dy[i] : T(0);
+    else
+      for (std::int64_t i = b; i < e; ++i) dx[i] = y[i] > T(0) ? dy[i] : T(0);
+  });
+}
+
 template <class T>
 Tensor<T> relu_forward(const Tensor<T>& x) {
   Tensor<T> y(x.shape);
-  // NaN propagates (x <= 0 is false for NaN), as in PyTorch: a diverged layer must not look healthy
-  for (std::int64_t i = 0; i < x.numel(); ++i) y.data[i] = x.data[i] <= T(0) ? T(0) : x.data[i];
+  relu(x.ptr(), y.ptr(), x.numel());
   return y;
 }
 
@@ -341,7 +468,8 @@ Tensor<T> relu_forward(const Tensor<T>& x) {
 template <class T>
 void relu_backward(const Tensor<T>& x, const Tensor<T>& dy, Tensor<T>& dx) {
   detail::check_same(dy, x, "dy", "x", "relu_backward");
-  for (std::int64_t i = 0; i < x.numel(); ++i) dx.data[i] += x.data[i] > T(0) ? dy.data[i] : T(0);
+  detail::check_same(dx, x, "dx", "x", "relu_backward");
+  relu_grad(x.ptr(), dy.ptr(), dx.ptr(), x.numel(), true);
 }
 
 template <class T>
@@ -356,17 +484,21 @@ struct PoolArgs {
   std::int64_t kernel = 3, stride = 2, padding = 1;
 };
 
-// Max pooling (padding never wins, NaN propagates); argmax (flat input index per output) for backward.
+inline void pool_output(std::int64_t H, std::int64_t W, const PoolArgs& a, std::int64_t& Ho, std::int64_t& Wo) {
+  Ho = (H + 2 * a.padding - a.kernel) / a.stride + 1;
+  Wo = (W + 2 * a.padding - a.kernel) / a.stride + 1;
+  TASN_CHECK_ARG(a.kernel >= 1 && a.stride >= 1 && Ho >= 1 && Wo >= 1, "maxpool2d: input (", H, ", ", W,
+                 ") is smaller than the pooling window ", a.kernel, " (stride ", a.stride, ", padding ", a.padding, ")");
+}
+
+// Max pooling of NC planes (H, W) -> (Ho, Wo) (padding never wins, NaN propagates); argmax (flat
+// input index per output, may be null) for backward.
 template <class T>
-Tensor<T> maxpool2d_forward(const Tensor<T>& x, const PoolArgs& a, std::vector<std::int64_t>* argmax = nullptr) {
-  constexpr const char* op = "maxpool2d_forward";
-  detail::check_rank(x, 4, "x", op);
-  const std::int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
-  const std::int64_t Ho = (H + 2 * a.padding - a.kernel) / a.stride + 1, Wo = (W + 2 * a.padding - a.kernel) / a.stride + 1;
-  TASN_CHECK_ARG(Ho >= 1 && Wo >= 1, op, ": input ", x.shape_str(), " is smaller than the pooling window");
-  Tensor<T> y({N, C, Ho, Wo});
-  if (argmax) argmax->assign(static_cast<std::size_t>(y.numel()), -1);
-  cpu::parallel_for(0, N * C, [&](std::int64_t nc) {
+void maxpool2d(std::int64_t NC, std::int64_t H, std::int64_t W, const PoolArgs& a, const T* x, T* y,
+               std::int64_t* argmax) {
+  std::int64_t Ho, Wo;
+  pool_output(H, W, a, Ho, Wo);
+  cpu::parallel_for(0, NC, [&](std::int64_t nc) {
     for (std::int64_t oy = 0; oy < Ho; ++oy)
       for (std::int64_t ox = 0; ox < Wo; ++ox) {
         T best = -std::numeric_limits<T>::infinity();
@@ -376,16 +508,37 @@ Tensor<T> maxpool2d_forward(const Tensor<T>& x, const PoolArgs& a, std::vector<s
             const std::int64_t iy = oy * a.stride - a.padding + ky, ix = ox * a.stride - a.padding + kx;
             if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
             const std::int64_t i = (nc * H + iy) * W + ix;
-            if (x.data[i] > best || at < 0 || std::isnan(x.data[i])) {  // NaN wins, as in PyTorch
-              best = x.data[i];
+            if (x[i] > best || at < 0 || std::isnan(x[i])) {  // NaN wins, as in PyTorch
+              best = x[i];
               at = i;
             }
           }
         const std::int64_t o = (nc * Ho + oy) * Wo + ox;
-        y.data[o] = best;
-        if (argmax) (*argmax)[o] = at;
+        y[o] = best;
+        if (argmax) argmax[o] = at;
       }
   });
+}
+
+// dx += the routed dy. Parallel over planes: a window never leaves its plane, so no two threads
+// touch one element (overlapping windows of one plane stay in one thread, in order).
+template <class T>
+void maxpool2d_grad(std::int64_t NC, std::int64_t in_plane, std::int64_t out_plane, const T* dy,
+                    const std::int64_t* argmax, T* dx) {
+  cpu::parallel_for(0, NC, [&](std::int64_t nc) {
+    for (std::int64_t o = nc * out_plane; o < (nc + 1) * out_plane; ++o) dx[argmax[o]] += dy[o];
+  });
+  (void)in_plane;
+}
+
+template <class T>
+Tensor<T> maxpool2d_forward(const Tensor<T>& x, const PoolArgs& a, std::vector<std::int64_t>* argmax = nullptr) {
+  detail::check_rank(x, 4, "x", "maxpool2d_forward");
+  std::int64_t Ho, Wo;
+  pool_output(x.dim(2), x.dim(3), a, Ho, Wo);
+  Tensor<T> y({x.dim(0), x.dim(1), Ho, Wo});
+  if (argmax) argmax->assign(static_cast<std::size_t>(y.numel()), -1);
+  maxpool2d(x.dim(0) * x.dim(1), x.dim(2), x.dim(3), a, x.ptr(), y.ptr(), argmax ? argmax->data() : nullptr);
   return y;
 }
 
@@ -393,32 +546,76 @@ template <class T>
 void maxpool2d_backward(const Tensor<T>& dy, const std::vector<std::int64_t>& argmax, Tensor<T>& dx) {
   TASN_CHECK_ARG(static_cast<std::int64_t>(argmax.size()) == dy.numel(), "maxpool2d_backward: argmax holds ",
                  argmax.size(), " entries but dy has ", dy.numel());
-  // serial: overlapping windows may route several outputs to one input
+  // serial: the wrapper does not know the planes (argmax indexes the whole input)
   for (std::int64_t o = 0; o < dy.numel(); ++o) dx.data[argmax[o]] += dy.data[o];
+}
+
+// (NC planes of P) -> NC means.
+template <class T>
+void global_avgpool(std::int64_t NC, std::int64_t P, const T* x, T* y) {
+  parallel_for_blocks(NC, [&](std::int64_t b, std::int64_t e) {
+    for (std::int64_t nc = b; nc < e; ++nc) {
+      double s = 0;
+      for (std::int64_t p = 0; p < P; ++p) s += x[nc * P + p];
+      y[nc] = static_cast<T>(s / double(P));
+    }
+  });
+}
+// dx (+)= dy / P, broadcast over each plane.
+template <class T>
+void global_avgpool_grad(std::int64_t NC, std::int64_t P, const T* dy, T* dx, bool accumulate) {
+  parallel_for_blocks(NC, [&](std::int64_t b, std::int64_t e) {
+    for (std::int64_t nc = b; nc < e; ++nc) {
+      const T v = dy[nc] / T(P);
+      if (accumulate)
+        for (std::int64_t p = 0; p < P; ++p) dx[nc * P + p] += v;
+      else
+        for (std::int64_t p = 0; p < P; ++p) dx[nc * P + p] = v;
+    }
+  });
 }
 
 // (N, C, H, W) -> (N, C)
 template <class T>
 Tensor<T> global_avgpool_forward(const Tensor<T>& x) {
   detail::check_rank(x, 4, "x", "global_avgpool_forward");
-  const std::int64_t N = x.dim(0), C = x.dim(1), P = x.dim(2) * x.dim(3);
-  Tensor<T> y({N, C});
-  for (std::int64_t nc = 0; nc < N * C; ++nc) {
-    double s = 0;
-    for (std::int64_t p = 0; p < P; ++p) s += x.data[nc * P + p];
-    y.data[nc] = static_cast<T>(s / double(P));
-  }
+  Tensor<T> y({x.dim(0), x.dim(1)});
+  global_avgpool(x.dim(0) * x.dim(1), x.dim(2) * x.dim(3), x.ptr(), y.ptr());
   return y;
 }
 
 template <class T>
 void global_avgpool_backward(const Tensor<T>& dy, Tensor<T>& dx) {
   const std::int64_t NC = dy.numel(), P = dx.numel() / NC;
-  for (std::int64_t nc = 0; nc < NC; ++nc)
-    for (std::int64_t p = 0; p < P; ++p) dx.data[nc * P + p] += dy.data[nc] / T(P);
+  global_avgpool_grad(NC, P, dy.ptr(), dx.ptr(), true);
 }
 
-// y (N, out) = x (N, in) weight^T + bias; weight (out, in).
+// y (N, out) = x (N, in) weight^T + bias (bias may be null); weight (out, in).
+template <class T>
+void linear(std::int64_t N, std::int64_t I, std::int64_t O, const T* x, const T* weight, const T* bias, T* y) {
+  Eigen::Map<Mat<T>> Y(y, N, O);
+  {
+    const LibraryCall gemm;  // Eigen allocates its blocking
+    Y.noalias() = Eigen::Map<const Mat<T>>(x, N, I) * Eigen::Map<const Mat<T>>(weight, O, I).transpose();
+  }
+  if (bias) Y.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(bias, O);
+}
+// dx, dweight, dbias (each may be null) += the gradients of linear for upstream dy.
+template <class T>
+void linear_grad(std::int64_t N, std::int64_t I, std::int64_t O, const T* x, const T* weight, const T* dy, T* dx,
+                 T* dweight, T* dbias) {
+  Eigen::Map<const Mat<T>> X(x, N, I), Wt(weight, O, I), dY(dy, N, O);
+  if (dx) {
+    const LibraryCall gemm;  // Eigen allocates its blocking
+    Eigen::Map<Mat<T>>(dx, N, I).noalias() += dY * Wt;
+  }
+  if (dweight) {
+    const LibraryCall gemm;  // Eigen allocates its blocking
+    Eigen::Map<Mat<T>>(dweight, O, I).noalias() += dY.transpose() * X;
+  }
+  if (dbias) Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(dbias, O) += dY.colwise().sum();
+}
+
 template <class T>
 Tensor<T> linear_forward(const Tensor<T>& x, const Tensor<T>& weight, OptConst<T> bias) {
   constexpr const char* op = "linear_forward";
@@ -426,11 +623,8 @@ Tensor<T> linear_forward(const Tensor<T>& x, const Tensor<T>& weight, OptConst<T
   detail::check_rank(weight, 2, "weight", op);
   TASN_CHECK_ARG(weight.dim(1) == x.dim(1), op, ": weight ", weight.shape_str(), " expects ", weight.dim(1),
                  " features but x ", x.shape_str(), " has ", x.dim(1));
-  const std::int64_t N = x.dim(0), I = x.dim(1), O = weight.dim(0);
-  Tensor<T> y({N, O});
-  Eigen::Map<Mat<T>> Y(y.ptr(), N, O);
-  Y.noalias() = Eigen::Map<const Mat<T>>(x.ptr(), N, I) * Eigen::Map<const Mat<T>>(weight.ptr(), O, I).transpose();
-  if (bias) Y.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(bias->ptr(), O);
+  Tensor<T> y({x.dim(0), weight.dim(0)});
+  linear(x.dim(0), x.dim(1), weight.dim(0), x.ptr(), weight.ptr(), bias ? bias->ptr() : nullptr, y.ptr());
   return y;
 }
 
@@ -440,10 +634,8 @@ void linear_backward(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<T
   const std::int64_t N = x.dim(0), I = x.dim(1), O = weight.dim(0);
   TASN_CHECK_ARG(dy.shape == std::vector<std::int64_t>({N, O}), "linear_backward: dy has shape ", dy.shape_str(),
                  " but the output is (", N, ", ", O, ")");
-  Eigen::Map<const Mat<T>> X(x.ptr(), N, I), Wt(weight.ptr(), O, I), dY(dy.ptr(), N, O);
-  if (dx) Eigen::Map<Mat<T>>(dx->ptr(), N, I).noalias() += dY * Wt;
-  if (dweight) Eigen::Map<Mat<T>>(dweight->ptr(), O, I).noalias() += dY.transpose() * X;
-  if (dbias) Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(dbias->ptr(), O) += dY.colwise().sum();
+  linear_grad(N, I, O, x.ptr(), weight.ptr(), dy.ptr(), dx ? dx->ptr() : nullptr, dweight ? dweight->ptr() : nullptr,
+              dbias ? dbias->ptr() : nullptr);
 }
 
 // ---- bilinear resize (align_corners true or false), batch concat / slice -----------------------
@@ -455,23 +647,29 @@ ResizeTap<T> layer_tap(std::int64_t dst, std::int64_t in, std::int64_t out, bool
   return {t.i0, t.i1, static_cast<T>(t.w1)};
 }
 
+// NC planes (H, W) -> (Ho, Wo).
 template <class T>
-Tensor<T> resize_bilinear_forward(const Tensor<T>& x, std::int64_t Ho, std::int64_t Wo, bool align_corners) {
-  detail::check_rank(x, 4, "x", "resize_bilinear_forward");
-  TASN_CHECK_ARG(Ho >= 1 && Wo >= 1, "resize_bilinear_forward: output size must be >= 1, got (", Ho, ", ", Wo, ")");
-  const std::int64_t NC = x.dim(0) * x.dim(1), H = x.dim(2), W = x.dim(3);
-  Tensor<T> y({x.dim(0), x.dim(1), Ho, Wo});
+void resize_bilinear(std::int64_t NC, std::int64_t H, std::int64_t W, std::int64_t Ho, std::int64_t Wo,
+                     bool align_corners, const T* x, T* y) {
   cpu::parallel_for(0, NC, [&](std::int64_t nc) {
-    const T* in = x.ptr() + nc * H * W;
+    const T* in = x + nc * H * W;
     for (std::int64_t oy = 0; oy < Ho; ++oy) {
       const auto ty = layer_tap<T>(oy, H, Ho, align_corners);
       for (std::int64_t ox = 0; ox < Wo; ++ox) {
         const auto tx = layer_tap<T>(ox, W, Wo, align_corners);
-        y.data[(nc * Ho + oy) * Wo + ox] = tasn::bilinear_blend(in[ty.i0 * W + tx.i0], in[ty.i0 * W + tx.i1],
-                                                                in[ty.i1 * W + tx.i0], in[ty.i1 * W + tx.i1], ty.w1, tx.w1);
+        y[(nc * Ho + oy) * Wo + ox] = tasn::bilinear_blend(in[ty.i0 * W + tx.i0], in[ty.i0 * W + tx.i1],
+                                                           in[ty.i1 * W + tx.i0], in[ty.i1 * W + tx.i1], ty.w1, tx.w1);
       }
     }
   });
+}
+
+template <class T>
+Tensor<T> resize_bilinear_forward(const Tensor<T>& x, std::int64_t Ho, std::int64_t Wo, bool align_corners) {
+  detail::check_rank(x, 4, "x", "resize_bilinear_forward");
+  TASN_CHECK_ARG(Ho >= 1 && Wo >= 1, "resize_bilinear_forward: output size must be >= 1, got (", Ho, ", ", Wo, ")");
+  Tensor<T> y({x.dim(0), x.dim(1), Ho, Wo});
+  resize_bilinear(x.dim(0) * x.dim(1), x.dim(2), x.dim(3), Ho, Wo, align_corners, x.ptr(), y.ptr());
   return y;
 }
 

@@ -1,118 +1,120 @@
 // examples/nn/resnet.h - torchvision-form ResNets (BasicBlock: ResNet-18/34, Bottleneck:
-// ResNet-50/101) on the layers of layers.h, forward and backward, with torchvision's parameter
-// names (conv1.weight, layer1.0.bn2.running_var, layer2.0.downsample.0.weight, fc.bias, ...) so
-// ImageNet weights converted from a torchvision state_dict load by name. A width multiplier and
-// per-stage depth and stride make small variants (the CPU demo) and the TASN attention-net strides.
+// ResNet-50/101) as modules on an execution context (nn/exec.h), forward and backward, with
+// torchvision's parameter names (conv1.weight, layer1.0.bn2.running_var,
+// layer2.0.downsample.0.weight, fc.bias, ...) so ImageNet weights converted from a torchvision
+// state_dict load by name. A width multiplier and per-stage depth and stride make small variants
+// (the CPU demo) and the TASN attention-net strides.
+//
+// Modules: forward(ex, x, training) returns its output (from the step's arena) and keeps views of
+// what its backward needs (no copies; valid until the arena is reset); backward(ex, dy, dx, acc)
+// ADDS every parameter gradient into the flat gradient buffer and writes (acc = false) or adds
+// (acc = true) the input gradient into dx, or computes none when dx is absent (the images).
 //
 // The official TASN MXNet code used pre-activation ResNets; we use torchvision's post-activation
 // form so that its ImageNet weights can be used.
 #pragma once
 
+#include <array>
 #include <map>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "nn/exec.h"
 #include "nn/layers.h"
+#include "nn/params.h"
 
 namespace tasn::nn {
 
-// A named tensor with its gradient (parameters) or without (buffers: BN running statistics).
-template <class T>
-struct Param {
-  Tensor<T> value, grad;
-  bool trainable = true;
-};
-
-// Parameters and buffers by torchvision name, in a stable (sorted) order.
-template <class T>
-class ParamStore {
- public:
-  Param<T>& add(const std::string& name, std::vector<std::int64_t> shape, bool trainable = true) {
-    TASN_CHECK_ARG(!map_.count(name), "ParamStore: parameter ", name, " defined twice");
-    Param<T>& p = map_[name];
-    p.value = Tensor<T>(shape);
-    p.grad = trainable ? Tensor<T>(shape) : Tensor<T>();
-    p.trainable = trainable;
-    return p;
-  }
-  Param<T>& at(const std::string& name) {
-    auto it = map_.find(name);
-    TASN_CHECK_ARG(it != map_.end(), "ParamStore: no parameter named ", name);
-    return it->second;
-  }
-  std::map<std::string, Param<T>>& all() { return map_; }
-  void zero_grad() {
-    for (auto& [n, p] : map_)
-      if (p.trainable) std::fill(p.grad.data.begin(), p.grad.data.end(), T(0));
-  }
-
- private:
-  std::map<std::string, Param<T>> map_;
-};
-
-// Conv (no bias) + BatchNorm (+ ReLU), the unit every ResNet is made of.
+// The one layer-with-parameters building block: convolution (+ bias), optional batch norm and
+// ReLU. ResNet units are conv (no bias) + BN (+ ReLU); the attention head's convolutions are conv
+// + bias (+ ReLU) without BN.
 template <class T>
 class ConvBN {
  public:
   ConvBN(ParamStore<T>& ps, const std::string& conv, const std::string& bn, std::int64_t cin, std::int64_t cout,
          std::int64_t k, Conv2dArgs a, bool relu)
       : w_(&ps.add(conv + ".weight", {cout, cin, k, k})),
-        g_(&ps.add(bn + ".weight", {cout})),
+        g_(&ps.add(bn + ".weight", {cout}, true, T(1))),
         b_(&ps.add(bn + ".bias", {cout})),
         rm_(&ps.add(bn + ".running_mean", {cout}, false)),
-        rv_(&ps.add(bn + ".running_var", {cout}, false)),
+        rv_(&ps.add(bn + ".running_var", {cout}, false, T(1))),
         a_(a),
-        relu_(relu) {
-    std::fill(g_->value.data.begin(), g_->value.data.end(), T(1));
-    std::fill(rv_->value.data.begin(), rv_->value.data.end(), T(1));
-  }
+        relu_(relu) {}
 
-  Tensor<T> forward(const Tensor<T>& x, const BatchNormState& s) {
+  template <class Ex>
+  Tensor4<T> forward(Ex& ex, Tensor4<const T> x, bool training) {
+    const std::int64_t ws[4] = {w_->value.dim(0), w_->value.dim(1), w_->value.dim(2), w_->value.dim(3)};
+    geo_ = conv_geometry(x.size, ws, a_, "ConvBN::forward");
     x_ = x;
-    c_ = conv2d_forward(x, w_->value, nullptr, a_);
-    training_ = s.training;
-    auto y = batchnorm2d_forward(c_, g_->value, b_->value, rm_->value, rv_->value, s, &cache_);
-    if (relu_) {
-      pre_ = y;
-      return relu_forward(y);
-    }
-    return y;
+    c_ = ex.act(geo_.n, geo_.cout, geo_.ho, geo_.wo);
+    ex.conv_forward(geo_, x.data, w_->value.ptr(), nullptr, c_.data);
+    y_ = ex.act(geo_.n, geo_.cout, geo_.ho, geo_.wo);
+    BatchNormState s;
+    s.training = training;
+    eps_ = s.eps;
+    saved_ = ex.bn_forward(geo_.n, geo_.cout, geo_.ho * geo_.wo, c_.data, g_->value.ptr(), b_->value.ptr(),
+                           rm_->value.ptr(), rv_->value.ptr(), s, relu_, y_.data);
+    return y_;
   }
 
-  Tensor<T> backward(const Tensor<T>& dy) {
-    Tensor<T> d = dy;
-    if (relu_) {
-      d = Tensor<T>(dy.shape);
-      relu_backward(pre_, dy, d);
-    }
-    Tensor<T> dc(c_.shape);
-    batchnorm2d_backward(c_, g_->value, d, cache_, training_, &dc, &g_->grad, &b_->grad);
-    Tensor<T> dx(x_.shape);
-    conv2d_backward(x_, w_->value, dc, a_, &dx, &w_->grad, nullptr);
-    return dx;
+  // dx: absent (no input gradient), or written (acc false) / added to (acc true).
+  template <class Ex>
+  void backward(Ex& ex, Tensor4<const T> dy, Tensor4<T> dx, bool acc) {
+    const auto mark = ex.arena().mark();
+    T* dc = ex.template buffer<T>(y_.numel());
+    ex.bn_backward(geo_.n, geo_.cout, geo_.ho * geo_.wo, c_.data, g_->value.ptr(), dy.data, saved_, eps_, dc, false,
+                   g_->grad.ptr(), b_->grad.ptr());
+    ex.conv_backward(geo_, x_.data, w_->value.ptr(), dc, dx.data, acc, w_->grad.ptr(), nullptr);
+    ex.arena().rewind(mark);
   }
+  Tensor4<T> output() const { return y_; }
 
  private:
   Param<T>*w_, *g_, *b_, *rm_, *rv_;
   Conv2dArgs a_;
-  bool relu_, training_ = true;
-  Tensor<T> x_, c_, pre_;
-  BatchNormCache<T> cache_;
+  bool relu_;
+  ConvGeometry geo_{};
+  Tensor4<const T> x_;
+  Tensor4<T> c_, y_;
+  BnSaved<T> saved_;
+  double eps_ = 1e-5;
 };
 
+// y = x weight^T + bias, weight (out, in): the classifier heads.
 template <class T>
-class Block {
+class Linear {
  public:
-  virtual ~Block() = default;
-  virtual Tensor<T> forward(const Tensor<T>& x, const BatchNormState& s) = 0;
-  virtual Tensor<T> backward(const Tensor<T>& dy) = 0;
+  Linear() = default;
+  Linear(ParamStore<T>& ps, const std::string& name, std::int64_t in, std::int64_t out)
+      : w_(&ps.add(name + ".weight", {out, in})), b_(&ps.add(name + ".bias", {out})) {}
+
+  template <class Ex>
+  Tensor2<T> forward(Ex& ex, Tensor2<const T> x) {
+    TASN_CHECK_ARG(x.size[1] == w_->value.dim(1), "Linear::forward: weight ", w_->value.shape_str(), " expects ",
+                   w_->value.dim(1), " features but x ", x.shape_string(), " has ", x.size[1]);
+    x_ = x;
+    Tensor2<T> y = ex.mat(x.size[0], w_->value.dim(0));
+    linear(x.size[0], x.size[1], y.size[1], x.data, w_->value.ptr(), b_->value.ptr(), y.data);
+    return y;
+  }
+  // dx (may be absent) += dL/dx; the parameter gradients are added.
+  template <class Ex>
+  void backward(Ex&, Tensor2<const T> dy, Tensor2<T> dx) {
+    linear_grad(x_.size[0], x_.size[1], dy.size[1], x_.data, w_->value.ptr(), dy.data, dx.data, w_->grad.ptr(),
+                b_->grad.ptr());
+  }
+  std::int64_t out_features() const { return w_->value.dim(0); }
+
+ private:
+  Param<T>*w_ = nullptr, *b_ = nullptr;
+  Tensor2<const T> x_;
 };
 
 // Residual unit: main branch units, optional downsample (conv1x1 + BN), ReLU after the sum.
 template <class T>
-class ResidualBlock : public Block<T> {
+class ResidualBlock {
  public:
   // bottleneck: 1x1 -> 3x3 (stride) -> 1x1 (x4); basic: 3x3 (stride) -> 3x3.
   ResidualBlock(ParamStore<T>& ps, const std::string& p, std::int64_t cin, std::int64_t planes, std::int64_t stride,
@@ -131,27 +133,59 @@ class ResidualBlock : public Block<T> {
                                           Conv2dArgs{stride, 0, 1}, false);
   }
 
-  Tensor<T> forward(const Tensor<T>& x, const BatchNormState& s) override {
-    Tensor<T> h = x;
-    for (auto& u : units_) h = u.forward(h, s);
-    sum_ = add_forward(h, down_ ? down_->forward(x, s) : x);
-    return relu_forward(sum_);
+  template <class Ex>
+  Tensor4<T> forward(Ex& ex, Tensor4<const T> x, bool training) {
+    Tensor4<const T> h = x;
+    for (auto& u : units_) h = u.forward(ex, h, training);
+    const Tensor4<const T> skip = down_ ? Tensor4<const T>(down_->forward(ex, x, training)) : x;
+    TASN_CHECK_ARG(skip.numel() == h.numel(), "ResidualBlock: the branch gives ", h.shape_string(),
+                   " but the shortcut ", skip.shape_string());
+    y_ = ex.act(h.size[0], h.size[1], h.size[2], h.size[3]);
+    const T *a = h.data, *b = skip.data;
+    T* y = y_.data;
+    parallel_for_blocks(y_.numel(), [&](std::int64_t lo, std::int64_t hi) {
+      for (std::int64_t i = lo; i < hi; ++i) {
+        const T s = a[i] + b[i];
+        y[i] = s <= T(0) ? T(0) : s;
+      }
+    });
+    return y_;
   }
 
-  Tensor<T> backward(const Tensor<T>& dy) override {
-    Tensor<T> ds(dy.shape);
-    relu_backward(sum_, dy, ds);
-    Tensor<T> dh = ds;
-    for (auto it = units_.rbegin(); it != units_.rend(); ++it) dh = it->backward(dh);
-    const Tensor<T> dskip = down_ ? down_->backward(ds) : ds;
-    for (std::int64_t i = 0; i < dh.numel(); ++i) dh.data[i] += dskip.data[i];
-    return dh;
+  template <class Ex>
+  void backward(Ex& ex, Tensor4<const T> dy, Tensor4<T> dx, bool acc) {
+    const auto mark = ex.arena().mark();
+    const std::int64_t n = y_.numel();
+    T* ds = ex.template buffer<T>(n);
+    relu_grad(y_.data, dy.data, ds, n, false);
+    const Tensor4<const T> ds4(ds, {y_.size[0], y_.size[1], y_.size[2], y_.size[3]});
+    // the branch first (its first unit writes dx when !acc), then the shortcut adds
+    Tensor4<const T> g = ds4;
+    for (std::size_t k = units_.size(); k-- > 1;) {
+      const Tensor4<const T> in = units_[k - 1].output();
+      Tensor4<T> dprev = ex.act(in.size[0], in.size[1], in.size[2], in.size[3]);
+      units_[k].backward(ex, g, dprev, false);
+      g = dprev;
+    }
+    units_[0].backward(ex, g, dx, acc);
+    if (down_) {
+      down_->backward(ex, ds4, dx, true);
+    } else {
+      T* d = dx.data;
+      parallel_for_blocks(n, [&](std::int64_t lo, std::int64_t hi) {
+        for (std::int64_t i = lo; i < hi; ++i) d[i] += ds[i];
+      });
+    }
+    ex.arena().rewind(mark);
   }
 
  private:
   std::vector<ConvBN<T>> units_;
   std::unique_ptr<ConvBN<T>> down_;
-  Tensor<T> sum_;
+  Tensor4<T> y_;
+
+ public:
+  Tensor4<T> output() const { return y_; }
 };
 
 struct ResNetConfig {
@@ -194,54 +228,85 @@ class ResNet {
       }
     }
     features_ = cin;
-    if (cfg.num_classes > 0) {
-      fc_w_ = &ps.add(prefix + "fc.weight", {cfg.num_classes, cin});
-      fc_b_ = &ps.add(prefix + "fc.bias", {cfg.num_classes});
-    }
+    if (cfg.num_classes > 0) fc_ = Linear<T>(ps, prefix + "fc", cin, cfg.num_classes);
   }
 
   std::int64_t features() const { return features_; }
 
   // The feature map before pooling (N, features, h, w).
-  Tensor<T> forward_features(const Tensor<T>& x, const BatchNormState& s) {
-    Tensor<T> h = stem_->forward(x, s);
+  template <class Ex>
+  Tensor4<T> forward_features(Ex& ex, Tensor4<const T> x, bool training) {
+    TASN_CHECK_ARG(x.size[1] == 3, "ResNet: the input must have 3 channels, got ", x.shape_string());
+    Tensor4<T> h = stem_->forward(ex, x, training);
     stem_out_ = h;
-    if (cfg_.stem_pool) h = maxpool2d_forward(h, PoolArgs{3, 2, 1}, &argmax_);
-    for (auto& b : blocks_) h = b->forward(h, s);
+    if (cfg_.stem_pool) {
+      std::int64_t Ho, Wo;
+      pool_output(h.size[2], h.size[3], PoolArgs{3, 2, 1}, Ho, Wo);
+      Tensor4<T> p = ex.act(h.size[0], h.size[1], Ho, Wo);
+      argmax_ = ex.template buffer<std::int64_t>(p.numel());
+      maxpool2d(h.size[0] * h.size[1], h.size[2], h.size[3], PoolArgs{3, 2, 1}, h.data, p.data, argmax_);
+      pool_out_ = p;
+      h = p;
+    }
+    for (auto& b : blocks_) h = b->forward(ex, h, training);
+    feat_ = h;
     return h;
   }
-  Tensor<T> backward_features(const Tensor<T>& dfeat) {
-    Tensor<T> d = dfeat;
-    for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) d = (*it)->backward(d);
-    if (!cfg_.stem_pool) return stem_->backward(d);
-    Tensor<T> dstem(stem_out_.shape);
-    maxpool2d_backward(d, argmax_, dstem);
-    return stem_->backward(dstem);
+  // Backward from the feature map's gradient; the input gradient only when dx is given (written).
+  template <class Ex>
+  void backward_features(Ex& ex, Tensor4<const T> dfeat, Tensor4<T> dx = {}) {
+    const auto mark = ex.arena().mark();
+    Tensor4<const T> d = dfeat;
+    for (std::size_t k = blocks_.size(); k-- > 0;) {
+      const Tensor4<const T> in = k > 0 ? Tensor4<const T>(blocks_[k - 1]->output()) : block_input();
+      Tensor4<T> dprev = ex.act(in.size[0], in.size[1], in.size[2], in.size[3]);
+      blocks_[k]->backward(ex, d, dprev, false);
+      d = dprev;
+    }
+    if (cfg_.stem_pool) {
+      Tensor4<T> dstem = ex.act(stem_out_.size[0], stem_out_.size[1], stem_out_.size[2], stem_out_.size[3], true);
+      maxpool2d_grad(stem_out_.size[0] * stem_out_.size[1], stem_out_.size[2] * stem_out_.size[3],
+                     pool_out_.size[2] * pool_out_.size[3], d.data, argmax_, dstem.data);
+      d = dstem;
+    }
+    stem_->backward(ex, d, dx, false);
+    ex.arena().rewind(mark);
   }
 
   // Logits (N, num_classes), or pooled features when num_classes == 0.
-  Tensor<T> forward(const Tensor<T>& x, const BatchNormState& s) {
-    feat_ = forward_features(x, s);
-    pooled_ = global_avgpool_forward(feat_);
-    return fc_w_ ? linear_forward(pooled_, fc_w_->value, &fc_b_->value) : pooled_;
+  template <class Ex>
+  Tensor2<T> forward(Ex& ex, Tensor4<const T> x, bool training) {
+    const Tensor4<T> f = forward_features(ex, x, training);
+    pooled_ = ex.mat(f.size[0], f.size[1]);
+    global_avgpool(f.size[0] * f.size[1], f.size[2] * f.size[3], f.data, pooled_.data);
+    return cfg_.num_classes > 0 ? fc_.forward(ex, pooled_) : pooled_;
   }
-  Tensor<T> backward(const Tensor<T>& dy) {
-    Tensor<T> dp(pooled_.shape);
-    if (fc_w_) linear_backward(pooled_, fc_w_->value, dy, &dp, &fc_w_->grad, &fc_b_->grad);
-    else dp = dy;
-    Tensor<T> df(feat_.shape);
-    global_avgpool_backward(dp, df);
-    return backward_features(df);
+  template <class Ex>
+  void backward(Ex& ex, Tensor2<const T> dy, Tensor4<T> dx = {}) {
+    const auto mark = ex.arena().mark();
+    Tensor2<const T> dp = dy;
+    if (cfg_.num_classes > 0) {
+      Tensor2<T> d = ex.mat(pooled_.size[0], pooled_.size[1], true);
+      fc_.backward(ex, dy, d);
+      dp = d;
+    }
+    Tensor4<T> df = ex.act(feat_.size[0], feat_.size[1], feat_.size[2], feat_.size[3]);
+    global_avgpool_grad(feat_.size[0] * feat_.size[1], feat_.size[2] * feat_.size[3], dp.data, df.data, false);
+    backward_features(ex, df, dx);
+    ex.arena().rewind(mark);
   }
 
  private:
+  Tensor4<const T> block_input() const { return cfg_.stem_pool ? Tensor4<const T>(pool_out_) : Tensor4<const T>(stem_out_); }
+
   ResNetConfig cfg_;
   std::unique_ptr<ConvBN<T>> stem_;
-  std::vector<std::unique_ptr<Block<T>>> blocks_;
-  Param<T>*fc_w_ = nullptr, *fc_b_ = nullptr;
+  std::vector<std::unique_ptr<ResidualBlock<T>>> blocks_;
+  Linear<T> fc_;
   std::int64_t features_ = 0;
-  Tensor<T> stem_out_, feat_, pooled_;
-  std::vector<std::int64_t> argmax_;
+  Tensor4<T> stem_out_, pool_out_, feat_;
+  Tensor2<T> pooled_;
+  std::int64_t* argmax_ = nullptr;
 };
 
 // torchvision's initialisation: convolutions Kaiming normal (fan_out, ReLU gain: std =
@@ -266,17 +331,17 @@ void init_torchvision(ParamStore<T>& ps, std::uint64_t seed, bool zero_init_resi
     auto& v = p.value;
     if (v.shape.size() == 4) {
       std::normal_distribution<double> nd(0.0, std::sqrt(2.0 / double(v.dim(0) * v.dim(2) * v.dim(3))));
-      for (auto& x : v.data) x = static_cast<T>(nd(rng));
+      for (auto& x : v) x = static_cast<T>(nd(rng));
     } else if (const std::int64_t fan_in = linear_fan_in(name); fan_in > 0) {
       const double bound = 1.0 / std::sqrt(double(fan_in));
       std::uniform_real_distribution<double> ud(-bound, bound);
-      for (auto& x : v.data) x = static_cast<T>(ud(rng));
+      for (auto& x : v) x = static_cast<T>(ud(rng));
     } else if (ends_with(name, "running_var") || ends_with(name, ".weight")) {
-      std::fill(v.data.begin(), v.data.end(), T(1));
+      std::fill(v.begin(), v.end(), T(1));
       if (zero_init_residual && ends_with(name, last_bn) && name.rfind("layer", 0) != std::string::npos)
-        std::fill(v.data.begin(), v.data.end(), T(0));
+        std::fill(v.begin(), v.end(), T(0));
     } else {
-      std::fill(v.data.begin(), v.data.end(), T(0));  // BN bias, running mean, conv biases
+      std::fill(v.begin(), v.end(), T(0));  // BN bias, running mean, conv biases
     }
   }
 }

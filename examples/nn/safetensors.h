@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "io/file_io.h"
@@ -170,9 +171,10 @@ inline void check_header_strings(const std::vector<std::string>& names, const st
 // Writes tensors (name -> values, shape) with metadata (plus "data_crc32"); F32 for float, F64
 // for double. Atomic: on any failure (io::IoError naming the path and the OS reason) the previous
 // file under `path` is unchanged and no temporary file is left.
-template <class T>
-void write(const std::string& path, const std::map<std::string, const Tensor<T>*>& tensors,
+template <class Tn>
+void write(const std::string& path, const std::map<std::string, const Tn*>& tensors,
            std::map<std::string, std::string> metadata = {}) {
+  using T = std::remove_const_t<typename Tn::value_type>;
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>);
   std::vector<std::string> names;
   for (const auto& [name, t] : tensors) names.push_back(name);
@@ -201,7 +203,7 @@ void write(const std::string& path, const std::map<std::string, const Tensor<T>*
 
 template <class T>
 void save(ParamStore<T>& ps, const std::string& path, const std::map<std::string, std::string>& metadata = {}) {
-  std::map<std::string, const Tensor<T>*> m;
+  std::map<std::string, const TensorSpan<T>*> m;
   for (auto& [name, p] : ps.all()) m[name] = &p.value;
   write(path, m, metadata);
 }
@@ -236,7 +238,7 @@ void load(ParamStore<T>& ps, const std::string& path, const LoadOptions& opt = {
   for (auto& [name, p] : ps.all()) {
     auto it = f.tensors.find(opt.prefix + name);
     if (it == f.tensors.end()) continue;
-    for (std::size_t i = 0; i < it->second.values.size(); ++i) p.value.data[i] = static_cast<T>(it->second.values[i]);
+    for (std::size_t i = 0; i < it->second.values.size(); ++i) p.value[static_cast<std::int64_t>(i)] = static_cast<T>(it->second.values[i]);
   }
 }
 

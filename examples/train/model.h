@@ -28,6 +28,8 @@
 #include <vector>
 
 #include "nn/attention_net.h"
+#include "nn/exec.h"
+#include "nn/params.h"
 #include "nn/resnet.h"
 #include "tasn/attention_sampler.h"
 #include "tasn/core/softmax_cpu.h"
@@ -81,7 +83,8 @@ struct NetConfig {
   }
 };
 
-// Per-step results of a training step (losses summed over the batch).
+// Per-step results of a training step (losses summed over the batch). Reused from step to step
+// (short names: no allocation once the vector has its capacity).
 struct StepStats {
   std::vector<std::pair<std::string, double>> losses;  // name, sum over the batch
   double total = 0;
@@ -89,25 +92,46 @@ struct StepStats {
   std::int64_t n = 0;
 };
 
-// What the trainer needs from a network.
-class Model {
+// Intermediate images and maps of one forward pass (views into the step's arena: valid until the
+// next train_step / predict), for diagnostics and --dump-attention.
+template <class T>
+struct BasicTasnViews {
+  Tensor3<const T> structure_map, detail_map;        // (N, h, w) before upsampling
+  Tensor4<const T> structure_image, detail_image;    // (N, 3, out, out)
+  Tensor2<const T> gy_structure, gx_structure;       // the structure grid (N, out) each
+  Tensor1<const unsigned char> fallback_structure, fallback_detail;  // (N)
+};
+using TasnViews = BasicTasnViews<float>;
+
+// What the trainer needs from a network (T = float; double for the whole-step golden test).
+template <class T>
+class BasicModel {
  public:
-  virtual ~Model() = default;
+  virtual ~BasicModel() = default;
   virtual std::string name() const = 0;
-  // (prefix, store) pairs: every parameter and buffer, for the optimiser and checkpoints.
-  virtual std::vector<std::pair<std::string, nn::ParamStore<float>*>> stores() = 0;
-  // Forward + backward of one batch (grads are zeroed first). images: (N, 3, image, image).
-  virtual StepStats train_step(const std::vector<float>& images, const std::vector<std::int64_t>& labels,
-                               std::uint64_t step_seed) = 0;
+  // Every parameter and buffer, in one flat value buffer and one flat gradient buffer.
+  virtual nn::FlatParams<T>& params() = 0;
+  // (prefix, store) pairs of params(): checkpoint names are "<prefix>.<name>".
+  const std::vector<std::pair<std::string, nn::ParamStore<T>*>>& stores() { return params().stores(); }
+  // The execution context the model runs on (backend, arena).
+  virtual nn::CpuExec<T>& exec() = 0;
+  // Forward + backward of one batch (grads are zeroed first). images: (N, 3, image, image). The
+  // result is valid until the next call. After the first step no heap allocation.
+  virtual const StepStats& train_step(const std::vector<T>& images, const std::vector<std::int64_t>& labels,
+                                      std::uint64_t step_seed) = 0;
   // Evaluation-mode logits of every head, in head_names() order, each (N, classes).
-  virtual std::vector<Tensor<float>> predict(const std::vector<float>& images, std::int64_t n) = 0;
+  virtual std::vector<Tensor<T>> predict(const std::vector<T>& images, std::int64_t n) = 0;
   virtual std::vector<std::string> head_names() const = 0;
   virtual std::size_t reported_head() const = 0;  // the head whose accuracy is "the" accuracy
   // Everything besides parameter shapes that a checkpoint of this model depends on.
   virtual std::string config_string() const = 0;
   // Options that only change training (losses), part of a resumed run's training signature.
   virtual std::string training_string() const { return ""; }
+  // Maps, sampled images and grid of the last train_step / predict call, for the diagnostics of
+  // train/diagnostics.h (detail coverage in evaluate(), --dump-attention); nullptr: none (baseline).
+  virtual const BasicTasnViews<T>* attention_views() const { return nullptr; }
 };
+using Model = BasicModel<float>;
 
 // Thrown by predict() when a (diverged) model's logits are not finite.
 class NonFinite : public InvalidArgument {
@@ -133,98 +157,102 @@ inline std::string loss_config_string(const NetConfig& c) {
 
 namespace detail_model {
 
-inline Tensor<float> images_tensor(const std::vector<float>& images, std::int64_t side, const char* what) {
-  const std::int64_t per = 3 * side * side;
-  TASN_CHECK_ARG(per > 0 && !images.empty() && static_cast<std::int64_t>(images.size()) % per == 0, what,
-                 ": images hold ", images.size(), " floats, not a whole number of (3, ", side, ", ", side, ") images");
-  Tensor<float> t({static_cast<std::int64_t>(images.size()) / per, 3, side, side});
-  t.data.assign(images.begin(), images.end());
-  return t;
+// A library operator's workspace from the step's arena (the operators want 256-byte alignment).
+template <class T>
+tasn::Workspace arena_workspace(nn::CpuExec<T>& ex, std::size_t bytes) {
+  if (bytes == 0) return {};
+  auto* p = static_cast<unsigned char*>(ex.arena().bytes(bytes + 256));
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  return {p + ((256 - a % 256) % 256), bytes};
+}
+template <class T, class Args>
+tasn::Workspace workspace_for(nn::CpuExec<T>& ex, const Args& args) {
+  return arena_workspace(ex, cpu::workspace_bytes(args));
 }
 
-// A linear layer's parameters in a store.
-struct Linear {
-  nn::Param<float>*w = nullptr, *b = nullptr;
-  Linear() = default;
-  Linear(nn::ParamStore<float>& ps, const std::string& name, std::int64_t in, std::int64_t out)
-      : w(&ps.add(name + ".weight", {out, in})), b(&ps.add(name + ".bias", {out})) {}
-  Tensor<float> forward(const Tensor<float>& x) const { return nn::linear_forward(x, w->value, &b->value); }
-  void backward(const Tensor<float>& x, const Tensor<float>& dy, Tensor<float>& dx) const {
-    nn::linear_backward(x, w->value, dy, &dx, &w->grad, &b->grad);
-  }
-};
+template <class T>
+Tensor4<const T> images_view(const std::vector<T>& images, std::int64_t side, const char* what) {
+  const std::int64_t per = 3 * side * side;
+  TASN_CHECK_ARG(per > 0 && !images.empty() && static_cast<std::int64_t>(images.size()) % per == 0, what,
+                 ": images hold ", images.size(), " values, not a whole number of (3, ", side, ", ", side, ") images");
+  return Tensor4<const T>(images.data(), {static_cast<std::int64_t>(images.size()) / per, 3, side, side});
+}
 
-// Cross-entropy summed over the batch with grad_scale; returns the loss, writes dlogits.
-inline double cross_entropy(const Tensor<float>& z, const std::vector<std::int64_t>& labels, double scale,
-                            Tensor<float>& dz) {
+// Cross-entropy of z (N, K) summed over the batch with grad_scale; writes dz, returns the loss.
+template <class T>
+double cross_entropy(nn::CpuExec<T>& ex, Tensor2<const T> z, const std::vector<std::int64_t>& labels, double scale,
+                     Tensor2<T> dz) {
   CrossEntropyOptions o;
   o.grad_scale = scale;
   o.reduction = Reduction::Sum;
-  dz = Tensor<float>(z.shape);
-  float loss = 0;
-  const std::int64_t n = z.dim(0), k = z.dim(1);
-  cpu::softmax_cross_entropy(CrossEntropyArgs<float>{Tensor2<const float>(z.ptr(), {n, k}),
-                                                     Tensor1<const std::int64_t>(labels.data(), {n}),
-                                                     Tensor1<float>(&loss, {1}), Tensor2<float>(dz.ptr(), {n, k}), {}, o});
-  return loss;
+  T* loss = ex.template buffer<T>(1);
+  CrossEntropyArgs<T> a{z, Tensor1<const std::int64_t>(labels.data(), {z.size[0]}), Tensor1<T>(loss, {1}), dz, {}, o};
+  cpu::softmax_cross_entropy(a, workspace_for(ex, a));
+  return double(*loss);
 }
 
-inline bool finite(const Tensor<float>& t) {
-  for (float v : t.data)
-    if (!std::isfinite(v)) return false;
-  return true;
+template <class T, int R>
+bool finite(TensorRef<const T, R> t) {
+  const std::int64_t n = t.numel();
+  bool ok = true;
+  for (std::int64_t i = 0; i < n; ++i) ok &= std::isfinite(t.data[i]);
+  return ok;
 }
 
 // The step's result when a tensor of the forward pass is not finite: the library's operators
 // would refuse it (they throw on NaN/Inf input), so the network stops here and reports it.
-inline StepStats non_finite(const char* what, std::int64_t n) {
-  StepStats st;
+inline void non_finite(StepStats& st, const char* what, std::int64_t n) {
+  st = StepStats();
   st.n = n;
   st.total = std::numeric_limits<double>::quiet_NaN();
   st.losses.push_back({std::string("non-finite ") + what, st.total});
-  return st;
 }
 
-inline std::int64_t top1(const Tensor<float>& z, const std::vector<std::int64_t>& labels) {
+// Correct top-1 predictions of z (N, K); the operator's scratch from ex's arena when given.
+template <class T>
+std::int64_t top1(Tensor2<const T> z, const std::vector<std::int64_t>& labels, nn::CpuExec<T>* ex = nullptr) {
   std::int64_t c = 0;
-  const std::int64_t n = z.dim(0), k = z.dim(1);
-  cpu::topk_correct(TopkArgs<float>{Tensor2<const float>(z.ptr(), {n, k}), Tensor1<const std::int64_t>(labels.data(), {n}),
-                                    Tensor1<std::int64_t>(&c, {1}), TopkOptions{}});
+  const TopkArgs<T> a{z, Tensor1<const std::int64_t>(labels.data(), {z.size[0]}), Tensor1<std::int64_t>(&c, {1}),
+                      TopkOptions{}};
+  cpu::topk_correct(a, ex ? workspace_for(*ex, a) : tasn::Workspace{});
   return c;
+}
+
+template <class T>
+Tensor<T> to_tensor(Tensor2<const T> z) {
+  Tensor<T> t({z.size[0], z.size[1]});
+  std::copy(z.data, z.data + z.numel(), t.ptr());
+  return t;
 }
 
 }  // namespace detail_model
 
-// Intermediate images and maps of one forward pass, for diagnostics and --dump-attention.
-struct TasnViews {
-  Tensor<float> structure_map, detail_map;          // (N, h, w) before upsampling
-  Tensor<float> structure_image, detail_image;      // (N, 3, out, out)
-  std::vector<float> gy_structure, gx_structure;    // the structure grid (N, out) each
-  std::vector<unsigned char> fallback_structure, fallback_detail;
-};
-
-class TasnNet : public Model {
+template <class T>
+class BasicTasnNet : public BasicModel<T> {
  public:
-  explicit TasnNet(const NetConfig& c) : cfg_(c) {
+  explicit BasicTasnNet(const NetConfig& c, nn::Backend backend = nn::default_backend<T>()) : cfg_(c), ex_(backend) {
     c.validate();
     nn::AttentionNetConfig ac;
     ac.backbone = c.att_backbone;
     ac.backbone.num_classes = 0;
     ac.num_classes = c.classes;
-    att_ = std::make_unique<nn::AttentionNet<float>>(att_ps_, ac);
+    att_ = std::make_unique<nn::AttentionNet<T>>(att_ps_, ac);
     nn::ResNetConfig mc = c.master_backbone;
     mc.num_classes = 0;
-    master_ = std::make_unique<nn::ResNet<float>>(master_ps_, mc);
+    master_ = std::make_unique<nn::ResNet<T>>(master_ps_, mc);
     const std::int64_t F = master_->features();
-    part_fc_ = detail_model::Linear(heads_ps_, "part_fc", F, c.classes);
-    master_fc_ = detail_model::Linear(heads_ps_, "master_fc", F, c.classes);
-    shared_fc_ = detail_model::Linear(heads_ps_, "shared_fc", F, c.classes);
+    part_fc_ = nn::Linear<T>(heads_ps_, "part_fc", F, c.classes);
+    master_fc_ = nn::Linear<T>(heads_ps_, "master_fc", F, c.classes);
+    shared_fc_ = nn::Linear<T>(heads_ps_, "shared_fc", F, c.classes);
+    params_.add("att", att_ps_);
+    params_.add("master", master_ps_);
+    params_.add("heads", heads_ps_);
+    params_.allocate();
   }
 
   std::string name() const override { return "tasn"; }
-  std::vector<std::pair<std::string, nn::ParamStore<float>*>> stores() override {
-    return {{"att", &att_ps_}, {"master", &master_ps_}, {"heads", &heads_ps_}};
-  }
+  nn::FlatParams<T>& params() override { return params_; }
+  nn::CpuExec<T>& exec() override { return ex_; }
   std::vector<std::string> head_names() const override {
     return {"attention", "part", "master", "part_aux", "master_aux", "combined"};
   }
@@ -232,235 +260,269 @@ class TasnNet : public Model {
   std::string config_string() const override { return net_config_string(cfg_); }
   std::string training_string() const override { return loss_config_string(cfg_); }
   const NetConfig& config() const { return cfg_; }
-  nn::AttentionNet<float>& attention_net() { return *att_; }
-  nn::ParamStore<float>& att_store() { return att_ps_; }
-  nn::ParamStore<float>& master_store() { return master_ps_; }
+  nn::AttentionNet<T>& attention_net() { return *att_; }
+  nn::ParamStore<T>& att_store() { return att_ps_; }
+  nn::ParamStore<T>& master_store() { return master_ps_; }
   // Maps, sampled images and grid of the last train_step / predict call.
-  const TasnViews& last_views() const { return views_; }
+  const BasicTasnViews<T>& last_views() const { return views_; }
+  const BasicTasnViews<T>* attention_views() const override { return &views_; }
+  // Test hook: the training-mode detail map takes channel c[n] of sample n (the operator checks
+  // that there is one per sample, in range) instead of the seeded pick; empty: the seeded pick.
+  void set_detail_channels(std::vector<std::int64_t> c) { detail_channels_ = std::move(c); }
 
-  // The attention net's logits, the maps, the two sampled images. training: BN batch statistics
-  // and a random detail channel per sample (drawn from step_seed); else running statistics and
-  // the channel sum for the detail map. Returns an empty tensor when the attention net's output is
-  // not finite (a diverged model), without running the operators.
-  Tensor<float> attend(const Tensor<float>& img, bool training, std::uint64_t step_seed, TasnViews& v) {
-    const std::int64_t N = img.dim(0), Hi = img.dim(2), Wi = img.dim(3);
-    nn::BatchNormState bn;
-    bn.training = training;
-    const Tensor<float> small = nn::resize_bilinear_forward(img, cfg_.att_input, cfg_.att_input, true);
-    Tensor<float> logits = att_->forward(small, bn);
-    const Tensor<float>& F = att_->feature_map();  // gradient stopped after the trilinear attention
-    if (!detail_model::finite(logits) || !detail_model::finite(F)) return {};  // caller reports it
-    const std::int64_t C = F.dim(1), h = F.dim(2), w = F.dim(3);
-    Tensor<float> M(F.shape);
+  // The attention net's logits, the maps, and the two sampled images written into x2 (2N, 3, out,
+  // out): detail images in [0, N), structure images in [N, 2N) (one batch for the shared
+  // backbone, no concatenation). training: BN batch statistics and a random detail channel per
+  // sample (drawn from step_seed); else running statistics and the channel sum for the detail map.
+  // Returns an absent view when the attention net's output is not finite (a diverged model),
+  // without running the operators.
+  Tensor2<T> attend(Tensor4<const T> img, bool training, std::uint64_t step_seed, Tensor4<T> x2) {
+    nn::CpuExec<T>& ex = ex_;
+    const std::int64_t N = img.size[0], Hi = img.size[2], Wi = img.size[3], A = cfg_.att_input, O = cfg_.out;
+    Tensor4<T> small = ex.act(N, 3, A, A);
+    nn::resize_bilinear(N * 3, Hi, Wi, A, A, true, img.data, small.data);
+    const Tensor2<T> logits = att_->forward(ex, small, training);
+    const Tensor4<const T> F = att_->feature_map();  // gradient stopped after the trilinear attention
+    if (!detail_model::finite(Tensor2<const T>(logits)) || !detail_model::finite(F)) return {};  // caller reports it
+    const std::int64_t C = F.size[1], h = F.size[2], w = F.size[3];
+    Tensor4<T> M = ex.act(N, C, h, w);
     TrilinearAttentionOptions to;
     to.beta = cfg_.beta;
-    cpu::trilinear_attention_forward(TrilinearForwardArgs<float>{Tensor4<const float>(F.ptr(), {N, C, h, w}),
-                                                                 Tensor4<float>(M.ptr(), {N, C, h, w}), {}, to});
-    v.structure_map = Tensor<float>({N, h, w});
-    v.detail_map = Tensor<float>({N, h, w});
-    StructureMapArgs<float> sm{Tensor4<const float>(M.ptr(), {N, C, h, w}), Tensor3<float>(v.structure_map.ptr(), {N, h, w}),
-                               {}};
+    TrilinearForwardArgs<T> ta{F, M, {}, to};
+    cpu::trilinear_attention_forward(ta, detail_model::workspace_for(ex, ta));
+    Tensor3<T> smap(ex.template buffer<T>(N * h * w), {N, h, w}), dmap(ex.template buffer<T>(N * h * w), {N, h, w});
+    StructureMapArgs<T> sm{M, smap, {}};
     sm.options.distinct = cfg_.distinct;
-    cpu::structure_map(sm);
-    DetailMapArgs<float> dm;
-    dm.m = sm.m;
-    dm.out = Tensor3<float>(v.detail_map.ptr(), {N, h, w});
+    cpu::structure_map(sm, detail_model::workspace_for(ex, sm));
+    DetailMapArgs<T> dm;
+    dm.m = M;
+    dm.out = dmap;
     dm.options.training = training;
     dm.options.seed = step_seed;
-    cpu::detail_map(dm);
-    const std::int64_t O = cfg_.out;  // the sampled images' size: their views give it to the sampler
-    AttentionSampleOptions so;
-    so.grid.dense = cfg_.dense;
-    so.grid.iters = cfg_.iters;
-    so.grid.mode = cfg_.mode;
-    v.structure_image = Tensor<float>({N, 3, cfg_.out, cfg_.out});
-    v.detail_image = Tensor<float>({N, 3, cfg_.out, cfg_.out});
-    v.gy_structure.assign(static_cast<std::size_t>(N * cfg_.out), 0.f);
-    v.gx_structure.assign(static_cast<std::size_t>(N * cfg_.out), 0.f);
-    v.fallback_structure.assign(static_cast<std::size_t>(N), 0);
-    v.fallback_detail.assign(static_cast<std::size_t>(N), 0);
-    AttentionSampleArgs<float> as;
-    as.img = Tensor4<const float>(img.ptr(), {N, 3, Hi, Wi});
-    as.attention = Tensor3<const float>(v.structure_map.ptr(), {N, h, w});
-    as.out = Tensor4<float>(v.structure_image.ptr(), {N, 3, O, O});
-    as.gy = Tensor2<float>(v.gy_structure.data(), {N, O});
-    as.gx = Tensor2<float>(v.gx_structure.data(), {N, O});
-    as.fallback = Tensor1<unsigned char>(v.fallback_structure.data(), {N});
-    as.options = so;
+    if (training && !detail_channels_.empty())
+      dm.channels = Tensor1<const std::int64_t>(detail_channels_.data(), {static_cast<std::int64_t>(detail_channels_.size())});
+    cpu::detail_map(dm, detail_model::workspace_for(ex, dm));
+    Tensor2<T> gy(ex.template buffer<T>(N * O), {N, O}), gx(ex.template buffer<T>(N * O), {N, O});
+    Tensor1<unsigned char> fb_s(ex.template buffer<unsigned char>(N), {N}), fb_d(ex.template buffer<unsigned char>(N), {N});
+    AttentionSampleArgs<T> as;
+    as.img = img;
+    as.attention = smap;
+    as.out = x2.slice(N, 2 * N);
+    as.gy = gy;
+    as.gx = gx;
+    as.fallback = fb_s;
+    as.options.grid.dense = cfg_.dense;
+    as.options.grid.iters = cfg_.iters;
+    as.options.grid.mode = cfg_.mode;
     as.options.squared = cfg_.structure_squared;
-    cpu::attention_sample(as);
-    as.attention = Tensor3<const float>(v.detail_map.ptr(), {N, h, w});
-    as.out = Tensor4<float>(v.detail_image.ptr(), {N, 3, O, O});
+    cpu::attention_sample(as, detail_model::workspace_for(ex, as));
+    as.attention = dmap;
+    as.out = x2.slice(0, N);
     as.gy = {};
     as.gx = {};
-    as.fallback = Tensor1<unsigned char>(v.fallback_detail.data(), {N});
+    as.fallback = fb_d;
     as.options.squared = false;
-    cpu::attention_sample(as);
+    cpu::attention_sample(as, detail_model::workspace_for(ex, as));
+    views_ = {smap, dmap, x2.slice(N, 2 * N), x2.slice(0, N), gy, gx, fb_s, fb_d};
     return logits;
   }
 
-  StepStats train_step(const std::vector<float>& images, const std::vector<std::int64_t>& labels,
-                       std::uint64_t step_seed) override {
+  const StepStats& train_step(const std::vector<T>& images, const std::vector<std::int64_t>& labels,
+                              std::uint64_t step_seed) override {
     using detail_model::cross_entropy;
-    const Tensor<float> img = detail_model::images_tensor(images, cfg_.image, "TasnNet::train_step");
-    const std::int64_t N = img.dim(0);
+    nn::CpuExec<T>& ex = ex_;
+    const Tensor4<const T> img = detail_model::images_view(images, cfg_.image, "TasnNet::train_step");
+    const std::int64_t N = img.size[0], K = cfg_.classes, O = cfg_.out;
     TASN_CHECK_ARG(static_cast<std::int64_t>(labels.size()) == N, "TasnNet::train_step: ", labels.size(),
                    " labels for ", N, " images");
-    for (auto* s : {&att_ps_, &master_ps_, &heads_ps_}) s->zero_grad();
-    TasnViews& v = views_;
-    const Tensor<float> z_att = attend(img, true, step_seed, v);
-    if (z_att.data.empty()) return detail_model::non_finite("attention-net output", N);
+    ex.begin_step();
+    params_.zero_grad();
+    StepStats& st = stats_;
+    Tensor4<T> x2 = ex.act(2 * N, 3, O, O);
+    const Tensor2<T> z_att = attend(img, true, step_seed, x2);
+    if (!z_att.present()) {
+      detail_model::non_finite(st, "attention-net output", N);
+      return st;
+    }
 
-    nn::BatchNormState bn;
-    const Tensor<float> pooled = master_->forward(nn::concat_batch(v.detail_image, v.structure_image), bn);
-    const Tensor<float> f_part = nn::slice_batch(pooled, 0, N), f_master = nn::slice_batch(pooled, N, N);
-    const Tensor<float> z_part = part_fc_.forward(f_part), z_master = master_fc_.forward(f_master);
-    const Tensor<float> z_part_aux = shared_fc_.forward(f_part), z_master_aux = shared_fc_.forward(f_master);
-    for (const auto* z : {&z_part, &z_master, &z_part_aux, &z_master_aux})
-      if (!detail_model::finite(*z)) return detail_model::non_finite("part/master logits", N);
+    const Tensor2<T> pooled = master_->forward(ex, x2, true);  // (2N, F): [detail; structure]
+    const Tensor2<const T> f_part = pooled.slice(0, N), f_master = pooled.slice(N, 2 * N);
+    const Tensor2<T> z_part = part_fc_.forward(ex, f_part), z_master = master_fc_.forward(ex, f_master);
+    const Tensor2<T> z_aux = shared_fc_.forward(ex, pooled);  // [part_aux; master_aux]
+    for (const auto* z : {&z_part, &z_master, &z_aux})
+      if (!detail_model::finite(Tensor2<const T>(*z))) {
+        detail_model::non_finite(st, "part/master logits", N);
+        return st;
+      }
 
-    StepStats st;
+    st.losses.clear();
+    st.total = 0;
     st.n = N;
-    Tensor<float> d_att, d_part, d_master, d_part_aux, d_master_aux;
+    Tensor2<T> d_att = ex.mat(N, K), d_part = ex.mat(N, K), d_master = ex.mat(N, K), d_aux = ex.mat(2 * N, K);
     const double gs = cfg_.head_grad_scale;
-    st.losses.push_back({"att", cross_entropy(z_att, labels, cfg_.att_grad_scale, d_att)});
-    st.losses.push_back({"part", cross_entropy(z_part, labels, gs, d_part)});
-    st.losses.push_back({"master", cross_entropy(z_master, labels, gs, d_master)});
-    st.losses.push_back({"part_aux", cross_entropy(z_part_aux, labels, gs, d_part_aux)});
-    st.losses.push_back({"master_aux", cross_entropy(z_master_aux, labels, gs, d_master_aux)});
+    st.losses.push_back({"att", cross_entropy<T>(ex, z_att, labels, cfg_.att_grad_scale, d_att)});
+    st.losses.push_back({"part", cross_entropy<T>(ex, z_part, labels, gs, d_part)});
+    st.losses.push_back({"master", cross_entropy<T>(ex, z_master, labels, gs, d_master)});
+    st.losses.push_back({"part_aux", cross_entropy<T>(ex, z_aux.slice(0, N), labels, gs, d_aux.slice(0, N))});
+    st.losses.push_back({"master_aux", cross_entropy<T>(ex, z_aux.slice(N, 2 * N), labels, gs, d_aux.slice(N, 2 * N))});
     {  // distillation: student = master logits, teacher = part logits
       DistillationOptions o;
       o.temperature = cfg_.temperature;
       o.reduction = Reduction::Sum;
-      Tensor<float> ds(z_master.shape), dt(z_part.shape);
-      float loss = 0;
-      const float w = static_cast<float>(cfg_.distill_weight);
-      const std::int64_t K = cfg_.classes;
-      DistillationArgs<float> da;
-      da.student = Tensor2<const float>(z_master.ptr(), {N, K});
-      da.teacher = Tensor2<const float>(z_part.ptr(), {N, K});
-      da.loss = Tensor1<float>(&loss, {1});
-      da.dstudent = Tensor2<float>(ds.ptr(), {N, K});
-      if (cfg_.teacher_grad) da.dteacher = Tensor2<float>(dt.ptr(), {N, K});
+      Tensor2<T> ds = ex.mat(N, K), dt = ex.mat(N, K);
+      T* loss = ex.template buffer<T>(1);
+      const T w = static_cast<T>(cfg_.distill_weight);
+      DistillationArgs<T> da;
+      da.student = z_master;
+      da.teacher = z_part;
+      da.loss = Tensor1<T>(loss, {1});
+      da.dstudent = ds;
+      if (cfg_.teacher_grad) da.dteacher = dt;
       da.options = o;
-      cpu::distillation_loss(da);
-      for (std::int64_t i = 0; i < ds.numel(); ++i) {
+      cpu::distillation_loss(da, detail_model::workspace_for(ex, da));
+      for (std::int64_t i = 0; i < N * K; ++i) {
         d_master.data[i] += w * ds.data[i];
         if (cfg_.teacher_grad) d_part.data[i] += w * dt.data[i];
       }
-      st.losses.push_back({"distill", w * double(loss)});
+      st.losses.push_back({"distill", double(w) * double(*loss)});
     }
     for (const auto& [n, l] : st.losses) st.total += l;
-    st.correct = detail_model::top1(z_master_aux, labels);
+    st.correct = detail_model::top1<T>(z_aux.slice(N, 2 * N), labels, &ex);
 
     // backward: heads -> shared backbone (2N) ; attention net from its own loss only
-    Tensor<float> df_part(f_part.shape), df_master(f_master.shape);
-    part_fc_.backward(f_part, d_part, df_part);
-    shared_fc_.backward(f_part, d_part_aux, df_part);
-    master_fc_.backward(f_master, d_master, df_master);
-    shared_fc_.backward(f_master, d_master_aux, df_master);
-    master_->backward(nn::concat_batch(df_part, df_master));
-    att_->backward(d_att);
+    Tensor2<T> df = ex.mat(2 * N, pooled.size[1], true);
+    part_fc_.backward(ex, d_part, df.slice(0, N));
+    master_fc_.backward(ex, d_master, df.slice(N, 2 * N));
+    shared_fc_.backward(ex, d_aux, df);
+    master_->backward(ex, df);
+    att_->backward(ex, d_att);
     return st;
   }
 
-  std::vector<Tensor<float>> predict(const std::vector<float>& images, std::int64_t n) override {
-    const Tensor<float> img = detail_model::images_tensor(images, cfg_.image, "TasnNet::predict");
-    TASN_CHECK_ARG(img.dim(0) == n, "TasnNet::predict: ", img.dim(0), " images, expected ", n);
-    TasnViews& v = views_;
-    Tensor<float> z_att = attend(img, false, 0, v);
-    if (z_att.data.empty()) throw NonFinite("TasnNet::predict: the attention net's output is not finite (a diverged model?)");
-    nn::BatchNormState bn;
-    bn.training = false;
-    const Tensor<float> pooled = master_->forward(nn::concat_batch(v.detail_image, v.structure_image), bn);
-    const Tensor<float> f_part = nn::slice_batch(pooled, 0, n), f_master = nn::slice_batch(pooled, n, n);
-    std::vector<Tensor<float>> out = {z_att, part_fc_.forward(f_part), master_fc_.forward(f_master),
-                                      shared_fc_.forward(f_part), shared_fc_.forward(f_master)};
+  std::vector<Tensor<T>> predict(const std::vector<T>& images, std::int64_t n) override {
+    nn::CpuExec<T>& ex = ex_;
+    const Tensor4<const T> img = detail_model::images_view(images, cfg_.image, "TasnNet::predict");
+    TASN_CHECK_ARG(img.size[0] == n, "TasnNet::predict: ", img.size[0], " images, expected ", n);
+    ex.begin_step();
+    Tensor4<T> x2 = ex.act(2 * n, 3, cfg_.out, cfg_.out);
+    const Tensor2<T> z_att = attend(img, false, 0, x2);
+    if (!z_att.present()) throw NonFinite("TasnNet::predict: the attention net's output is not finite (a diverged model?)");
+    const Tensor2<T> pooled = master_->forward(ex, x2, false);
+    const Tensor2<const T> f_part = pooled.slice(0, n), f_master = pooled.slice(n, 2 * n);
+    const Tensor2<T> z_aux = shared_fc_.forward(ex, pooled);
+    using detail_model::to_tensor;
+    std::vector<Tensor<T>> out = {to_tensor<T>(z_att), to_tensor<T>(part_fc_.forward(ex, f_part)),
+                                  to_tensor<T>(master_fc_.forward(ex, f_master)), to_tensor<T>(z_aux.slice(0, n)),
+                                  to_tensor<T>(z_aux.slice(n, 2 * n))};
     for (const auto& z : out)
-      if (!detail_model::finite(z)) throw NonFinite("TasnNet::predict: non-finite logits (a diverged model?)");
+      if (!detail_model::finite(Tensor2<const T>(z.ptr(), {z.dim(0), z.dim(1)})))
+        throw NonFinite("TasnNet::predict: non-finite logits (a diverged model?)");
     out.push_back(combined(out));
     return out;
   }
 
   // Mean of the heads' softmax probabilities (log of it, so argmax / top-k work as on logits).
-  static Tensor<float> combined(const std::vector<Tensor<float>>& heads) {
-    Tensor<float> c(heads[0].shape), p(heads[0].shape);
+  static Tensor<T> combined(const std::vector<Tensor<T>>& heads) {
+    Tensor<T> c(heads[0].shape), p(heads[0].shape);
     for (const auto& z : heads) {
-      cpu::softmax_rows(z.ptr(), p.ptr(), z.dim(0), z.dim(1), 1.0f, true);
+      cpu::softmax_rows(z.ptr(), p.ptr(), z.dim(0), z.dim(1), T(1), true);
       for (std::int64_t i = 0; i < c.numel(); ++i) c.data[i] += p.data[i];
     }
-    for (auto& x : c.data) x = std::log(std::max(x / float(heads.size()), 1e-30f));
+    for (auto& x : c.data) x = std::log(std::max(x / T(heads.size()), T(1e-30)));
     return c;
   }
 
  private:
   NetConfig cfg_;
-  nn::ParamStore<float> att_ps_, master_ps_, heads_ps_;
-  std::unique_ptr<nn::AttentionNet<float>> att_;
-  std::unique_ptr<nn::ResNet<float>> master_;
-  detail_model::Linear part_fc_, master_fc_, shared_fc_;
-  TasnViews views_;
+  nn::CpuExec<T> ex_;
+  nn::ParamStore<T> att_ps_, master_ps_, heads_ps_;
+  nn::FlatParams<T> params_;
+  std::unique_ptr<nn::AttentionNet<T>> att_;
+  std::unique_ptr<nn::ResNet<T>> master_;
+  nn::Linear<T> part_fc_, master_fc_, shared_fc_;
+  BasicTasnViews<T> views_;
+  StepStats stats_;
+  std::vector<std::int64_t> detail_channels_;  // set_detail_channels
 };
+using TasnNet = BasicTasnNet<float>;
 
 // The baseline: the master backbone + one FC on the image uniformly resized to the sampler's
 // output size (the sampler with a uniform map gives exactly this resize), no attention, no
 // sampler, no distillation.
-class BaselineNet : public Model {
+template <class T>
+class BasicBaselineNet : public BasicModel<T> {
  public:
-  explicit BaselineNet(const NetConfig& c) : cfg_(c) {
+  explicit BasicBaselineNet(const NetConfig& c, nn::Backend backend = nn::default_backend<T>()) : cfg_(c), ex_(backend) {
     c.validate();
     nn::ResNetConfig mc = c.master_backbone;
     mc.num_classes = 0;
-    master_ = std::make_unique<nn::ResNet<float>>(master_ps_, mc);
-    fc_ = detail_model::Linear(heads_ps_, "fc", master_->features(), c.classes);
+    master_ = std::make_unique<nn::ResNet<T>>(master_ps_, mc);
+    fc_ = nn::Linear<T>(heads_ps_, "fc", master_->features(), c.classes);
+    params_.add("master", master_ps_);
+    params_.add("heads", heads_ps_);
+    params_.allocate();
   }
   std::string name() const override { return "baseline"; }
-  std::vector<std::pair<std::string, nn::ParamStore<float>*>> stores() override {
-    return {{"master", &master_ps_}, {"heads", &heads_ps_}};
-  }
+  nn::FlatParams<T>& params() override { return params_; }
+  nn::CpuExec<T>& exec() override { return ex_; }
   std::vector<std::string> head_names() const override { return {"uniform"}; }
   std::size_t reported_head() const override { return 0; }
   std::string config_string() const override {
     return "classes=" + std::to_string(cfg_.classes) + " image=" + std::to_string(cfg_.image) + " out=" + std::to_string(cfg_.out);
   }
 
-  StepStats train_step(const std::vector<float>& images, const std::vector<std::int64_t>& labels,
-                       std::uint64_t) override {
-    const Tensor<float> img = detail_model::images_tensor(images, cfg_.image, "BaselineNet::train_step");
-    TASN_CHECK_ARG(static_cast<std::int64_t>(labels.size()) == img.dim(0), "BaselineNet::train_step: ",
-                   labels.size(), " labels for ", img.dim(0), " images");
-    master_ps_.zero_grad();
-    heads_ps_.zero_grad();
-    nn::BatchNormState bn;
-    const Tensor<float> f = master_->forward(nn::resize_bilinear_forward(img, cfg_.out, cfg_.out, true), bn);
-    const Tensor<float> z = fc_.forward(f);
-    if (!detail_model::finite(z)) return detail_model::non_finite("logits", img.dim(0));
-    Tensor<float> dz, df(f.shape);
-    StepStats st;
-    st.n = img.dim(0);
-    st.total = detail_model::cross_entropy(z, labels, 1.0, dz);
+  const StepStats& train_step(const std::vector<T>& images, const std::vector<std::int64_t>& labels,
+                              std::uint64_t) override {
+    nn::CpuExec<T>& ex = ex_;
+    const Tensor4<const T> img = detail_model::images_view(images, cfg_.image, "BaselineNet::train_step");
+    const std::int64_t N = img.size[0];
+    TASN_CHECK_ARG(static_cast<std::int64_t>(labels.size()) == N, "BaselineNet::train_step: ", labels.size(),
+                   " labels for ", N, " images");
+    ex.begin_step();
+    params_.zero_grad();
+    StepStats& st = stats_;
+    const Tensor2<T> z = forward(img, true);
+    if (!detail_model::finite(Tensor2<const T>(z))) {
+      detail_model::non_finite(st, "logits", N);
+      return st;
+    }
+    Tensor2<T> dz = ex.mat(N, cfg_.classes);
+    st.losses.clear();
+    st.n = N;
+    st.total = detail_model::cross_entropy<T>(ex, z, labels, 1.0, dz);
     st.losses.push_back({"ce", st.total});
-    st.correct = detail_model::top1(z, labels);
-    fc_.backward(f, dz, df);
-    master_->backward(df);
+    st.correct = detail_model::top1<T>(z, labels, &ex);
+    Tensor2<T> df = ex.mat(N, master_->features(), true);
+    fc_.backward(ex, dz, df);
+    master_->backward(ex, df);
     return st;
   }
 
-  std::vector<Tensor<float>> predict(const std::vector<float>& images, std::int64_t n) override {
-    const Tensor<float> img = detail_model::images_tensor(images, cfg_.image, "BaselineNet::predict");
-    TASN_CHECK_ARG(img.dim(0) == n, "BaselineNet::predict: ", img.dim(0), " images, expected ", n);
-    nn::BatchNormState bn;
-    bn.training = false;
-    Tensor<float> z = fc_.forward(master_->forward(nn::resize_bilinear_forward(img, cfg_.out, cfg_.out, true), bn));
-    if (!detail_model::finite(z)) throw NonFinite("BaselineNet::predict: non-finite logits (a diverged model?)");
-    return {z};
+  std::vector<Tensor<T>> predict(const std::vector<T>& images, std::int64_t n) override {
+    const Tensor4<const T> img = detail_model::images_view(images, cfg_.image, "BaselineNet::predict");
+    TASN_CHECK_ARG(img.size[0] == n, "BaselineNet::predict: ", img.size[0], " images, expected ", n);
+    ex_.begin_step();
+    const Tensor2<T> z = forward(img, false);
+    if (!detail_model::finite(Tensor2<const T>(z))) throw NonFinite("BaselineNet::predict: non-finite logits (a diverged model?)");
+    return {detail_model::to_tensor<T>(z)};
   }
 
  private:
+  Tensor2<T> forward(Tensor4<const T> img, bool training) {
+    const std::int64_t N = img.size[0], O = cfg_.out;
+    Tensor4<T> x = ex_.act(N, 3, O, O);
+    nn::resize_bilinear(N * 3, img.size[2], img.size[3], O, O, true, img.data, x.data);
+    return fc_.forward(ex_, master_->forward(ex_, x, training));
+  }
+
   NetConfig cfg_;
-  nn::ParamStore<float> master_ps_, heads_ps_;
-  std::unique_ptr<nn::ResNet<float>> master_;
-  detail_model::Linear fc_;
+  nn::CpuExec<T> ex_;
+  nn::ParamStore<T> master_ps_, heads_ps_;
+  nn::FlatParams<T> params_;
+  std::unique_ptr<nn::ResNet<T>> master_;
+  nn::Linear<T> fc_;
+  StepStats stats_;
 };
+using BaselineNet = BasicBaselineNet<float>;
 
 }  // namespace tasn::train

@@ -3,6 +3,7 @@
 // save and restore them by name.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -10,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "nn/resnet.h"
+#include "nn/params.h"
 
 namespace tasn::train {
 
@@ -63,52 +64,65 @@ struct SgdOptions {
   double weight_decay = 5e-4;
 };
 
-// v = momentum * v + (g * rescale + weight_decay * w);  w -= lr * v   (PyTorch SGD, dampening 0).
-class Sgd {
+// v = momentum * v + (g * rescale + weight_decay * w);  w -= lr * v   (PyTorch SGD, dampening 0),
+// as one fused loop over the model's flat trainable range (alignment padding is 0 and stays 0).
+// The momentum buffer is flat too; buffers() names its parts like the parameters
+// ("<store>.<parameter>"), so checkpoints save and restore them by name.
+template <class T>
+class BasicSgd {
  public:
-  Sgd(std::vector<std::pair<std::string, nn::ParamStore<float>*>> stores, const SgdOptions& o)
-      : stores_(std::move(stores)), opt_(o) {
-    for (auto& [prefix, ps] : stores_)
-      for (auto& [name, p] : ps->all())
-        if (p.trainable) buf_[prefix + "." + name] = nn::Tensor<float>(p.value.shape);
+  // No momentum buffer when momentum is 0 (the paper preset): the update is then w -= lr (g r + wd w),
+  // the same numbers, and the checkpoints hold no optim.* tensors.
+  BasicSgd(nn::FlatParams<T>& params, const SgdOptions& o)
+      : params_(&params), opt_(o), v_(o.momentum != 0 ? params.trainable_size() : 0) {
+    if (o.momentum != 0)
+      for (const auto& e : params.table())
+        if (e.trainable) buf_.emplace(e.name, nn::TensorSpan<T>(v_.data() + e.offset, e.shape));
   }
 
   // Applies one update; returns false (and changes nothing) when a gradient is not finite.
   bool step(double lr, double rescale) {
-    for (auto& [prefix, ps] : stores_)
-      for (auto& [name, p] : ps->all())
-        if (p.trainable)
-          for (float g : p.grad.data)
-            if (!std::isfinite(g)) {
-              bad_ = prefix + "." + name;
-              return false;
-            }
-    const float mu = static_cast<float>(opt_.momentum), wd = static_cast<float>(opt_.weight_decay);
-    const float r = static_cast<float>(rescale), a = static_cast<float>(lr);
-    for (auto& [prefix, ps] : stores_)
-      for (auto& [name, p] : ps->all()) {
-        if (!p.trainable) continue;
-        auto& v = buf_.at(prefix + "." + name).data;
-        auto& w = p.value.data;
-        const auto& g = p.grad.data;
-        for (std::size_t i = 0; i < w.size(); ++i) {
+    const std::int64_t n = params_->trainable_size();
+    T* w = params_->values();
+    const T* g = params_->grads();
+    T* v = v_.data();
+    // one reduction over the flat gradients; the name of the culprit only when there is one
+    bool ok = true;
+    for (std::int64_t i = 0; i < n; ++i) ok &= std::isfinite(g[i]);
+    if (!ok) {
+      for (const auto& e : params_->table())
+        if (e.trainable && !std::all_of(g + e.offset, g + e.offset + e.numel, [](T x) { return std::isfinite(x); })) {
+          bad_ = e.name;
+          break;
+        }
+      return false;
+    }
+    const T mu = static_cast<T>(opt_.momentum), wd = static_cast<T>(opt_.weight_decay);
+    const T r = static_cast<T>(rescale), a = static_cast<T>(lr);
+    nn::parallel_for_blocks(n, [&](std::int64_t lo, std::int64_t hi) {
+      if (v)
+        for (std::int64_t i = lo; i < hi; ++i) {
           v[i] = mu * v[i] + (g[i] * r + wd * w[i]);
           w[i] -= a * v[i];
         }
-      }
+      else
+        for (std::int64_t i = lo; i < hi; ++i) w[i] -= a * (g[i] * r + wd * w[i]);
+    });
     return true;
   }
   // The parameter whose gradient stopped the last step().
   const std::string& non_finite_gradient() const { return bad_; }
 
-  // Momentum buffers by "<store>.<parameter>" name.
-  std::map<std::string, nn::Tensor<float>>& buffers() { return buf_; }
+  // Momentum buffers by "<store>.<parameter>" name (views into the flat momentum buffer).
+  std::map<std::string, nn::TensorSpan<T>>& buffers() { return buf_; }
 
  private:
-  std::vector<std::pair<std::string, nn::ParamStore<float>*>> stores_;
+  nn::FlatParams<T>* params_;
   SgdOptions opt_;
-  std::map<std::string, nn::Tensor<float>> buf_;
+  nn::AlignedBuffer<T> v_;
+  std::map<std::string, nn::TensorSpan<T>> buf_;
   std::string bad_;
 };
+using Sgd = BasicSgd<float>;
 
 }  // namespace tasn::train

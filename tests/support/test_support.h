@@ -11,6 +11,7 @@
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "tasn/core/common.h"
@@ -114,6 +115,13 @@ CompareResult compare(const std::vector<A, AllocA>& got, const std::vector<B, Al
   return r;
 }
 
+// The elements of a packed view (tasn::TensorRef), as a vector for compare().
+template <class View>
+auto values(const View& v) {
+  using T = std::remove_const_t<typename View::value_type>;
+  return std::vector<T>(v.data, v.data + v.numel());
+}
+
 inline double max_abs(const std::vector<double>& v) {
   double m = 0.0;
   for (double x : v) m = std::max(m, std::fabs(x));
@@ -202,6 +210,12 @@ class GoldenFile {
     return it->second;
   }
   double scalar(const std::string& name) const { return at(name).data.at(0); }
+  // Every tensor's name, sorted (tests that compare whole sets of tensors by name).
+  std::vector<std::string> names() const {
+    std::vector<std::string> v;
+    for (const auto& [name, t] : tensors_) v.push_back(name);
+    return v;
+  }
 
  private:
   template <class T>
