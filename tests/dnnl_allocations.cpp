@@ -16,83 +16,17 @@
 #include <vector>
 
 #include "nn/dnnl_layers.h"
+// last: the replacements must follow every library declaration of malloc and friends
+#include "support/counting_allocator.h"
 
 namespace {
 // all allocations, and those made outside oneDNN's execute (by this project's code)
 std::atomic<long> g_news{0}, g_mallocs{0}, g_outside{0};
-void count_new() {
-  ++g_news;
-  if (!tasn::nn::dnnl::in_execute()) ++g_outside;
-}
-void count_malloc() {
-  ++g_mallocs;
-  if (!tasn::nn::dnnl::in_execute()) ++g_outside;
-}
 }  // namespace
 
-// ---- counting allocators -------------------------------------------------------------------------
-// glibc's allocator under its internal names: the replacements below count, then call these (so an
-// operator new is not counted a second time as a malloc).
-extern "C" {
-void* __libc_malloc(std::size_t);
-void* __libc_calloc(std::size_t, std::size_t);
-void* __libc_realloc(void*, std::size_t);
-void* __libc_memalign(std::size_t, std::size_t);
-void __libc_free(void*);
-}
-
-void* operator new(std::size_t n) {
-  count_new();
-  if (void* p = __libc_malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n) { return operator new(n); }
-void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
-  count_new();
-  return __libc_malloc(n ? n : 1);
-}
-void* operator new[](std::size_t n, const std::nothrow_t& t) noexcept { return operator new(n, t); }
-void* operator new(std::size_t n, std::align_val_t a) {
-  count_new();
-  if (void* p = __libc_memalign(static_cast<std::size_t>(a), n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n, std::align_val_t a) { return operator new(n, a); }
-void operator delete(void* p) noexcept { __libc_free(p); }
-void operator delete[](void* p) noexcept { __libc_free(p); }
-void operator delete(void* p, std::size_t) noexcept { __libc_free(p); }
-void operator delete[](void* p, std::size_t) noexcept { __libc_free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { __libc_free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { __libc_free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { __libc_free(p); }
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { __libc_free(p); }
-
-// malloc and friends: glibc's own entry points under other names (oneDNN takes its buffers with
-// posix_memalign, its containers with operator new).
-extern "C" {
-void* malloc(std::size_t n) {
-  count_malloc();
-  return __libc_malloc(n);
-}
-void* calloc(std::size_t n, std::size_t s) {
-  count_malloc();
-  return __libc_calloc(n, s);
-}
-void* realloc(void* p, std::size_t n) {
-  count_malloc();
-  return __libc_realloc(p, n);
-}
-int posix_memalign(void** out, std::size_t align, std::size_t n) {
-  count_malloc();
-  void* p = __libc_memalign(align, n);
-  if (!p) return ENOMEM;
-  *out = p;
-  return 0;
-}
-void* aligned_alloc(std::size_t align, std::size_t n) {
-  count_malloc();
-  return __libc_memalign(align, n);
-}
+void tasn::test::note_allocation(bool from_operator_new) {
+  ++(from_operator_new ? g_news : g_mallocs);
+  if (!tasn::nn::dnnl::in_execute()) ++g_outside;
 }
 
 namespace {

@@ -22,13 +22,16 @@
 #include "train/model.h"
 #include "train/optim.h"
 #include "train/presets.h"
+// last: the replacements must follow every library declaration of malloc and friends
+#include "support/counting_allocator.h"
 
-// ---- counting allocator ------------------------------------------------------------------------
+// ---- counting allocator (tests/support/counting_allocator.h) --------------------------------------
 namespace {
 std::atomic<bool> g_counting{false};
 std::atomic<long> g_ours{0}, g_in_library{0};
+}  // namespace
 
-void note_allocation() {
+void tasn::test::note_allocation(bool) {
   if (!g_counting.load(std::memory_order_relaxed)) return;
   bool library = tasn::nn::in_library_call();  // Eigen's GEMM (reference layers)
 #if defined(TASN_HAVE_DNNL)
@@ -36,63 +39,6 @@ void note_allocation() {
 #endif
   (library ? g_in_library : g_ours).fetch_add(1, std::memory_order_relaxed);
 }
-}  // namespace
-
-extern "C" {
-void* __libc_malloc(std::size_t);
-void* __libc_calloc(std::size_t, std::size_t);
-void* __libc_realloc(void*, std::size_t);
-void* __libc_memalign(std::size_t, std::size_t);
-void __libc_free(void*);
-
-void* malloc(std::size_t n) {
-  note_allocation();
-  return __libc_malloc(n);
-}
-void* calloc(std::size_t a, std::size_t b) {
-  note_allocation();
-  return __libc_calloc(a, b);
-}
-void* realloc(void* p, std::size_t n) {
-  note_allocation();
-  return __libc_realloc(p, n);
-}
-void free(void* p) { __libc_free(p); }
-void* aligned_alloc(std::size_t a, std::size_t n) {
-  note_allocation();
-  return __libc_memalign(a, n);
-}
-void* memalign(std::size_t a, std::size_t n) {
-  note_allocation();
-  return __libc_memalign(a, n);
-}
-int posix_memalign(void** p, std::size_t a, std::size_t n) {
-  note_allocation();
-  *p = __libc_memalign(a, n);
-  return *p ? 0 : 12;  // ENOMEM
-}
-}
-
-void* operator new(std::size_t n) {
-  note_allocation();
-  if (void* p = __libc_malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n) { return operator new(n); }
-void* operator new(std::size_t n, std::align_val_t a) {
-  note_allocation();
-  if (void* p = __libc_memalign(static_cast<std::size_t>(a), n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n, std::align_val_t a) { return operator new(n, a); }
-void operator delete(void* p) noexcept { __libc_free(p); }
-void operator delete[](void* p) noexcept { __libc_free(p); }
-void operator delete(void* p, std::size_t) noexcept { __libc_free(p); }
-void operator delete[](void* p, std::size_t) noexcept { __libc_free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { __libc_free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { __libc_free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { __libc_free(p); }
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { __libc_free(p); }
 
 namespace {
 namespace nn = tasn::nn;

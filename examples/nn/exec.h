@@ -165,32 +165,25 @@ class CpuExec {
   // (written when !accumulate), dgamma += , dbeta += .
   void bn_backward(std::int64_t N, std::int64_t C, std::int64_t P, const T* x, const T* gamma, const T* dy,
                    const BnSaved<T>& saved, double eps, T* dx, bool accumulate, T* dgamma, T* dbeta) {
+    const auto mark = arena_.mark();
+    // The ReLU's gradient here unless oneDNN's training primitive applied it (its mask).
+    const bool fused = saved.relu_workspace != nullptr;
+    const T* d = dy;
+    if (saved.relu && !fused) {
+      T* r = arena_.alloc<T>(N * C * P);
+      relu_grad(saved.y, dy, r, N * C * P, false);
+      d = r;
+    }
 #if defined(TASN_HAVE_DNNL)
     if constexpr (std::is_same_v<T, float>)
       if (dnnl_) {
-        const bool fused = saved.relu && saved.training;
-        const dnnl::BnGeometry g{N, C, P, eps, fused};
-        const auto mark = arena_.mark();
-        const T* d = dy;
-        if (saved.relu && !fused) {
-          T* r = arena_.alloc<T>(N * C * P);
-          relu_grad(saved.y, dy, r, N * C * P, false);
-          d = r;
-        }
-        dnnl::batchnorm_backward(*dnnl_, arena_, g, saved.training, x, gamma, saved.stats, saved.stats + C, d, dx,
-                                 accumulate, dgamma, dbeta, fused ? saved.relu_workspace : nullptr);
+        dnnl::batchnorm_backward(*dnnl_, arena_, dnnl::BnGeometry{N, C, P, eps, fused}, saved.training, x, gamma,
+                                 saved.stats, saved.stats + C, d, dx, accumulate, dgamma, dbeta, saved.relu_workspace);
         arena_.rewind(mark);
         return;
       }
 #endif
     (void)eps;
-    const auto mark = arena_.mark();
-    const T* d = dy;
-    if (saved.relu) {
-      T* r = arena_.alloc<T>(N * C * P);
-      relu_grad(saved.y, dy, r, N * C * P, false);
-      d = r;
-    }
     ref::batchnorm2d_backward(N, C, P, x, gamma, d, saved.stats, saved.stats + C, saved.training, dx, accumulate,
                               dgamma, dbeta);
     arena_.rewind(mark);

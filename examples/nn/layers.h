@@ -523,12 +523,10 @@ void maxpool2d(std::int64_t NC, std::int64_t H, std::int64_t W, const PoolArgs& 
 // dx += the routed dy. Parallel over planes: a window never leaves its plane, so no two threads
 // touch one element (overlapping windows of one plane stay in one thread, in order).
 template <class T>
-void maxpool2d_grad(std::int64_t NC, std::int64_t in_plane, std::int64_t out_plane, const T* dy,
-                    const std::int64_t* argmax, T* dx) {
+void maxpool2d_grad(std::int64_t NC, std::int64_t out_plane, const T* dy, const std::int64_t* argmax, T* dx) {
   cpu::parallel_for(0, NC, [&](std::int64_t nc) {
     for (std::int64_t o = nc * out_plane; o < (nc + 1) * out_plane; ++o) dx[argmax[o]] += dy[o];
   });
-  (void)in_plane;
 }
 
 template <class T>

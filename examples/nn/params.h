@@ -11,6 +11,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -189,6 +190,20 @@ class FlatParams {
   const Entry* find(const std::string& name) const {
     for (const auto& e : table_)
       if (e.name == name) return &e;
+    return nullptr;
+  }
+  // The first tensor of the table (trainable only: those of `buf`'s first trainable_size()
+  // values) holding a NaN or an infinity in `buf` (values() or grads()), or nullptr: one pass over
+  // the buffer, the table only when there is a culprit.
+  const Entry* first_non_finite(const T* buf, bool trainable_only) const {
+    const std::int64_t n = trainable_only ? trainable_ : values_.size();
+    bool ok = true;
+    for (std::int64_t i = 0; i < n; ++i) ok &= std::isfinite(buf[i]);
+    if (ok) return nullptr;
+    for (const auto& e : table_)
+      if (!trainable_only || e.trainable)
+        for (std::int64_t i = 0; i < e.numel; ++i)
+          if (!std::isfinite(buf[e.offset + i])) return &e;
     return nullptr;
   }
   T* values() const { return values_.data(); }

@@ -265,8 +265,8 @@ class ResNet {
     }
     if (cfg_.stem_pool) {
       Tensor4<T> dstem = ex.act(stem_out_.size[0], stem_out_.size[1], stem_out_.size[2], stem_out_.size[3], true);
-      maxpool2d_grad(stem_out_.size[0] * stem_out_.size[1], stem_out_.size[2] * stem_out_.size[3],
-                     pool_out_.size[2] * pool_out_.size[3], d.data, argmax_, dstem.data);
+      maxpool2d_grad(stem_out_.size[0] * stem_out_.size[1], pool_out_.size[2] * pool_out_.size[3], d.data, argmax_,
+                     dstem.data);
       d = dstem;
     }
     stem_->backward(ex, d, dx, false);

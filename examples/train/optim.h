@@ -86,15 +86,8 @@ class BasicSgd {
     T* w = params_->values();
     const T* g = params_->grads();
     T* v = v_.data();
-    // one reduction over the flat gradients; the name of the culprit only when there is one
-    bool ok = true;
-    for (std::int64_t i = 0; i < n; ++i) ok &= std::isfinite(g[i]);
-    if (!ok) {
-      for (const auto& e : params_->table())
-        if (e.trainable && !std::all_of(g + e.offset, g + e.offset + e.numel, [](T x) { return std::isfinite(x); })) {
-          bad_ = e.name;
-          break;
-        }
+    if (const auto* bad = params_->first_non_finite(g, true)) {
+      bad_ = bad->name;
       return false;
     }
     const T mu = static_cast<T>(opt_.momentum), wd = static_cast<T>(opt_.weight_decay);

@@ -55,15 +55,8 @@ inline std::uint64_t step_seed(std::uint64_t seed, std::int64_t global_step) {
 
 // The first parameter or buffer holding a NaN or an infinity ("" when all are finite).
 inline std::string first_non_finite(Model& m) {
-  const nn::FlatParams<float>& p = m.params();
-  const float* v = p.values();
-  bool ok = true;  // one pass over the flat buffer; the name only when there is a culprit
-  for (std::int64_t i = 0; i < p.size(); ++i) ok &= std::isfinite(v[i]);
-  if (ok) return "";
-  for (const auto& e : p.table())
-    for (std::int64_t i = 0; i < e.numel; ++i)
-      if (!std::isfinite(v[e.offset + i])) return e.name;
-  return "";
+  const auto* bad = m.params().first_non_finite(m.params().values(), false);
+  return bad ? bad->name : "";
 }
 
 // ---- evaluation ---------------------------------------------------------------------------------
