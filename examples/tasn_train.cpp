@@ -26,6 +26,9 @@
 #include "train/presets.h"
 #include "train/run_folder.h"
 #include "train/trainer.h"
+#if defined(TASN_HAVE_CUDA_TRAINER)
+#include "gpu/cuda_exec.h"
+#endif
 #if defined(TASN_HAVE_STB)
 #include "train/folder_data.h"
 #endif
@@ -59,8 +62,16 @@ With no options: train TASN and the baseline on the built-in generated data (CPU
   --seed N                   seed of everything (initialisation, order, detail channels, data)
   --seeds N1,N2,...          run the whole comparison once per seed and print every table
   --threads N                CPU threads, 1 .. 4 x the hardware threads (default: OpenMP's default)
+  --loader-threads N         threads decoding and augmenting the images of a batch in parallel, 1 .. 4 x
+                             the hardware threads (default: the hardware threads, at most 2 on the
+                             CPU, at most 8 with --device cuda); the batches are the same for any count
   --backend B                convolution / batch-norm backend: auto (default: onednn where built),
                              onednn (oneDNN primitives) or reference (the Eigen im2col layers)
+  --device D                 cpu (default), cuda (the whole step on GPU 0: cuDNN, cuBLAS and the
+                             library's CUDA kernels; an error naming why when it cannot) or auto
+                             (cuda when this build has it and a GPU is usable, else cpu)
+  --precision P              cuda: fp32 (default, plain float math) or tf32 (TF32 tensor cores in
+                             convolutions and GEMMs; float storage and accumulation)
   --out DIR                  metrics logs (MODEL-metrics.jsonl) and checkpoints (MODEL-last.safetensors);
                              locked while the run writes. A fresh run refuses a folder holding an
                              earlier run of the same model (see --resume, --overwrite). Default:
@@ -79,6 +90,9 @@ With no options: train TASN and the baseline on the built-in generated data (CPU
   --no-progress              no progress bar
   --stop-after-epoch N       stop after epoch N as if interrupted (for resume checks)
   --max-steps N              stop after N steps (smoke runs)
+  --timing                   after training: images/s, where a step's time goes (data wait, upload,
+                             forward with the TASN operators' share, backward, optimiser; device time
+                             on a GPU) and the memory the model's context uses
 )";
 
 struct Args {
@@ -94,11 +108,11 @@ struct Args {
 
 Args parse(int argc, char** argv) {
   static const std::set<std::string> flag_names = {"--eval-only", "--no-progress", "--help", "-h", "--no-teacher-grad",
-                                                   "--overwrite", "--verify-images"};
+                                                   "--overwrite", "--verify-images", "--timing"};
   static const std::set<std::string> value_names = {
       "--preset", "--model", "--data", "--data-root", "--list", "--classes", "--train-size", "--test-size",
       "--eval-split", "--epochs", "--batch", "--lr", "--momentum", "--wd", "--schedule", "--milestones", "--gamma",
-      "--seed", "--seeds", "--threads", "--backend", "--out", "--resume", "--weights", "--att-weights", "--dump-attention",
+      "--seed", "--seeds", "--threads", "--loader-threads", "--backend", "--device", "--precision", "--out", "--resume", "--weights", "--att-weights", "--dump-attention",
       "--dump-count", "--sampler-mode", "--dense", "--iters", "--beta", "--temperature", "--image", "--att-input",
       "--out-size", "--stop-after-epoch", "--max-steps", "--width", "--att-width"};
   Args a;
@@ -164,6 +178,8 @@ void check_readable(const std::string& path, const std::string& what) {
 struct Plan {
   Preset s;
   nn::Backend backend = nn::default_backend<float>();
+  std::string device = "cpu", device_note;  // cpu or cuda; why auto chose what it chose
+  bool tf32 = false;
   std::string which, kind, split;
   std::vector<std::uint64_t> seeds;
   bool eval_only = false;
@@ -177,6 +193,27 @@ Plan make_plan(const Args& a) {
   TrainConfig& tc = s.train;
   p.which = one_of(a, "--model", "both", {"both", "tasn", "baseline"});
   p.backend = nn::parse_backend(a.get("--backend", "auto"));
+  // The device before anything else is prepared: --device cuda without a usable GPU stops here.
+  {
+    const std::string dev = one_of(a, "--device", "cpu", {"cpu", "cuda", "auto"});
+#if defined(TASN_HAVE_CUDA_TRAINER)
+    const std::string problem = dev == "cpu" ? "" : nn::cuda_device_problem(0);
+#else
+    const std::string problem = "this build has no CUDA trainer (it needs the CUDA toolkit and cuDNN 9 at build time)";
+#endif
+    if (dev == "cuda") TASN_CHECK_ARG(problem.empty(), "--device cuda: ", problem);
+    p.device = dev == "auto" ? (problem.empty() ? "cuda" : "cpu") : dev;
+    if (dev == "auto") p.device_note = problem.empty() ? "auto: a usable GPU" : "auto: " + problem;
+    const std::string prec = one_of(a, "--precision", "fp32", {"fp32", "tf32", "bf16"});
+    TASN_CHECK_ARG(prec != "bf16", "--precision bf16 is not implemented yet (bf16 activations need a bf16 path through "
+                                   "the modules; use fp32 or tf32)");
+    if (p.device == "cpu") {
+      TASN_CHECK_ARG(prec == "fp32", "--precision ", prec, " needs --device cuda (the CPU computes in float)");
+    } else {
+      no_effect(a, {"--backend"}, "with --device cuda (the CPU convolution backend)");
+    }
+    p.tf32 = prec == "tf32";
+  }
   p.kind = one_of(a, "--data", "synthetic", {"synthetic", "cub", "list"});
   p.split = one_of(a, "--eval-split", "test", {"test", "val"});
   p.eval_only = a.has("--eval-only");
@@ -230,6 +267,7 @@ Plan make_plan(const Args& a) {
   tc.resume = a.get("--resume", "");
   tc.overwrite = a.has("--overwrite");
   tc.progress = !a.has("--no-progress");
+  tc.timing = a.has("--timing");
   tc.command = a.command;
   tc.stop_after_epoch = int_opt(a, "--stop-after-epoch", 0, 0, tc.epochs);
   tc.max_steps = int_opt(a, "--max-steps", 0, 0, kBig);
@@ -249,6 +287,16 @@ Plan make_plan(const Args& a) {
     TASN_CHECK_ARG(t >= 1 && t <= 4 * hw, "option --threads must be in [1, ", 4 * hw, "] (this machine has ", hw,
                    " hardware threads), got ", t);
     cpu::set_num_threads(static_cast<int>(t));
+  }
+  if (a.has("--loader-threads")) {
+    const std::int64_t hw = std::max<std::int64_t>(1, std::thread::hardware_concurrency());
+    const std::int64_t hi = std::min<std::int64_t>(4 * hw, data::BatchLoader::kMaxWorkers);
+    const std::int64_t t = data::parse_int(a.get("--loader-threads", ""), "option --loader-threads");
+    TASN_CHECK_ARG(t >= 1 && t <= hi, "option --loader-threads must be in [1, ", hi, "] (this machine has ", hw,
+                   " hardware threads), got ", t);
+    tc.loader_threads = t;
+  } else if (p.device == "cuda") {
+    tc.loader_threads = data::default_workers();  // the cores are free while the GPU computes
   }
   TASN_CHECK_ARG(p.which != "both" || tc.resume.empty(), "--resume FILE needs --model tasn or --model baseline");
   TASN_CHECK_ARG(!p.eval_only || !tc.resume.empty(), "--eval-only needs --resume FILE (the checkpoint to evaluate)");
@@ -377,9 +425,10 @@ int run(const Args& a) {
     if (::access(dir.c_str(), W_OK) != 0) io::fail("cannot write the attention dump folder", dir, errno);
   }
 
-  std::printf("backend: %s%s, %d threads\n", nn::to_string(plan.backend),
+  if (!plan.device_note.empty()) std::printf("device: %s (%s)\n", plan.device.c_str(), plan.device_note.c_str());
+  std::printf("backend: %s%s, %d threads, %lld loader threads\n", nn::to_string(plan.backend),
               nn::onednn_built() ? "" : " (this build has no oneDNN: install libdnnl-dev and rebuild for the fast backend)",
-              cpu::num_threads());
+              cpu::num_threads(), static_cast<long long>(tc.loader_threads));
   std::vector<std::vector<RunRow>> tables;
   for (std::size_t si = 0; si < plan.seeds.size(); ++si) {
     const std::uint64_t seed = plan.seeds[si];
@@ -393,8 +442,19 @@ int run(const Args& a) {
     for (const std::string m : {"baseline", "tasn"}) {
       if (plan.which != "both" && plan.which != m) continue;
       std::unique_ptr<Model> model;
-      if (m == "tasn") model = std::make_unique<TasnNet>(net, plan.backend);
-      else model = std::make_unique<BaselineNet>(net, plan.backend);
+#if defined(TASN_HAVE_CUDA_TRAINER)
+      if (plan.device == "cuda") {
+        nn::CudaOptions co;
+        co.tf32 = plan.tf32;
+        if (m == "tasn") model = std::make_unique<BasicTasnNet<float, nn::CudaExec>>(net, co);
+        else model = std::make_unique<BasicBaselineNet<float, nn::CudaExec>>(net, co);
+      }
+#endif
+      if (!model) {
+        if (m == "tasn") model = std::make_unique<TasnNet>(net, plan.backend);
+        else model = std::make_unique<BaselineNet>(net, plan.backend);
+      }
+      std::printf("%s on %s\n", m.c_str(), model->device().c_str());
       init_model(*model, seed);
       for (auto& [prefix, ps] : model->stores()) {  // "master": part/master or baseline backbone; "att": attention net
         if (prefix == "master" && a.has("--weights")) load_backbone(*ps, a.get("--weights", ""));
@@ -404,7 +464,7 @@ int run(const Args& a) {
       if (plan.eval_only) {
         const auto t0 = std::chrono::steady_clock::now();
         load_checkpoint(tc.resume, *model, nullptr);
-        row.result.final_eval = evaluate(*model, *d.eval, tc.eval_batch);
+        row.result.final_eval = evaluate(*model, *d.eval, tc.eval_batch, tc.loader_threads);
         row.result.report_accuracy = row.result.final_eval.accuracy[model->reported_head()];
         row.result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       } else {

@@ -1,41 +1,49 @@
 #!/usr/bin/env bash
-# The prepared GPU check: one call (at most 8 minutes) on a machine with a CUDA GPU (the lent H200:
-# CUDA toolkit, CMake, ninja, g++, a CUDA PyTorch; no Debian dev packages, no network). It
-#   1. configures for the local GPU (CMAKE_CUDA_ARCHITECTURES from nvidia-smi) with tests and
-#      benchmarks, no examples, TASN_WERROR=OFF (a newer host compiler's new warnings must not stop
-#      the check), Eigen / GoogleTest / Google Benchmark from $TASN_DEPS_DIR (default .deps/, made by
-#      scripts/prepare-deps.sh on a Debian machine and carried along),
-#   2. builds only what it runs: first tasn_tests_gpu and tasn_gpu_probe, then the CUDA benchmarks
+# The prepared GPU check: one call (at most 10 minutes, the device tool's limit per command) on a
+# machine with a CUDA GPU (the lent H200: CUDA toolkit, CMake, ninja, g++, a CUDA PyTorch whose
+# NVIDIA wheels bring cuDNN; no Debian dev packages, no network). It
+#   1. configures for the local GPU (CMAKE_CUDA_ARCHITECTURES from nvidia-smi) with tests,
+#      benchmarks and the example trainer, TASN_WERROR=OFF (a newer host compiler's new warnings must
+#      not stop the check), Eigen / GoogleTest / Google Benchmark / nlohmann-json from $TASN_DEPS_DIR
+#      (default .deps/, made by scripts/prepare-deps.sh on a Debian machine and carried along); cuDNN
+#      from the toolkit or PyTorch's wheel (cmake/tasnCudnn.cmake),
+#   2. builds only what it runs: first the test programs and tasn_train, then the CUDA benchmarks
 #      (ninja -k 0: a target that fails to compile does not stop the others; the tests first, so
 #      that a slow build still leaves them to run),
-#   3. runs the GPU tests (one process; per-test isolation with ctest only if that process dies),
-#      the CUDA benchmarks and, where PyTorch has CUDA, the PyTorch composite of each operator.
+#   3. runs the library's GPU tests (one process; per-test isolation with ctest only if that process
+#      dies), the trainer's GPU tests, tasn_train --device cuda (paper-preset throughput in FP32, the
+#      demo, the throughput in TF32), the CUDA benchmarks and, where PyTorch has CUDA, the PyTorch
+#      composite of each operator.
 # No CPU tests here: they run on every machine (scripts/test.sh).
 #
 # Each step has a time cap (times TASN_GPU_TIME_SCALE, default 1), and the whole script a budget
-# (TASN_GPU_BUDGET, default 420 s): a step gets the smaller of its cap and what is left of the
+# (TASN_GPU_BUDGET, default 560 s): a step gets the smaller of its cap and what is left of the
 # budget, so the script ends within the budget however a step behaves (a timed-out build still
-# lets every target that finished run). The caps of the steps that always run add up to 410 s
-# (configure 45, build of the tests 120, of the benchmarks 75, probe 10, tests 75, benchmarks
-# 30 + 20 + 15, PyTorch 20); the per-test rerun (only when the test process dies) gets what is left.
-# Expected on 16 cores: about 3 minutes (docs/development.md).
+# lets every target that finished run). Caps: configure 45, build of the tests and the trainer 180,
+# of the benchmarks 75, probe 10, library tests 75, trainer tests 60, paper FP32 75, demo 90, paper
+# TF32 60, benchmarks 30 + 20 + 15, PyTorch 20 (755 s in all: the last steps, benchmarks first, are
+# the ones the budget cuts when everything runs to its cap); the per-test rerun (only when the test
+# process dies) gets what is left.
 #
 # Results, written as each step ends, in $1, else $TASN_RESULTS_DIR, else gpu-results/ (the device
-# tool brings back at most 8 files, so there are 6):
-#   summary.txt      one line per step (result, seconds, limit), test counts, failures, benchmark rows
+# tool brings back at most 8 files, so there are 7):
+#   summary.txt      one line per step (result, seconds, limit), test counts, failures, benchmark rows,
+#                    the trainer's timing lines and accuracy table
 #   build.log        configure + build output
 #   gpu-tests.log    tasn_gpu_probe, then tasn_tests_gpu (and the ctest rerun, if any)
+#   trainer.log      tasn_tests_trainer_gpu and the tasn_train runs
 #   bench.log        the CUDA benchmarks' and the PyTorch baseline's console output
 #   bench-cuda.json  {"bench_trilinear_cuda": <Google Benchmark JSON>, ...}, rewritten after each
 #   bench-torch.json bench/torch_baseline.py --json
-# Exit status: 0 when the GPU tests passed, 1 when they failed or did not run, 2 without dependencies,
-# 3 when they ran but found no usable CUDA device (every device test skipped, the reason in summary.txt).
+# Exit status: 0 when the library's and the trainer's GPU tests passed, 1 when they failed or did not
+# run, 2 without dependencies, 3 when they ran but found no usable CUDA device (every device test
+# skipped, the reason in summary.txt).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 results="${1:-${TASN_RESULTS_DIR:-$root/gpu-results}}"
 deps="${TASN_DEPS_DIR:-$root/.deps}"
 build="${TASN_GPU_BUILD_DIR:-$root/build-gpu}"
-budget="${TASN_GPU_BUDGET:-420}"
+budget="${TASN_GPU_BUDGET:-560}"
 # Multiplies every step's cap (not the budget): for trying the script on a slower machine (with a
 # larger TASN_GPU_BUDGET too), e.g. 8 on 2 cores.
 scale="${TASN_GPU_TIME_SCALE:-1}"
@@ -78,20 +86,17 @@ if [ ! -f "$deps/eigen3/Eigen/Core" ] || [ ! -f "$deps/googletest/CMakeLists.txt
 fi
 command -v nvcc >/dev/null 2>&1 || export PATH="/usr/local/cuda/bin:$PATH"
 
-# ---- what runs here (add the GPU trainer in the marked places once examples/ has one) -------------
-test_targets=(tasn_tests_gpu tasn_gpu_probe)
+# ---- what runs here ------------------------------------------------------------------------------------
+# The library's GPU tests, then the trainer's (tasn_tests_trainer_gpu: kernels, cuDNN / cuBLAS layers,
+# whole steps against PyTorch's golden data and the CPU) and the trainer itself (tasn_train --device
+# cuda: a paper-preset throughput run, the demo's accuracy table).
+test_targets=(tasn_tests_gpu tasn_gpu_probe tasn_tests_trainer_gpu tasn_train)
 # The CUDA doc snippets (docs/snippets/*_cuda.cu): each family's calls as the docs show them.
 for f in "$root"/docs/snippets/*_cuda.cu; do
   [ -e "$f" ] && test_targets+=("doc_snippet_$(basename "$f" .cu)")
 done
 benches=(bench_trilinear_cuda bench_losses_cuda bench_sampler_cuda)
-examples=OFF
-# >>> future GPU trainer: set its target (built under examples/) and arguments here, e.g.
-#   trainer=tasn_train_cuda; trainer_args=(--preset demo --steps 50); examples=ON; test_targets+=("$trainer")
-# and its run step below gets a cap of 60 s taken from the budget (raise TASN_GPU_BUDGET accordingly).
-trainer=""
-trainer_args=()
-# <<<
+examples=ON
 
 # ---- environment -----------------------------------------------------------------------------------
 gpu="$(timeout 20 nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)"
@@ -112,7 +117,7 @@ if ! step configure 45 build.log cmake -S "$root" -B "$build" "${gen[@]}" -DCMAK
   log "done in $((SECONDS - start))s: configure failed, nothing ran"
   exit 1
 fi
-step build-tests 120 build.log cmake --build "$build" -j "$jobs" --target "${test_targets[@]}" "${keep_going[@]}"
+step build-tests 180 build.log cmake --build "$build" -j "$jobs" --target "${test_targets[@]}" "${keep_going[@]}"
 step build-benchmarks 75 build.log cmake --build "$build" -j "$jobs" --target "${benches[@]}" "${keep_going[@]}"
 grep -E "error|FAILED:" "$results/build.log" | head -20 | tee -a "$summary"
 # The executable of target $1 when it is up to date (not one left by an earlier build), else nothing.
@@ -164,6 +169,31 @@ for t in "${test_targets[@]}"; do  # the doc snippets: exit 0 and their printed 
   fi
 done
 
+# ---- the trainer on the GPU ------------------------------------------------------------------------
+# Its tests first (correctness), then the paper preset's throughput in FP32 (generated data at 512 px,
+# batch 96, 8 timed steps after a warm-up step: images/s, the step's phases, device memory), the demo
+# (accuracy table next to the CPU's in docs/trainer.md), and the throughput again with TF32.
+trainer_rc=1
+if exe="$(path_of tasn_tests_trainer_gpu)" && [ -n "$exe" ]; then
+  step trainer-tests 60 trainer.log "$exe" --gtest_color=no
+  trainer_rc=$?
+  grep -E "^\[  (PASSED  |FAILED  |SKIPPED )\] [0-9]+ tests?|^\[  FAILED  \] [A-Za-z]|^\[ (worst|curve|memory) " "$results/trainer.log" |
+    sort -u | head -40 | tee -a "$summary"
+else
+  log "trainer-tests: NOT RUN (tasn_tests_trainer_gpu was not built; see build.log)"
+fi
+if exe="$(path_of tasn_train)" && [ -n "$exe" ]; then
+  paper=(--device cuda --preset paper --model tasn --train-size 960 --test-size 32 --max-steps 9 --timing --no-progress
+         --overwrite)
+  step trainer-paper-fp32 75 trainer.log "$exe" "${paper[@]}" --out "$build/run-paper-fp32"
+  step trainer-demo 90 trainer.log "$exe" --device cuda --seeds 1 --no-progress --timing --overwrite --out "$build/run-demo"
+  step trainer-paper-tf32 60 trainer.log "$exe" "${paper[@]}" --precision tf32 --out "$build/run-paper-tf32"
+  grep -E "^(tasn|baseline) (on|timing)|timing over|^\| (model|tasn|baseline)|error" "$results/trainer.log" | head -30 |
+    tee -a "$summary"
+else
+  log "tasn_train: NOT RUN (not built; see build.log)"
+fi
+
 # ---- benchmarks (JSON merged into bench-cuda.json after each) ---------------------------------------
 json_dir="$build/bench-json"
 mkdir -p "$json_dir"
@@ -204,13 +234,8 @@ else
   log "torch-baseline: NOT RUN (no PyTorch for $py)"
 fi
 
-# >>> future GPU trainer run step
-if [ -n "$trainer" ] && exe="$(path_of "$trainer")" && [ -n "$exe" ]; then
-  step trainer 60 trainer.log "$exe" "${trainer_args[@]}"
-fi
-# <<<
 
-status=$((gpu_rc == 0 ? 0 : 1))
+status=$((gpu_rc == 0 && trainer_rc == 0 ? 0 : 1))
 if ((status == 0)) && grep -q "no usable CUDA device" "$results/gpu-tests.log" 2>/dev/null; then status=3; fi
-log "done in $((SECONDS - start))s of a ${budget}s budget; GPU tests exit $gpu_rc; script exit $status; results in $results"
+log "done in $((SECONDS - start))s of a ${budget}s budget; GPU tests exit $gpu_rc; trainer tests exit $trainer_rc; script exit $status; results in $results"
 exit "$status"

@@ -27,6 +27,7 @@
 #include "nn/exec.h"
 #include "nn/resnet.h"
 #include "support/formula_weights.h"
+#include "support/loss_curve.h"
 #include "support/test_support.h"
 
 namespace {
@@ -135,6 +136,31 @@ TEST(NnBackends, OneDnnAgreesWithReferenceOnWholeNetworks) {
   expect_agree(
       "attention net", [&](nn::ParamStore<float>& ps) { return std::make_unique<nn::AttentionNet<float>>(ps, ac); },
       [&](nn::ParamStore<double>& ps) { return std::make_unique<nn::AttentionNet<double>>(ps, ac); }, 4, 128, 10);
+}
+
+// The loss-curve tolerance of the GPU trainer's test (tests/support/loss_curve.h: |a - b| <= 1e-3 |a|
+// per step over six SGD steps) on the CPU, where both sides can run: two float implementations
+// with different summation orders (oneDNN, the reference layers) stay inside it, and a real fault,
+// the momentum dropped on one side, leaves it.
+TEST(NnBackends, LossCurveToleranceSeparatesRoundingFromFaults) {
+  if (!nn::onednn_built()) GTEST_SKIP() << "this build has no oneDNN (libdnnl-dev): no second float backend";
+  namespace tr = tasn::train;
+  const tr::NetConfig n = tt::curve_net();
+  const auto batches = tt::curve_batches(n, 3, 6);
+  for (const bool tasn : {true, false}) {
+    auto make = [&](nn::Backend b) -> std::unique_ptr<tr::Model> {
+      if (tasn) return std::make_unique<tr::TasnNet>(n, b);
+      return std::make_unique<tr::BaselineNet>(n, b);
+    };
+    const auto ref = tt::loss_curve(*make(nn::Backend::Reference), batches, 6);
+    const auto dnn = tt::loss_curve(*make(nn::Backend::OneDnn), batches, 6);
+    tt::expect_curves_agree(ref, dnn);
+    const auto fault = tt::loss_curve(*make(nn::Backend::Reference), batches, 6, tr::SgdOptions{0.0, 5e-4});
+    double worst = 0;
+    for (std::size_t s = 0; s < ref.size(); ++s) worst = std::max(worst, std::fabs(fault[s] - ref[s]) / std::fabs(ref[s]));
+    std::printf("[ fault   ] %s without momentum: worst relative loss difference %.2e\n", tasn ? "tasn" : "baseline", worst);
+    EXPECT_GT(worst, 1e-2) << "dropping the momentum should move the loss curve well outside the 1e-3 tolerance";
+  }
 }
 
 }  // namespace

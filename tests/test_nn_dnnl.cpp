@@ -30,6 +30,7 @@
 
 #include "nn/dnnl_layers.h"
 #include "nn/layers.h"
+#include "support/layer_bounds.h"
 #include "support/test_support.h"
 
 namespace {
@@ -38,49 +39,20 @@ namespace tt = tasn::test;
 namespace nn = tasn::nn;
 namespace nnd = tasn::nn::dnnl;
 
-constexpr double kU = 0x1.0p-24;  // float unit roundoff
-
-double gamma_k(double k) { return k * kU / (1 - k * kU); }
-
-// Inputs: float values, kept as double for the reference.
-struct Data {
-  std::vector<double> d;
-  std::vector<float> f;
-};
-Data random_data(std::int64_t n, std::uint64_t seed, double lo = -1, double hi = 1) {
-  Data r;
-  r.d = tt::random_tensor(n, seed, lo, hi);
-  r.f.assign(r.d.begin(), r.d.end());
-  return r;
-}
-nn::Tensor<double> tensor(std::vector<std::int64_t> shape, const std::vector<double>& v) {
-  nn::Tensor<double> t(std::move(shape));
-  t.set(v);
-  return t;
-}
-std::vector<double> abs_of(const std::vector<double>& v) {
-  std::vector<double> a(v.size());
-  std::transform(v.begin(), v.end(), a.begin(), [](double x) { return std::fabs(x); });
-  return a;
-}
-
-// |got - ref| <= bound elementwise; reports the worst element (largest error / bound).
-// TASN_PRINT_RATIO=1 prints each check's worst error / bound (how tight the bounds are: up to 0.5 for
-// short reductions, where a single rounding is a large part of the bound; far less for long ones).
-void expect_within(const std::vector<float>& got, const std::vector<double>& ref, const std::vector<double>& bound,
-                   const std::string& what) {
-  ASSERT_EQ(got.size(), ref.size()) << what;
-  double worst = -1;
-  std::size_t at = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    const double err = std::fabs(double(got[i]) - ref[i]);
-    const double r = std::isfinite(err) ? err / std::max(bound[i], 1e-300) : INFINITY;
-    if (r > worst) worst = r, at = i;
-  }
-  if (std::getenv("TASN_PRINT_RATIO")) std::printf("%-28s worst err/bound %.3g\n", what.c_str(), worst);
-  EXPECT_LE(worst, 1.0) << what << ": element " << at << " got " << got[at] << ", expected " << ref[at]
-                        << ", bound " << bound[at];
-}
+// The bound helpers shared with the GPU layer tests (support/layer_bounds.h); declarations, not a
+// using-directive: glibc's `struct random_data` would make the name ambiguous.
+using tasn::test::bounds::abs_of;
+using tasn::test::bounds::bn_bounds;
+using tasn::test::bounds::BnBounds;
+using tasn::test::bounds::BnShape;
+using tasn::test::bounds::channel_stats;
+using tasn::test::bounds::Data;
+using tasn::test::bounds::expect_within;
+using tasn::test::bounds::gamma_k;
+using tasn::test::bounds::kU;
+using tasn::test::bounds::pick;
+using tasn::test::bounds::random_data;
+using tasn::test::bounds::tensor;
 
 struct ConvCase {
   nnd::ConvGeometry g;
@@ -154,10 +126,6 @@ void check_conv(nnd::Context& ctx, const ConvCase& c, std::uint64_t seed) {
   EXPECT_EQ(arena.mark().live, 0u) << "the arena is rewound after each call";
 }
 
-// Uniform integer in [lo, hi] from the test generator.
-std::int64_t pick(std::uint64_t seed, std::uint64_t i, std::int64_t lo, std::int64_t hi) {
-  return lo + static_cast<std::int64_t>(tt::uniform_at(seed, i, 0, double(hi - lo + 1)));
-}
 
 std::vector<ConvCase> conv_cases() {
   std::vector<ConvCase> cases;
@@ -222,65 +190,11 @@ TEST(NnDnnl, SharedWeightGradientsAccumulate) {
 
 // ---- batch norm ---------------------------------------------------------------------------------
 
-// x (n, c, h, w); the oneDNN call sees (n, c, p = h w).
-struct BnShape {
-  std::int64_t n, c, h, w;
-  std::int64_t numel() const { return n * c * h * w; }
-};
+// x (n, c, h, w) (BnShape, support/layer_bounds.h); the oneDNN call sees (n, c, p = h w).
 struct BnCase {
   BnShape g;
   bool accumulate;
 };
-
-// Per-channel statistics in double: the mean and biased variance of the float inputs.
-void channel_stats(const BnShape& g, const std::vector<double>& x, std::vector<double>& mean,
-                   std::vector<double>& var) {
-  const std::int64_t P = g.h * g.w, M = g.n * P;
-  mean.assign(g.c, 0);
-  var.assign(g.c, 0);
-  for (std::int64_t c = 0; c < g.c; ++c) {
-    double s = 0, q = 0;
-    for (std::int64_t n = 0; n < g.n; ++n)
-      for (std::int64_t p = 0; p < P; ++p) s += x[(n * g.c + c) * P + p];
-    mean[c] = s / double(M);
-    for (std::int64_t n = 0; n < g.n; ++n)
-      for (std::int64_t p = 0; p < P; ++p) q += std::pow(x[(n * g.c + c) * P + p] - mean[c], 2);
-    var[c] = q / double(M);
-  }
-}
-
-// First-order error bounds of the float computation, per channel, from M = n h w:
-//   mean:  e_mu  = gamma(M + 2) * mean|x|
-//   var:   e_var = gamma(M + 4) * mean (|x| + |mu|)^2 + 2 e_mu (mean|x| + |mu|)   (either formula,
-//          two-pass or E[x^2] - mu^2)
-//   invstd relative: e_var / (2 (var + eps)) + 3u
-//   y:     |gamma| invstd (e_mu + |x - mu| rel_invstd) + 4u (|gamma| |x - mu| invstd + |beta|)
-// and twice that for the second-order terms.
-struct BnBounds {
-  std::vector<double> e_mu, e_var, rel_inv;
-};
-BnBounds bn_bounds(const BnShape& g, const std::vector<double>& x, const std::vector<double>& mean,
-                   const std::vector<double>& var, double eps) {
-  const std::int64_t P = g.h * g.w, M = g.n * P;
-  BnBounds b;
-  for (std::int64_t c = 0; c < g.c; ++c) {
-    double s1 = 0, s2 = 0;
-    for (std::int64_t n = 0; n < g.n; ++n)
-      for (std::int64_t p = 0; p < P; ++p) {
-        const double v = std::fabs(x[(n * g.c + c) * P + p]);
-        s1 += v;
-        s2 += (v + std::fabs(mean[c])) * (v + std::fabs(mean[c]));
-      }
-    s1 /= double(M);
-    s2 /= double(M);
-    const double e_mu = gamma_k(double(M) + 2) * s1;
-    const double e_var = gamma_k(double(M) + 4) * s2 + 2 * e_mu * (s1 + std::fabs(mean[c]));
-    b.e_mu.push_back(e_mu);
-    b.e_var.push_back(e_var);
-    b.rel_inv.push_back(e_var / (2 * (var[c] + eps)) + 3 * kU);
-  }
-  return b;
-}
 
 void check_batchnorm(const BnCase& bc, bool fuse_relu, nnd::Layout layout, std::uint64_t seed) {
   const auto& g = bc.g;

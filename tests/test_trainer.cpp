@@ -199,7 +199,6 @@ class Diverging : public Model {
   Diverging(Model& m, std::int64_t bad, bool poison_gradient = false) : m_(m), bad_(bad), grad_(poison_gradient) {}
   std::string name() const override { return m_.name(); }
   nn::FlatParams<float>& params() override { return m_.params(); }
-  nn::CpuExec<float>& exec() override { return m_.exec(); }
   const StepStats& train_step(const std::vector<float>& im, const std::vector<std::int64_t>& l, std::uint64_t s) override {
     st_ = m_.train_step(im, l, s);
     if (step_++ < bad_) return st_;

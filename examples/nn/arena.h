@@ -37,16 +37,30 @@ struct LibraryCall {
 };
 inline bool in_library_call() { return detail::library_calls.load(std::memory_order_relaxed) > 0; }
 
-class Arena {
- public:
-  static constexpr std::size_t kAlign = 64;
+// Where an arena's chunks come from: host memory (here) or device memory (the CUDA context's
+// DeviceMemory in examples/gpu/cuda_exec.h). allocate() throws on failure and counts.
+struct HostMemory {
+  static constexpr bool kHost = true;
+  static void* allocate(std::size_t align, std::size_t size) {
+    void* p = std::aligned_alloc(align, size);
+    if (!p) throw std::bad_alloc();
+    return p;
+  }
+  static void release(void* p) { std::free(p); }
+};
 
-  Arena() = default;
-  explicit Arena(std::size_t initial_bytes) { reserve(initial_bytes); }
-  Arena(const Arena&) = delete;
-  Arena& operator=(const Arena&) = delete;
-  Arena(Arena&&) noexcept = default;
-  Arena& operator=(Arena&&) noexcept = default;
+template <class Memory>
+class BasicArena {
+ public:
+  // 256 on the device: cuDNN and the library's CUDA operators want 256-byte aligned workspaces.
+  static constexpr std::size_t kAlign = Memory::kHost ? 64 : 256;
+
+  BasicArena() = default;
+  explicit BasicArena(std::size_t initial_bytes) { reserve(initial_bytes); }
+  BasicArena(const BasicArena&) = delete;
+  BasicArena& operator=(const BasicArena&) = delete;
+  BasicArena(BasicArena&&) noexcept = default;
+  BasicArena& operator=(BasicArena&&) noexcept = default;
 
   // n elements of T, uninitialised, aligned to 64 bytes; valid until reset() or a rewind() past it.
   template <class T>
@@ -54,9 +68,10 @@ class Arena {
     TASN_CHECK_ARG(n >= 0, "Arena::alloc: negative element count ", n);
     return static_cast<T*>(bytes(static_cast<std::size_t>(n) * sizeof(T)));
   }
-  // n elements of T set to zero.
+  // n elements of T set to zero (host arenas; a device context zeroes on its stream).
   template <class T>
   T* zeros(std::int64_t n) {
+    static_assert(Memory::kHost, "BasicArena::zeros: device memory is zeroed by the context, on its stream");
     T* p = alloc<T>(n);
     if (n > 0) std::memset(static_cast<void*>(p), 0, static_cast<std::size_t>(n) * sizeof(T));
     return p;
@@ -112,12 +127,12 @@ class Arena {
     for (const auto& c : chunks_) s += c.size;
     return s;
   }
-  // Heap allocations made so far (chunks); a warmed-up step adds none.
+  // Allocations made so far (chunks: heap, or cudaMalloc on the device); a warmed-up step adds none.
   std::int64_t heap_allocations() const { return heap_allocs_; }
 
  private:
   struct Free {
-    void operator()(unsigned char* p) const { std::free(p); }
+    void operator()(unsigned char* p) const { Memory::release(p); }
   };
   struct Chunk {
     std::unique_ptr<unsigned char, Free> data;
@@ -126,8 +141,7 @@ class Arena {
   static std::size_t round_up(std::size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
   Chunk make_chunk(std::size_t size) {
-    void* p = std::aligned_alloc(kAlign, size);
-    if (!p) throw std::bad_alloc();
+    void* p = Memory::allocate(kAlign, size);
     ++heap_allocs_;
     Chunk c;
     c.data.reset(static_cast<unsigned char*>(p));
@@ -150,5 +164,6 @@ class Arena {
   std::size_t cur_ = 0, live_ = 0, high_ = 0;
   std::int64_t heap_allocs_ = 0;
 };
+using Arena = BasicArena<HostMemory>;
 
 }  // namespace tasn::nn

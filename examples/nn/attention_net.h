@@ -51,10 +51,10 @@ class AttentionNet {
     BatchNormState s;
     s.training = training;
     eps_ = s.eps;
-    saved_ = ex.bn_forward(N, C, P, h2_.data, g_->value.ptr(), bt_->value.ptr(), rm_->value.ptr(), rv_->value.ptr(), s,
-                           true, feat_.data);
+    saved_ = ex.bn_forward(N, C, P, h2_.data, ex.value(*g_), ex.value(*bt_), ex.value(*rm_), ex.value(*rv_), s, true,
+                           feat_.data);
     pooled_ = ex.mat(N, C);
-    global_avgpool(N * C, P, feat_.data, pooled_.data);
+    ex.global_avgpool(N * C, P, feat_.data, pooled_.data);
     return fc_.forward(ex, pooled_);
   }
   Tensor4<const T> feature_map() const { return feat_; }
@@ -69,12 +69,11 @@ class AttentionNet {
     Tensor2<T> dp = ex.mat(N, C, true);
     fc_.backward(ex, dlogits, dp);
     Tensor4<T> df = ex.act(N, C, feat_.size[2], feat_.size[3]);
-    global_avgpool_grad(N * C, P, dp.data, df.data, false);
-    if (dfeature.present())
-      for (std::int64_t i = 0; i < df.numel(); ++i) df.data[i] += dfeature.data[i];
+    ex.global_avgpool_grad(N * C, P, dp.data, df.data, false);
+    if (dfeature.present()) ex.add_inplace(df.data, dfeature.data, df.numel());
     Tensor4<T> dh2 = ex.act(N, C, feat_.size[2], feat_.size[3]);
-    ex.bn_backward(N, C, P, h2_.data, g_->value.ptr(), df.data, saved_, eps_, dh2.data, false, g_->grad.ptr(),
-                   bt_->grad.ptr());
+    ex.bn_backward(N, C, P, h2_.data, ex.value(*g_), df.data, saved_, eps_, dh2.data, false, ex.grad(*g_),
+                   ex.grad(*bt_));
     Tensor4<T> dh1 = ex.act(h1_.size[0], h1_.size[1], h1_.size[2], h1_.size[3]);
     dilated_sum_backward(ex, h1_, *w2_, *b2_, 3, pre2_, dh2, dh1);
     Tensor4<T> dx0 = ex.act(x0_.size[0], x0_.size[1], x0_.size[2], x0_.size[3]);
@@ -97,14 +96,10 @@ class AttentionNet {
       const ConvGeometry g = conv_geometry(x.size, ws, Conv2dArgs{1, d, d}, "AttentionNet head");
       Tensor4<T>& p = pre[d - 1];
       p = ex.act(g.n, g.cout, g.ho, g.wo);
-      ex.conv_forward(g, x.data, w.value.ptr(), b.value.ptr(), p.data);
-      relu(p.data, p.data, p.numel());
-      if (d == 1) {
-        out = ex.act(g.n, g.cout, g.ho, g.wo);
-        std::copy(p.data, p.data + p.numel(), out.data);
-      } else {
-        for (std::int64_t i = 0; i < out.numel(); ++i) out.data[i] += p.data[i];
-      }
+      ex.conv_forward(g, x.data, ex.value(w), ex.value(b), p.data);
+      ex.relu(p.data, p.data, p.numel());
+      if (d == 1) out = ex.act(g.n, g.cout, g.ho, g.wo, true);
+      ex.add_inplace(out.data, p.data, out.numel());
     }
     return out;
   }
@@ -116,8 +111,8 @@ class AttentionNet {
     T* dpre = ex.template buffer<T>(dy.numel());
     for (int d = 1; d <= count; ++d) {
       const ConvGeometry g = conv_geometry(x.size, ws, Conv2dArgs{1, d, d}, "AttentionNet head");
-      relu_grad(pre[d - 1].data, dy.data, dpre, dy.numel(), false);
-      ex.conv_backward(g, x.data, w.value.ptr(), dpre, dx.data, d > 1, w.grad.ptr(), b.grad.ptr());
+      ex.relu_grad(pre[d - 1].data, dy.data, dpre, dy.numel(), false);
+      ex.conv_backward(g, x.data, ex.value(w), dpre, dx.data, d > 1, ex.grad(w), ex.grad(b));
     }
     ex.arena().rewind(mark);
   }

@@ -5,11 +5,17 @@
 //   Backend::Reference  the Eigen im2col layers of nn/layers.h, float and double (the tests' oracle).
 // Everything else (ReLU, pooling, linear, resize, the TASN operators) is the same code on both.
 //
-// A CUDA context (cuda::Exec: stream, cuBLAS / cuDNN handles, a device arena) is the next step
-// (issue "The trainer on the GPU"); modules take the context as a template parameter for that.
+// The same interface on the GPU is nn::CudaExec (examples/gpu/cuda_exec.h: stream, cuDNN / cuBLAS,
+// a device arena, device copies of the parameters). Modules and models take the context as a
+// template parameter and do ALL their work through it: the layers below, the element-wise passes,
+// the library's operators (run with the context's workspaces), parameter pointers (value() /
+// grad()), and moving results to the host (fetch() + synchronize()). So one model source runs on
+// both; only the context knows where memory lives.
 #pragma once
 
 #include <algorithm>
+#include <array>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -19,8 +25,13 @@
 #include <type_traits>
 
 #include "nn/arena.h"
+#include "nn/elementwise.h"
 #include "nn/layers.h"
+#include "nn/params.h"
+#include "tasn/attention_sampler.h"
 #include "tasn/core/tensor.h"
+#include "tasn/losses.h"
+#include "tasn/trilinear_attention.h"
 
 #if defined(TASN_HAVE_DNNL)
 #include "nn/dnnl_layers.h"
@@ -75,6 +86,9 @@ template <class T>
 class CpuExec {
  public:
   using value_type = T;
+  // Host memory: the model may read results in place; the library operators check their inputs
+  // for NaN/Inf (a device context defers that to the one read-back of the step).
+  static constexpr bool kHostMemory = true;
 
   explicit CpuExec(Backend b = default_backend<T>()) : backend_(b) {
     TASN_CHECK_ARG(b == Backend::Reference || (onednn_built() && std::is_same_v<T, float>),
@@ -189,6 +203,135 @@ class CpuExec {
     arena_.rewind(mark);
   }
 
+  std::string describe() const { return std::string("cpu (") + to_string(backend_) + ")"; }
+
+  // ---- parameters: where the context keeps a parameter's value and gradient (here: in place) -----
+  T* value(const Param<T>& p) { return p.value.ptr(); }
+  T* grad(const Param<T>& p) { return p.grad.ptr(); }
+  // A device context keeps copies of the flat buffers and of the optimiser's momentum; here they
+  // are the host buffers themselves, so there is nothing to bind or copy.
+  void bind_params(FlatParams<T>&) {}
+  template <class Opt>
+  void params_to_host(FlatParams<T>&, Opt*) {}
+  template <class Opt>
+  void params_to_device(FlatParams<T>&, Opt*) {}
+  void grads_to_host(FlatParams<T>&) {}
+  void zero_grads(FlatParams<T>& p) { p.zero_grad(); }
+  // Gradients are checked by the optimiser on the host (a device context flags them in the step).
+  void check_grads(FlatParams<T>&) {}
+  template <class Opt>
+  bool sgd_step(FlatParams<T>&, Opt& opt, double lr, double rescale) {
+    return opt.step(lr, rescale);
+  }
+
+  // ---- element-wise passes, pooling, resize, linear (nn/layers.h) --------------------------------
+  void relu(const T* x, T* y, std::int64_t n) { nn::relu(x, y, n); }
+  // dx = (or +=) dy where y > 0.
+  void relu_grad(const T* y, const T* dy, T* dx, std::int64_t n, bool accumulate) {
+    nn::relu_grad(y, dy, dx, n, accumulate);
+  }
+  // y = max(a + b, 0): the end of a residual unit.
+  void add_relu(const T* a, const T* b, T* y, std::int64_t n) {
+    parallel_for_blocks(n, [&](std::int64_t lo, std::int64_t hi) {
+      for (std::int64_t i = lo; i < hi; ++i) y[i] = add_relu_value(a[i], b[i]);
+    });
+  }
+  // y += x.
+  void add_inplace(T* y, const T* x, std::int64_t n) {
+    parallel_for_blocks(n, [&](std::int64_t lo, std::int64_t hi) {
+      for (std::int64_t i = lo; i < hi; ++i) y[i] += x[i];
+    });
+  }
+  // y += alpha x.
+  void axpy(std::int64_t n, T alpha, const T* x, T* y) {
+    for (std::int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+  }
+  void maxpool2d(std::int64_t NC, std::int64_t H, std::int64_t W, const PoolArgs& a, const T* x, T* y,
+                 std::int64_t* argmax) {
+    nn::maxpool2d(NC, H, W, a, x, y, argmax);
+  }
+  // dx += the routed dy (output planes of Ho x Wo).
+  void maxpool2d_grad(std::int64_t NC, std::int64_t H, std::int64_t W, std::int64_t Ho, std::int64_t Wo,
+                      const PoolArgs& a, const T* dy, const std::int64_t* argmax, T* dx) {
+    (void)H, (void)W, (void)a;
+    nn::maxpool2d_grad(NC, Ho * Wo, dy, argmax, dx);
+  }
+  void global_avgpool(std::int64_t NC, std::int64_t P, const T* x, T* y) { nn::global_avgpool(NC, P, x, y); }
+  void global_avgpool_grad(std::int64_t NC, std::int64_t P, const T* dy, T* dx, bool accumulate) {
+    nn::global_avgpool_grad(NC, P, dy, dx, accumulate);
+  }
+  void resize_bilinear(std::int64_t NC, std::int64_t H, std::int64_t W, std::int64_t Ho, std::int64_t Wo,
+                       bool align_corners, const T* x, T* y) {
+    nn::resize_bilinear(NC, H, W, Ho, Wo, align_corners, x, y);
+  }
+  // y (N, O) = x (N, I) w^T + b.
+  void linear(std::int64_t N, std::int64_t I, std::int64_t O, const T* x, const T* w, const T* b, T* y) {
+    nn::linear(N, I, O, x, w, b, y);
+  }
+  // dx (may be null), dw, db += the gradients of linear.
+  void linear_grad(std::int64_t N, std::int64_t I, std::int64_t O, const T* x, const T* w, const T* dy, T* dx, T* dw,
+                   T* db) {
+    nn::linear_grad(N, I, O, x, w, dy, dx, dw, db);
+  }
+
+  // ---- the library's operators, their workspaces from the arena ----------------------------------
+  void trilinear_attention_forward(const TrilinearForwardArgs<T>& a) { cpu::trilinear_attention_forward(a, ws(a)); }
+  void structure_map(const StructureMapArgs<T>& a) { cpu::structure_map(a, ws(a)); }
+  void detail_map(const DetailMapArgs<T>& a) { cpu::detail_map(a, ws(a)); }
+  void attention_sample(const AttentionSampleArgs<T>& a) { cpu::attention_sample(a, ws(a)); }
+  void softmax_cross_entropy(const CrossEntropyArgs<T>& a) { cpu::softmax_cross_entropy(a, ws(a)); }
+  void distillation_loss(const DistillationArgs<T>& a) { cpu::distillation_loss(a, ws(a)); }
+  void topk_correct(const TopkArgs<T>& a) { cpu::topk_correct(a, ws(a)); }
+
+  // ---- host <-> context memory -------------------------------------------------------------------
+  // The images of a batch as the context's tensor (here: a view of the caller's vector).
+  Tensor4<const T> images(const std::vector<T>& v, std::int64_t n, std::int64_t side) {
+    return Tensor4<const T>(v.data(), {n, 3, side, side});
+  }
+  // A small host vector (labels, channel picks) as context memory (here: in place).
+  template <class U>
+  const U* upload(const std::vector<U>& v) {
+    return v.data();
+  }
+  // Values of the context's memory readable on the host after synchronize() (here: in place).
+  template <class U>
+  const U* fetch(const U* p, std::int64_t n) {
+    (void)n;
+    return p;
+  }
+  void synchronize() {}
+  // Time marks of a step (the step's phases for --timing): mark(i) at a point of the step,
+  // seconds(i, j) between two marks after synchronize(). Host clock here; device events on a GPU.
+  static constexpr int kMarks = 8;
+  void mark(int i) { marks_[static_cast<std::size_t>(i)] = std::chrono::steady_clock::now(); }
+  double seconds(int i, int j) const {
+    return std::chrono::duration<double>(marks_[static_cast<std::size_t>(j)] - marks_[static_cast<std::size_t>(i)]).count();
+  }
+  double sgd_seconds() const { return -1; }  // the trainer times the update on the host
+  std::string memory_report() const {
+    return "host arena high water " + std::to_string(arena_.high_water() >> 20) + " MiB";
+  }
+  // True when every element is finite (a device context answers true and lets NaN reach the
+  // losses, which the step reads back once).
+  template <class U, int R>
+  bool all_finite(TensorRef<U, R> t) {
+    const std::int64_t n = t.numel();
+    bool ok = true;
+    for (std::int64_t i = 0; i < n; ++i) ok &= std::isfinite(t.data[i]);
+    return ok;
+  }
+
+ private:
+  // A library operator's workspace from the arena (the operators want 256-byte alignment).
+  template <class Args>
+  tasn::Workspace ws(const Args& a) {
+    const std::size_t bytes = cpu::workspace_bytes(a);
+    if (bytes == 0) return {};
+    auto* p = static_cast<unsigned char*>(arena_.bytes(bytes + 256));
+    const auto at = reinterpret_cast<std::uintptr_t>(p);
+    return {p + ((256 - at % 256) % 256), bytes};
+  }
+
  private:
 #if defined(TASN_HAVE_DNNL)
   static dnnl::ConvGeometry to_dnnl(const ConvGeometry& g) {
@@ -198,6 +341,7 @@ class CpuExec {
 #endif
   Backend backend_;
   Arena arena_;
+  std::array<std::chrono::steady_clock::time_point, kMarks> marks_{};
 };
 
 }  // namespace tasn::nn

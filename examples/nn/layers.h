@@ -24,6 +24,7 @@
 #include "tasn/core/parallel.h"
 #include "tasn/core/resize.h"
 #include "nn/arena.h"
+#include "nn/elementwise.h"
 
 namespace tasn::nn {
 
@@ -438,12 +439,15 @@ void batchnorm2d_backward(const Tensor<T>& x, const Tensor<T>& gamma, const Tens
 
 // ---- element-wise, pooling, linear ---------------------------------------------------------------
 
+// The per-element math of this section (relu_value, relu_grad_value, maxpool_window, layer_tap,
+// resize_blend) lives in nn/elementwise.h, shared with the CUDA kernels (examples/gpu/kernels.cu).
+
 // y = max(x, 0) (y may be x). NaN propagates (x <= 0 is false for NaN), as in PyTorch: a diverged
 // layer must not look healthy.
 template <class T>
 void relu(const T* x, T* y, std::int64_t n) {
   parallel_for_blocks(n, [&](std::int64_t b, std::int64_t e) {
-    for (std::int64_t i = b; i < e; ++i) y[i] = x[i] <= T(0) ? T(0) : x[i];
+    for (std::int64_t i = b; i < e; ++i) y[i] = relu_value(x[i]);
   });
 }
 // dx (+)= dy where the forward output y (or input: the same sign) was positive; dx may be dy.
@@ -451,9 +455,9 @@ template <class T>
 void relu_grad(const T* y, const T* dy, T* dx, std::int64_t n, bool accumulate) {
   parallel_for_blocks(n, [&](std::int64_t b, std::int64_t e) {
     if (accumulate)
-      for (std::int64_t i = b; i < e; ++i) dx[i] += y[i] > T(0) ? dy[i] : T(0);
+      for (std::int64_t i = b; i < e; ++i) dx[i] += relu_grad_value(y[i], dy[i]);
     else
-      for (std::int64_t i = b; i < e; ++i) dx[i] = y[i] > T(0) ? dy[i] : T(0);
+      for (std::int64_t i = b; i < e; ++i) dx[i] = relu_grad_value(y[i], dy[i]);
   });
 }
 
@@ -485,9 +489,11 @@ struct PoolArgs {
 };
 
 inline void pool_output(std::int64_t H, std::int64_t W, const PoolArgs& a, std::int64_t& Ho, std::int64_t& Wo) {
-  Ho = (H + 2 * a.padding - a.kernel) / a.stride + 1;
-  Wo = (W + 2 * a.padding - a.kernel) / a.stride + 1;
-  TASN_CHECK_ARG(a.kernel >= 1 && a.stride >= 1 && Ho >= 1 && Wo >= 1, "maxpool2d: input (", H, ", ", W,
+  TASN_CHECK_ARG(a.kernel >= 1 && a.stride >= 1, "maxpool2d: kernel and stride must be >= 1, got kernel ", a.kernel,
+                 ", stride ", a.stride);
+  Ho = pool_extent(H, a.kernel, a.stride, a.padding);
+  Wo = pool_extent(W, a.kernel, a.stride, a.padding);
+  TASN_CHECK_ARG(Ho >= 1 && Wo >= 1, "maxpool2d: input (", H, ", ", W,
                  ") is smaller than the pooling window ", a.kernel, " (stride ", a.stride, ", padding ", a.padding, ")");
 }
 
@@ -501,21 +507,10 @@ void maxpool2d(std::int64_t NC, std::int64_t H, std::int64_t W, const PoolArgs& 
   cpu::parallel_for(0, NC, [&](std::int64_t nc) {
     for (std::int64_t oy = 0; oy < Ho; ++oy)
       for (std::int64_t ox = 0; ox < Wo; ++ox) {
-        T best = -std::numeric_limits<T>::infinity();
-        std::int64_t at = -1;
-        for (std::int64_t ky = 0; ky < a.kernel; ++ky)
-          for (std::int64_t kx = 0; kx < a.kernel; ++kx) {
-            const std::int64_t iy = oy * a.stride - a.padding + ky, ix = ox * a.stride - a.padding + kx;
-            if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
-            const std::int64_t i = (nc * H + iy) * W + ix;
-            if (x[i] > best || at < 0 || std::isnan(x[i])) {  // NaN wins, as in PyTorch
-              best = x[i];
-              at = i;
-            }
-          }
+        const PoolPick<T> p = maxpool_window(x, nc, H, W, oy, ox, a.kernel, a.stride, a.padding);
         const std::int64_t o = (nc * Ho + oy) * Wo + ox;
-        y[o] = best;
-        if (argmax) argmax[o] = at;
+        y[o] = p.value;
+        if (argmax) argmax[o] = p.index;
       }
   });
 }
@@ -638,12 +633,7 @@ void linear_backward(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<T
 
 // ---- bilinear resize (align_corners true or false), batch concat / slice -----------------------
 
-// Taps in double (tasn::resize_tap, the library's one bilinear implementation), weights in T.
-template <class T>
-ResizeTap<T> layer_tap(std::int64_t dst, std::int64_t in, std::int64_t out, bool align_corners) {
-  const auto t = tasn::resize_tap<double>(dst, in, out, align_corners);
-  return {t.i0, t.i1, static_cast<T>(t.w1)};
-}
+// Taps: layer_tap (nn/elementwise.h), in double, weights in T; the blend: resize_blend.
 
 // NC planes (H, W) -> (Ho, Wo).
 template <class T>
@@ -655,8 +645,7 @@ void resize_bilinear(std::int64_t NC, std::int64_t H, std::int64_t W, std::int64
       const auto ty = layer_tap<T>(oy, H, Ho, align_corners);
       for (std::int64_t ox = 0; ox < Wo; ++ox) {
         const auto tx = layer_tap<T>(ox, W, Wo, align_corners);
-        y[(nc * Ho + oy) * Wo + ox] = tasn::bilinear_blend(in[ty.i0 * W + tx.i0], in[ty.i0 * W + tx.i1],
-                                                           in[ty.i1 * W + tx.i0], in[ty.i1 * W + tx.i1], ty.w1, tx.w1);
+        y[(nc * Ho + oy) * Wo + ox] = resize_blend(in, W, ty, tx);
       }
     }
   });

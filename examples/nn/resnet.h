@@ -49,13 +49,13 @@ class ConvBN {
     geo_ = conv_geometry(x.size, ws, a_, "ConvBN::forward");
     x_ = x;
     c_ = ex.act(geo_.n, geo_.cout, geo_.ho, geo_.wo);
-    ex.conv_forward(geo_, x.data, w_->value.ptr(), nullptr, c_.data);
+    ex.conv_forward(geo_, x.data, ex.value(*w_), nullptr, c_.data);
     y_ = ex.act(geo_.n, geo_.cout, geo_.ho, geo_.wo);
     BatchNormState s;
     s.training = training;
     eps_ = s.eps;
-    saved_ = ex.bn_forward(geo_.n, geo_.cout, geo_.ho * geo_.wo, c_.data, g_->value.ptr(), b_->value.ptr(),
-                           rm_->value.ptr(), rv_->value.ptr(), s, relu_, y_.data);
+    saved_ = ex.bn_forward(geo_.n, geo_.cout, geo_.ho * geo_.wo, c_.data, ex.value(*g_), ex.value(*b_), ex.value(*rm_),
+                           ex.value(*rv_), s, relu_, y_.data);
     return y_;
   }
 
@@ -64,9 +64,9 @@ class ConvBN {
   void backward(Ex& ex, Tensor4<const T> dy, Tensor4<T> dx, bool acc) {
     const auto mark = ex.arena().mark();
     T* dc = ex.template buffer<T>(y_.numel());
-    ex.bn_backward(geo_.n, geo_.cout, geo_.ho * geo_.wo, c_.data, g_->value.ptr(), dy.data, saved_, eps_, dc, false,
-                   g_->grad.ptr(), b_->grad.ptr());
-    ex.conv_backward(geo_, x_.data, w_->value.ptr(), dc, dx.data, acc, w_->grad.ptr(), nullptr);
+    ex.bn_backward(geo_.n, geo_.cout, geo_.ho * geo_.wo, c_.data, ex.value(*g_), dy.data, saved_, eps_, dc, false,
+                   ex.grad(*g_), ex.grad(*b_));
+    ex.conv_backward(geo_, x_.data, ex.value(*w_), dc, dx.data, acc, ex.grad(*w_), nullptr);
     ex.arena().rewind(mark);
   }
   Tensor4<T> output() const { return y_; }
@@ -96,14 +96,14 @@ class Linear {
                    w_->value.dim(1), " features but x ", x.shape_string(), " has ", x.size[1]);
     x_ = x;
     Tensor2<T> y = ex.mat(x.size[0], w_->value.dim(0));
-    linear(x.size[0], x.size[1], y.size[1], x.data, w_->value.ptr(), b_->value.ptr(), y.data);
+    ex.linear(x.size[0], x.size[1], y.size[1], x.data, ex.value(*w_), ex.value(*b_), y.data);
     return y;
   }
   // dx (may be absent) += dL/dx; the parameter gradients are added.
   template <class Ex>
-  void backward(Ex&, Tensor2<const T> dy, Tensor2<T> dx) {
-    linear_grad(x_.size[0], x_.size[1], dy.size[1], x_.data, w_->value.ptr(), dy.data, dx.data, w_->grad.ptr(),
-                b_->grad.ptr());
+  void backward(Ex& ex, Tensor2<const T> dy, Tensor2<T> dx) {
+    ex.linear_grad(x_.size[0], x_.size[1], dy.size[1], x_.data, ex.value(*w_), dy.data, dx.data, ex.grad(*w_),
+                   ex.grad(*b_));
   }
   std::int64_t out_features() const { return w_->value.dim(0); }
 
@@ -141,14 +141,7 @@ class ResidualBlock {
     TASN_CHECK_ARG(skip.numel() == h.numel(), "ResidualBlock: the branch gives ", h.shape_string(),
                    " but the shortcut ", skip.shape_string());
     y_ = ex.act(h.size[0], h.size[1], h.size[2], h.size[3]);
-    const T *a = h.data, *b = skip.data;
-    T* y = y_.data;
-    parallel_for_blocks(y_.numel(), [&](std::int64_t lo, std::int64_t hi) {
-      for (std::int64_t i = lo; i < hi; ++i) {
-        const T s = a[i] + b[i];
-        y[i] = s <= T(0) ? T(0) : s;
-      }
-    });
+    ex.add_relu(h.data, skip.data, y_.data, y_.numel());
     return y_;
   }
 
@@ -157,7 +150,7 @@ class ResidualBlock {
     const auto mark = ex.arena().mark();
     const std::int64_t n = y_.numel();
     T* ds = ex.template buffer<T>(n);
-    relu_grad(y_.data, dy.data, ds, n, false);
+    ex.relu_grad(y_.data, dy.data, ds, n, false);
     const Tensor4<const T> ds4(ds, {y_.size[0], y_.size[1], y_.size[2], y_.size[3]});
     // the branch first (its first unit writes dx when !acc), then the shortcut adds
     Tensor4<const T> g = ds4;
@@ -171,10 +164,7 @@ class ResidualBlock {
     if (down_) {
       down_->backward(ex, ds4, dx, true);
     } else {
-      T* d = dx.data;
-      parallel_for_blocks(n, [&](std::int64_t lo, std::int64_t hi) {
-        for (std::int64_t i = lo; i < hi; ++i) d[i] += ds[i];
-      });
+      ex.add_inplace(dx.data, ds, n);
     }
     ex.arena().rewind(mark);
   }
@@ -244,7 +234,7 @@ class ResNet {
       pool_output(h.size[2], h.size[3], PoolArgs{3, 2, 1}, Ho, Wo);
       Tensor4<T> p = ex.act(h.size[0], h.size[1], Ho, Wo);
       argmax_ = ex.template buffer<std::int64_t>(p.numel());
-      maxpool2d(h.size[0] * h.size[1], h.size[2], h.size[3], PoolArgs{3, 2, 1}, h.data, p.data, argmax_);
+      ex.maxpool2d(h.size[0] * h.size[1], h.size[2], h.size[3], PoolArgs{3, 2, 1}, h.data, p.data, argmax_);
       pool_out_ = p;
       h = p;
     }
@@ -265,8 +255,8 @@ class ResNet {
     }
     if (cfg_.stem_pool) {
       Tensor4<T> dstem = ex.act(stem_out_.size[0], stem_out_.size[1], stem_out_.size[2], stem_out_.size[3], true);
-      maxpool2d_grad(stem_out_.size[0] * stem_out_.size[1], pool_out_.size[2] * pool_out_.size[3], d.data, argmax_,
-                     dstem.data);
+      ex.maxpool2d_grad(stem_out_.size[0] * stem_out_.size[1], stem_out_.size[2], stem_out_.size[3], pool_out_.size[2],
+                        pool_out_.size[3], PoolArgs{3, 2, 1}, d.data, argmax_, dstem.data);
       d = dstem;
     }
     stem_->backward(ex, d, dx, false);
@@ -278,7 +268,7 @@ class ResNet {
   Tensor2<T> forward(Ex& ex, Tensor4<const T> x, bool training) {
     const Tensor4<T> f = forward_features(ex, x, training);
     pooled_ = ex.mat(f.size[0], f.size[1]);
-    global_avgpool(f.size[0] * f.size[1], f.size[2] * f.size[3], f.data, pooled_.data);
+    ex.global_avgpool(f.size[0] * f.size[1], f.size[2] * f.size[3], f.data, pooled_.data);
     return cfg_.num_classes > 0 ? fc_.forward(ex, pooled_) : pooled_;
   }
   template <class Ex>
@@ -291,7 +281,7 @@ class ResNet {
       dp = d;
     }
     Tensor4<T> df = ex.act(feat_.size[0], feat_.size[1], feat_.size[2], feat_.size[3]);
-    global_avgpool_grad(feat_.size[0] * feat_.size[1], feat_.size[2] * feat_.size[3], dp.data, df.data, false);
+    ex.global_avgpool_grad(feat_.size[0] * feat_.size[1], feat_.size[2] * feat_.size[3], dp.data, df.data, false);
     backward_features(ex, df, dx);
     ex.arena().rewind(mark);
   }

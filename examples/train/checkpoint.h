@@ -43,6 +43,7 @@ inline std::string fnv1a_hex(const std::string& s) {
 // of TASN and of the baseline start from the same weights for the same seed.
 inline void init_model(Model& m, std::uint64_t seed) {
   for (auto& [prefix, ps] : m.stores()) nn::init_torchvision(*ps, mix64(mix64(seed) ^ fnv1a(prefix)));
+  m.params_to_device(nullptr);
 }
 
 // A string that must agree between a checkpoint and the model that loads it: the model's
@@ -103,6 +104,7 @@ inline std::map<std::string, std::string> checkpoint_metadata(Model& m, std::int
 // train, written atomically (a failure leaves the previous checkpoint as it was).
 inline void save_checkpoint(const std::string& path, Model& m, Sgd* opt, std::int64_t epoch, std::int64_t step,
                             const std::string& train_sig = "") {
+  m.params_to_host(opt);  // a device model's values and momentum
   nn::safetensors::write(path, checkpoint_tensors(m, opt), checkpoint_metadata(m, epoch, step, train_sig));
 }
 
@@ -147,6 +149,7 @@ inline CheckpointInfo load_checkpoint(const std::string& path, Model& m, Sgd* op
   if (check) check(info);
   for (auto& [dst, e] : pending)
     for (std::size_t i = 0; i < e->values.size(); ++i) (*dst)[static_cast<std::int64_t>(i)] = static_cast<float>(e->values[i]);
+  m.params_to_device(opt);
   return info;
 }
 

@@ -31,6 +31,7 @@
 #include "nn/exec.h"
 #include "nn/params.h"
 #include "nn/resnet.h"
+#include "train/optim.h"
 #include "tasn/attention_sampler.h"
 #include "tasn/core/softmax_cpu.h"
 #include "tasn/losses.h"
@@ -90,6 +91,9 @@ struct StepStats {
   double total = 0;
   std::int64_t correct = 0;  // of the reported head
   std::int64_t n = 0;
+  // Phases of the step (seconds; device time on a GPU): the batch's upload, the forward pass with
+  // the losses, the TASN operators within it (trilinear attention, maps, sampling), the backward.
+  double seconds_upload = 0, seconds_forward = 0, seconds_tasn = 0, seconds_backward = 0;
 };
 
 // Intermediate images and maps of one forward pass (views into the step's arena: valid until the
@@ -104,6 +108,9 @@ struct BasicTasnViews {
 using TasnViews = BasicTasnViews<float>;
 
 // What the trainer needs from a network (T = float; double for the whole-step golden test).
+// Parameters live in params() on the host (initialisation, checkpoints, the non-finite lookup);
+// a model on a device keeps a copy there: params_to_device() after the host values changed (init,
+// a loaded checkpoint), params_to_host() before they are read (a checkpoint).
 template <class T>
 class BasicModel {
  public:
@@ -113,12 +120,23 @@ class BasicModel {
   virtual nn::FlatParams<T>& params() = 0;
   // (prefix, store) pairs of params(): checkpoint names are "<prefix>.<name>".
   const std::vector<std::pair<std::string, nn::ParamStore<T>*>>& stores() { return params().stores(); }
-  // The execution context the model runs on (backend, arena).
-  virtual nn::CpuExec<T>& exec() = 0;
+  // Where the model runs, for the start-up line: "cpu (onednn)", "cuda (NVIDIA H200, ...)".
+  virtual std::string device() const { return "cpu"; }
   // Forward + backward of one batch (grads are zeroed first). images: (N, 3, image, image). The
   // result is valid until the next call. After the first step no heap allocation.
   virtual const StepStats& train_step(const std::vector<T>& images, const std::vector<std::int64_t>& labels,
                                       std::uint64_t step_seed) = 0;
+  // One optimiser update from the gradients of the last train_step (where the parameters live);
+  // false, changing nothing, when a gradient is not finite (opt.non_finite_gradient() names it).
+  virtual bool sgd_step(BasicSgd<T>& opt, double lr, double rescale) { return opt.step(lr, rescale); }
+  virtual void params_to_host(BasicSgd<T>* opt) { (void)opt; }
+  virtual void params_to_device(BasicSgd<T>* opt) { (void)opt; }
+  // The gradients of the last train_step into params().grads() (tests, diagnostics).
+  virtual void grads_to_host() {}
+  // Device time of the last sgd_step (waits for it), or < 0 where the caller's clock measures it.
+  virtual double update_seconds() const { return -1; }
+  // Memory the model's context uses (--timing).
+  virtual std::string memory_report() const { return ""; }
   // Evaluation-mode logits of every head, in head_names() order, each (N, classes).
   virtual std::vector<Tensor<T>> predict(const std::vector<T>& images, std::int64_t n) = 0;
   virtual std::vector<std::string> head_names() const = 0;
@@ -129,6 +147,7 @@ class BasicModel {
   virtual std::string training_string() const { return ""; }
   // Maps, sampled images and grid of the last train_step / predict call, for the diagnostics of
   // train/diagnostics.h (detail coverage in evaluate(), --dump-attention); nullptr: none (baseline).
+  // Host memory (a device model copies them after predict()).
   virtual const BasicTasnViews<T>* attention_views() const { return nullptr; }
 };
 using Model = BasicModel<float>;
@@ -157,46 +176,16 @@ inline std::string loss_config_string(const NetConfig& c) {
 
 namespace detail_model {
 
-// A library operator's workspace from the step's arena (the operators want 256-byte alignment).
 template <class T>
-tasn::Workspace arena_workspace(nn::CpuExec<T>& ex, std::size_t bytes) {
-  if (bytes == 0) return {};
-  auto* p = static_cast<unsigned char*>(ex.arena().bytes(bytes + 256));
-  const auto a = reinterpret_cast<std::uintptr_t>(p);
-  return {p + ((256 - a % 256) % 256), bytes};
-}
-template <class T, class Args>
-tasn::Workspace workspace_for(nn::CpuExec<T>& ex, const Args& args) {
-  return arena_workspace(ex, cpu::workspace_bytes(args));
-}
-
-template <class T>
-Tensor4<const T> images_view(const std::vector<T>& images, std::int64_t side, const char* what) {
+void check_batch(const std::vector<T>& images, const std::vector<std::int64_t>& labels, std::int64_t side,
+                 std::int64_t* n, const char* what, bool with_labels) {
   const std::int64_t per = 3 * side * side;
   TASN_CHECK_ARG(per > 0 && !images.empty() && static_cast<std::int64_t>(images.size()) % per == 0, what,
                  ": images hold ", images.size(), " values, not a whole number of (3, ", side, ", ", side, ") images");
-  return Tensor4<const T>(images.data(), {static_cast<std::int64_t>(images.size()) / per, 3, side, side});
-}
-
-// Cross-entropy of z (N, K) summed over the batch with grad_scale; writes dz, returns the loss.
-template <class T>
-double cross_entropy(nn::CpuExec<T>& ex, Tensor2<const T> z, const std::vector<std::int64_t>& labels, double scale,
-                     Tensor2<T> dz) {
-  CrossEntropyOptions o;
-  o.grad_scale = scale;
-  o.reduction = Reduction::Sum;
-  T* loss = ex.template buffer<T>(1);
-  CrossEntropyArgs<T> a{z, Tensor1<const std::int64_t>(labels.data(), {z.size[0]}), Tensor1<T>(loss, {1}), dz, {}, o};
-  cpu::softmax_cross_entropy(a, workspace_for(ex, a));
-  return double(*loss);
-}
-
-template <class T, int R>
-bool finite(TensorRef<const T, R> t) {
-  const std::int64_t n = t.numel();
-  bool ok = true;
-  for (std::int64_t i = 0; i < n; ++i) ok &= std::isfinite(t.data[i]);
-  return ok;
+  *n = static_cast<std::int64_t>(images.size()) / per;
+  if (with_labels)
+    TASN_CHECK_ARG(static_cast<std::int64_t>(labels.size()) == *n, what, ": ", labels.size(), " labels for ", *n,
+                   " images");
 }
 
 // The step's result when a tensor of the forward pass is not finite: the library's operators
@@ -208,29 +197,83 @@ inline void non_finite(StepStats& st, const char* what, std::int64_t n) {
   st.losses.push_back({std::string("non-finite ") + what, st.total});
 }
 
-// Correct top-1 predictions of z (N, K); the operator's scratch from ex's arena when given.
+// Correct top-1 predictions of host logits z (N, K) (evaluation).
 template <class T>
-std::int64_t top1(Tensor2<const T> z, const std::vector<std::int64_t>& labels, nn::CpuExec<T>* ex = nullptr) {
+std::int64_t top1(Tensor2<const T> z, const std::vector<std::int64_t>& labels) {
   std::int64_t c = 0;
   const TopkArgs<T> a{z, Tensor1<const std::int64_t>(labels.data(), {z.size[0]}), Tensor1<std::int64_t>(&c, {1}),
                       TopkOptions{}};
-  cpu::topk_correct(a, ex ? workspace_for(*ex, a) : tasn::Workspace{});
+  cpu::topk_correct(a, {});
   return c;
 }
 
 template <class T>
-Tensor<T> to_tensor(Tensor2<const T> z) {
-  Tensor<T> t({z.size[0], z.size[1]});
-  std::copy(z.data, z.data + z.numel(), t.ptr());
+Tensor<T> to_tensor(const T* z, std::int64_t n, std::int64_t k) {
+  Tensor<T> t({n, k});
+  std::copy(z, z + n * k, t.ptr());
   return t;
+}
+
+// Summed cross-entropy of z (N, K) into *loss (context memory), gradient dz with grad_scale.
+template <class T, class Ex>
+void cross_entropy(Ex& ex, Tensor2<const T> z, const std::int64_t* labels, double scale, Tensor2<T> dz, T* loss) {
+  CrossEntropyOptions o;
+  o.grad_scale = scale;
+  o.reduction = Reduction::Sum;
+  o.check_finite = Ex::kHostMemory;
+  ex.softmax_cross_entropy(
+      CrossEntropyArgs<T>{z, Tensor1<const std::int64_t>(labels, {z.size[0]}), Tensor1<T>(loss, {1}), dz, {}, o});
+}
+
+// Correct top-1 predictions of z into *count (context memory).
+template <class T, class Ex>
+void top1(Ex& ex, Tensor2<const T> z, const std::int64_t* labels, std::int64_t* count) {
+  TopkOptions o;
+  o.check_finite = Ex::kHostMemory;
+  ex.topk_correct(TopkArgs<T>{z, Tensor1<const std::int64_t>(labels, {z.size[0]}), Tensor1<std::int64_t>(count, {1}), o});
 }
 
 }  // namespace detail_model
 
-template <class T>
-class BasicTasnNet : public BasicModel<T> {
+// A model on an execution context Ex: nn::CpuExec<T> (default) or nn::CudaExec
+// (examples/gpu/cuda_exec.h). It owns the context and the flat parameters and forwards to the
+// context what depends on where they live (the update, copies between host and device, timing).
+// The derived constructor's extra arguments construct the context. All work goes through the
+// context; results come back through ex.fetch() + ONE ex.synchronize() per step.
+template <class T, class Ex>
+class ModelOn : public BasicModel<T> {
  public:
-  explicit BasicTasnNet(const NetConfig& c, nn::Backend backend = nn::default_backend<T>()) : cfg_(c), ex_(backend) {
+  nn::FlatParams<T>& params() override { return params_; }
+  Ex& exec() { return ex_; }
+  std::string device() const override { return ex_.describe(); }
+  bool sgd_step(BasicSgd<T>& opt, double lr, double rescale) override { return ex_.sgd_step(params_, opt, lr, rescale); }
+  void params_to_host(BasicSgd<T>* opt) override { ex_.params_to_host(params_, opt); }
+  void params_to_device(BasicSgd<T>* opt) override { ex_.params_to_device(params_, opt); }
+  void grads_to_host() override { ex_.grads_to_host(params_); }
+  double update_seconds() const override { return ex_.sgd_seconds(); }
+  std::string memory_report() const override { return ex_.memory_report(); }
+
+ protected:
+  template <class... ExArgs>
+  explicit ModelOn(ExArgs&&... ex_args) : ex_(std::forward<ExArgs>(ex_args)...) {}
+  // The stores' tensors laid out in params_, and the context told where (derived constructors).
+  void lay_out() {
+    params_.allocate();
+    ex_.bind_params(params_);
+  }
+  Ex ex_;
+  nn::FlatParams<T> params_;
+};
+
+template <class T, class Ex = nn::CpuExec<T>>
+class BasicTasnNet : public ModelOn<T, Ex> {
+  using ModelOn<T, Ex>::ex_;
+  using ModelOn<T, Ex>::params_;
+
+ public:
+  template <class... ExArgs>
+  explicit BasicTasnNet(const NetConfig& c, ExArgs&&... ex_args)
+      : ModelOn<T, Ex>(std::forward<ExArgs>(ex_args)...), cfg_(c) {
     c.validate();
     nn::AttentionNetConfig ac;
     ac.backbone = c.att_backbone;
@@ -247,12 +290,10 @@ class BasicTasnNet : public BasicModel<T> {
     params_.add("att", att_ps_);
     params_.add("master", master_ps_);
     params_.add("heads", heads_ps_);
-    params_.allocate();
+    this->lay_out();
   }
 
   std::string name() const override { return "tasn"; }
-  nn::FlatParams<T>& params() override { return params_; }
-  nn::CpuExec<T>& exec() override { return ex_; }
   std::vector<std::string> head_names() const override {
     return {"attention", "part", "master", "part_aux", "master_aux", "combined"};
   }
@@ -263,9 +304,20 @@ class BasicTasnNet : public BasicModel<T> {
   nn::AttentionNet<T>& attention_net() { return *att_; }
   nn::ParamStore<T>& att_store() { return att_ps_; }
   nn::ParamStore<T>& master_store() { return master_ps_; }
-  // Maps, sampled images and grid of the last train_step / predict call.
+  // Maps, sampled images and grid of the last train_step / predict call (context memory; host
+  // copies through attention_views() after predict).
   const BasicTasnViews<T>& last_views() const { return views_; }
-  const BasicTasnViews<T>* attention_views() const override { return &views_; }
+  const BasicTasnViews<T>* attention_views() const override { return Ex::kHostMemory ? &views_ : &host_views_; }
+  // The views of the last step on the host now (a device context copies them and waits).
+  BasicTasnViews<T> views_on_host() {
+    if constexpr (Ex::kHostMemory) {
+      return views_;
+    } else {
+      fetch_views();
+      ex_.synchronize();
+      return host_views_;
+    }
+  }
   // Test hook: the training-mode detail map takes channel c[n] of sample n (the operator checks
   // that there is one per sample, in range) instead of the seeded pick; empty: the seeded pick.
   void set_detail_channels(std::vector<std::int64_t> c) { detail_channels_ = std::move(c); }
@@ -274,34 +326,38 @@ class BasicTasnNet : public BasicModel<T> {
   // out): detail images in [0, N), structure images in [N, 2N) (one batch for the shared
   // backbone, no concatenation). training: BN batch statistics and a random detail channel per
   // sample (drawn from step_seed); else running statistics and the channel sum for the detail map.
-  // Returns an absent view when the attention net's output is not finite (a diverged model),
-  // without running the operators.
+  // Returns an absent view when the attention net's output is not finite (a diverged model; host
+  // contexts only: a device context lets NaN reach the losses), without running the operators.
   Tensor2<T> attend(Tensor4<const T> img, bool training, std::uint64_t step_seed, Tensor4<T> x2) {
-    nn::CpuExec<T>& ex = ex_;
+    Ex& ex = ex_;
+    constexpr bool check = Ex::kHostMemory;
     const std::int64_t N = img.size[0], Hi = img.size[2], Wi = img.size[3], A = cfg_.att_input, O = cfg_.out;
     Tensor4<T> small = ex.act(N, 3, A, A);
-    nn::resize_bilinear(N * 3, Hi, Wi, A, A, true, img.data, small.data);
+    ex.resize_bilinear(N * 3, Hi, Wi, A, A, true, img.data, small.data);
     const Tensor2<T> logits = att_->forward(ex, small, training);
     const Tensor4<const T> F = att_->feature_map();  // gradient stopped after the trilinear attention
-    if (!detail_model::finite(Tensor2<const T>(logits)) || !detail_model::finite(F)) return {};  // caller reports it
+    if (!ex.all_finite(Tensor2<const T>(logits)) || !ex.all_finite(F)) return {};  // caller reports it
     const std::int64_t C = F.size[1], h = F.size[2], w = F.size[3];
+    ex.mark(2);  // the TASN operators: trilinear attention, maps, sampling
     Tensor4<T> M = ex.act(N, C, h, w);
     TrilinearAttentionOptions to;
     to.beta = cfg_.beta;
-    TrilinearForwardArgs<T> ta{F, M, {}, to};
-    cpu::trilinear_attention_forward(ta, detail_model::workspace_for(ex, ta));
+    to.check_finite = check;
+    ex.trilinear_attention_forward(TrilinearForwardArgs<T>{F, M, {}, to});
     Tensor3<T> smap(ex.template buffer<T>(N * h * w), {N, h, w}), dmap(ex.template buffer<T>(N * h * w), {N, h, w});
     StructureMapArgs<T> sm{M, smap, {}};
     sm.options.distinct = cfg_.distinct;
-    cpu::structure_map(sm, detail_model::workspace_for(ex, sm));
+    sm.options.check_finite = check;
+    ex.structure_map(sm);
     DetailMapArgs<T> dm;
     dm.m = M;
     dm.out = dmap;
     dm.options.training = training;
     dm.options.seed = step_seed;
+    dm.options.check_finite = check;
     if (training && !detail_channels_.empty())
-      dm.channels = Tensor1<const std::int64_t>(detail_channels_.data(), {static_cast<std::int64_t>(detail_channels_.size())});
-    cpu::detail_map(dm, detail_model::workspace_for(ex, dm));
+      dm.channels = Tensor1<const std::int64_t>(ex.upload(detail_channels_), {static_cast<std::int64_t>(detail_channels_.size())});
+    ex.detail_map(dm);
     Tensor2<T> gy(ex.template buffer<T>(N * O), {N, O}), gx(ex.template buffer<T>(N * O), {N, O});
     Tensor1<unsigned char> fb_s(ex.template buffer<unsigned char>(N), {N}), fb_d(ex.template buffer<unsigned char>(N), {N});
     AttentionSampleArgs<T> as;
@@ -315,29 +371,36 @@ class BasicTasnNet : public BasicModel<T> {
     as.options.grid.iters = cfg_.iters;
     as.options.grid.mode = cfg_.mode;
     as.options.squared = cfg_.structure_squared;
-    cpu::attention_sample(as, detail_model::workspace_for(ex, as));
+    as.options.check_finite = check;
+    ex.attention_sample(as);
     as.attention = dmap;
     as.out = x2.slice(0, N);
     as.gy = {};
     as.gx = {};
     as.fallback = fb_d;
     as.options.squared = false;
-    cpu::attention_sample(as, detail_model::workspace_for(ex, as));
+    ex.attention_sample(as);
+    ex.mark(3);
     views_ = {smap, dmap, x2.slice(N, 2 * N), x2.slice(0, N), gy, gx, fb_s, fb_d};
     return logits;
   }
 
+  // Slots of the step's scalars (context memory, fetched once at the end of the step).
+  enum Loss { kAtt, kPart, kMaster, kPartAux, kMasterAux, kDistill, kLosses };
+
   const StepStats& train_step(const std::vector<T>& images, const std::vector<std::int64_t>& labels,
                               std::uint64_t step_seed) override {
-    using detail_model::cross_entropy;
-    nn::CpuExec<T>& ex = ex_;
-    const Tensor4<const T> img = detail_model::images_view(images, cfg_.image, "TasnNet::train_step");
-    const std::int64_t N = img.size[0], K = cfg_.classes, O = cfg_.out;
-    TASN_CHECK_ARG(static_cast<std::int64_t>(labels.size()) == N, "TasnNet::train_step: ", labels.size(),
-                   " labels for ", N, " images");
+    Ex& ex = ex_;
+    std::int64_t N = 0;
+    detail_model::check_batch(images, labels, cfg_.image, &N, "TasnNet::train_step", true);
+    const std::int64_t K = cfg_.classes, O = cfg_.out;
     ex.begin_step();
-    params_.zero_grad();
+    ex.zero_grads(params_);
     StepStats& st = stats_;
+    ex.mark(0);
+    const Tensor4<const T> img = ex.images(images, N, cfg_.image);
+    const std::int64_t* y = ex.upload(labels);
+    ex.mark(1);
     Tensor4<T> x2 = ex.act(2 * N, 3, O, O);
     const Tensor2<T> z_att = attend(img, true, step_seed, x2);
     if (!z_att.present()) {
@@ -350,44 +413,41 @@ class BasicTasnNet : public BasicModel<T> {
     const Tensor2<T> z_part = part_fc_.forward(ex, f_part), z_master = master_fc_.forward(ex, f_master);
     const Tensor2<T> z_aux = shared_fc_.forward(ex, pooled);  // [part_aux; master_aux]
     for (const auto* z : {&z_part, &z_master, &z_aux})
-      if (!detail_model::finite(Tensor2<const T>(*z))) {
+      if (!ex.all_finite(Tensor2<const T>(*z))) {
         detail_model::non_finite(st, "part/master logits", N);
         return st;
       }
 
-    st.losses.clear();
-    st.total = 0;
-    st.n = N;
+    T* L = ex.template buffer<T>(kLosses);
+    std::int64_t* correct = ex.template buffer<std::int64_t>(1);
     Tensor2<T> d_att = ex.mat(N, K), d_part = ex.mat(N, K), d_master = ex.mat(N, K), d_aux = ex.mat(2 * N, K);
     const double gs = cfg_.head_grad_scale;
-    st.losses.push_back({"att", cross_entropy<T>(ex, z_att, labels, cfg_.att_grad_scale, d_att)});
-    st.losses.push_back({"part", cross_entropy<T>(ex, z_part, labels, gs, d_part)});
-    st.losses.push_back({"master", cross_entropy<T>(ex, z_master, labels, gs, d_master)});
-    st.losses.push_back({"part_aux", cross_entropy<T>(ex, z_aux.slice(0, N), labels, gs, d_aux.slice(0, N))});
-    st.losses.push_back({"master_aux", cross_entropy<T>(ex, z_aux.slice(N, 2 * N), labels, gs, d_aux.slice(N, 2 * N))});
+    using detail_model::cross_entropy;
+    cross_entropy<T>(ex, z_att, y, cfg_.att_grad_scale, d_att, L + kAtt);
+    cross_entropy<T>(ex, z_part, y, gs, d_part, L + kPart);
+    cross_entropy<T>(ex, z_master, y, gs, d_master, L + kMaster);
+    cross_entropy<T>(ex, z_aux.slice(0, N), y, gs, d_aux.slice(0, N), L + kPartAux);
+    cross_entropy<T>(ex, z_aux.slice(N, 2 * N), y, gs, d_aux.slice(N, 2 * N), L + kMasterAux);
+    const T w = static_cast<T>(cfg_.distill_weight);
     {  // distillation: student = master logits, teacher = part logits
       DistillationOptions o;
       o.temperature = cfg_.temperature;
       o.reduction = Reduction::Sum;
+      o.check_finite = Ex::kHostMemory;
       Tensor2<T> ds = ex.mat(N, K), dt = ex.mat(N, K);
-      T* loss = ex.template buffer<T>(1);
-      const T w = static_cast<T>(cfg_.distill_weight);
       DistillationArgs<T> da;
       da.student = z_master;
       da.teacher = z_part;
-      da.loss = Tensor1<T>(loss, {1});
+      da.loss = Tensor1<T>(L + kDistill, {1});
       da.dstudent = ds;
       if (cfg_.teacher_grad) da.dteacher = dt;
       da.options = o;
-      cpu::distillation_loss(da, detail_model::workspace_for(ex, da));
-      for (std::int64_t i = 0; i < N * K; ++i) {
-        d_master.data[i] += w * ds.data[i];
-        if (cfg_.teacher_grad) d_part.data[i] += w * dt.data[i];
-      }
-      st.losses.push_back({"distill", double(w) * double(*loss)});
+      ex.distillation_loss(da);
+      ex.axpy(N * K, w, ds.data, d_master.data);
+      if (cfg_.teacher_grad) ex.axpy(N * K, w, dt.data, d_part.data);
     }
-    for (const auto& [n, l] : st.losses) st.total += l;
-    st.correct = detail_model::top1<T>(z_aux.slice(N, 2 * N), labels, &ex);
+    detail_model::top1<T>(ex, z_aux.slice(N, 2 * N), y, correct);
+    ex.mark(4);
 
     // backward: heads -> shared backbone (2N) ; attention net from its own loss only
     Tensor2<T> df = ex.mat(2 * N, pooled.size[1], true);
@@ -396,27 +456,52 @@ class BasicTasnNet : public BasicModel<T> {
     shared_fc_.backward(ex, d_aux, df);
     master_->backward(ex, df);
     att_->backward(ex, d_att);
+    ex.mark(5);
+
+    // the one read-back of the step: losses, the count, the context's gradient check
+    const T* hl = ex.fetch(L, kLosses);
+    const std::int64_t* hc = ex.fetch(correct, 1);
+    ex.check_grads(params_);
+    ex.synchronize();
+    static const char* const names[kLosses] = {"att", "part", "master", "part_aux", "master_aux", "distill"};
+    st.losses.clear();
+    st.total = 0;
+    st.n = N;
+    for (int i = 0; i < kLosses; ++i) {
+      const double v = i == kDistill ? double(w) * double(hl[i]) : double(hl[i]);
+      st.losses.push_back({names[i], v});
+      st.total += v;
+    }
+    st.correct = *hc;
+    phase_times(st);
     return st;
   }
 
   std::vector<Tensor<T>> predict(const std::vector<T>& images, std::int64_t n) override {
-    nn::CpuExec<T>& ex = ex_;
-    const Tensor4<const T> img = detail_model::images_view(images, cfg_.image, "TasnNet::predict");
-    TASN_CHECK_ARG(img.size[0] == n, "TasnNet::predict: ", img.size[0], " images, expected ", n);
+    Ex& ex = ex_;
+    std::int64_t N = 0;
+    detail_model::check_batch(images, {}, cfg_.image, &N, "TasnNet::predict", false);
+    TASN_CHECK_ARG(N == n, "TasnNet::predict: ", N, " images, expected ", n);
+    const std::int64_t K = cfg_.classes;
     ex.begin_step();
+    const Tensor4<const T> img = ex.images(images, n, cfg_.image);
     Tensor4<T> x2 = ex.act(2 * n, 3, cfg_.out, cfg_.out);
     const Tensor2<T> z_att = attend(img, false, 0, x2);
     if (!z_att.present()) throw NonFinite("TasnNet::predict: the attention net's output is not finite (a diverged model?)");
     const Tensor2<T> pooled = master_->forward(ex, x2, false);
     const Tensor2<const T> f_part = pooled.slice(0, n), f_master = pooled.slice(n, 2 * n);
     const Tensor2<T> z_aux = shared_fc_.forward(ex, pooled);
-    using detail_model::to_tensor;
-    std::vector<Tensor<T>> out = {to_tensor<T>(z_att), to_tensor<T>(part_fc_.forward(ex, f_part)),
-                                  to_tensor<T>(master_fc_.forward(ex, f_master)), to_tensor<T>(z_aux.slice(0, n)),
-                                  to_tensor<T>(z_aux.slice(n, 2 * n))};
-    for (const auto& z : out)
-      if (!detail_model::finite(Tensor2<const T>(z.ptr(), {z.dim(0), z.dim(1)})))
-        throw NonFinite("TasnNet::predict: non-finite logits (a diverged model?)");
+    const Tensor2<const T> z[5] = {z_att, part_fc_.forward(ex, f_part), master_fc_.forward(ex, f_master),
+                                   z_aux.slice(0, n), z_aux.slice(n, 2 * n)};
+    const T* hz[5];
+    for (int i = 0; i < 5; ++i) hz[i] = ex.fetch(z[i].data, n * K);
+    if constexpr (!Ex::kHostMemory) fetch_views();
+    ex.synchronize();
+    std::vector<Tensor<T>> out;
+    for (int i = 0; i < 5; ++i) out.push_back(detail_model::to_tensor<T>(hz[i], n, K));
+    for (const auto& t : out)
+      for (const T v : t.data)
+        if (!std::isfinite(v)) throw NonFinite("TasnNet::predict: non-finite logits (a diverged model?)");
     out.push_back(combined(out));
     return out;
   }
@@ -433,14 +518,31 @@ class BasicTasnNet : public BasicModel<T> {
   }
 
  private:
+  void phase_times(StepStats& st) const {
+    st.seconds_upload = ex_.seconds(0, 1);
+    st.seconds_forward = ex_.seconds(1, 4);
+    st.seconds_tasn = ex_.seconds(2, 3);
+    st.seconds_backward = ex_.seconds(4, 5);
+  }
+
+  // Host copies of the views (a device context; they stay valid until the next step).
+  void fetch_views() {
+    const auto& v = views_;
+    auto host = [&](auto t) {
+      auto h = t;
+      h.data = ex_.fetch(t.data, t.numel());
+      return h;
+    };
+    host_views_ = {host(v.structure_map), host(v.detail_map), host(v.structure_image), host(v.detail_image),
+                   host(v.gy_structure), host(v.gx_structure), host(v.fallback_structure), host(v.fallback_detail)};
+  }
+
   NetConfig cfg_;
-  nn::CpuExec<T> ex_;
   nn::ParamStore<T> att_ps_, master_ps_, heads_ps_;
-  nn::FlatParams<T> params_;
   std::unique_ptr<nn::AttentionNet<T>> att_;
   std::unique_ptr<nn::ResNet<T>> master_;
   nn::Linear<T> part_fc_, master_fc_, shared_fc_;
-  BasicTasnViews<T> views_;
+  BasicTasnViews<T> views_, host_views_;
   StepStats stats_;
   std::vector<std::int64_t> detail_channels_;  // set_detail_channels
 };
@@ -449,10 +551,15 @@ using TasnNet = BasicTasnNet<float>;
 // The baseline: the master backbone + one FC on the image uniformly resized to the sampler's
 // output size (the sampler with a uniform map gives exactly this resize), no attention, no
 // sampler, no distillation.
-template <class T>
-class BasicBaselineNet : public BasicModel<T> {
+template <class T, class Ex = nn::CpuExec<T>>
+class BasicBaselineNet : public ModelOn<T, Ex> {
+  using ModelOn<T, Ex>::ex_;
+  using ModelOn<T, Ex>::params_;
+
  public:
-  explicit BasicBaselineNet(const NetConfig& c, nn::Backend backend = nn::default_backend<T>()) : cfg_(c), ex_(backend) {
+  template <class... ExArgs>
+  explicit BasicBaselineNet(const NetConfig& c, ExArgs&&... ex_args)
+      : ModelOn<T, Ex>(std::forward<ExArgs>(ex_args)...), cfg_(c) {
     c.validate();
     nn::ResNetConfig mc = c.master_backbone;
     mc.num_classes = 0;
@@ -460,11 +567,9 @@ class BasicBaselineNet : public BasicModel<T> {
     fc_ = nn::Linear<T>(heads_ps_, "fc", master_->features(), c.classes);
     params_.add("master", master_ps_);
     params_.add("heads", heads_ps_);
-    params_.allocate();
+    this->lay_out();
   }
   std::string name() const override { return "baseline"; }
-  nn::FlatParams<T>& params() override { return params_; }
-  nn::CpuExec<T>& exec() override { return ex_; }
   std::vector<std::string> head_names() const override { return {"uniform"}; }
   std::size_t reported_head() const override { return 0; }
   std::string config_string() const override {
@@ -473,52 +578,70 @@ class BasicBaselineNet : public BasicModel<T> {
 
   const StepStats& train_step(const std::vector<T>& images, const std::vector<std::int64_t>& labels,
                               std::uint64_t) override {
-    nn::CpuExec<T>& ex = ex_;
-    const Tensor4<const T> img = detail_model::images_view(images, cfg_.image, "BaselineNet::train_step");
-    const std::int64_t N = img.size[0];
-    TASN_CHECK_ARG(static_cast<std::int64_t>(labels.size()) == N, "BaselineNet::train_step: ", labels.size(),
-                   " labels for ", N, " images");
+    Ex& ex = ex_;
+    std::int64_t N = 0;
+    detail_model::check_batch(images, labels, cfg_.image, &N, "BaselineNet::train_step", true);
     ex.begin_step();
-    params_.zero_grad();
+    ex.zero_grads(params_);
     StepStats& st = stats_;
+    ex.mark(0);
+    const Tensor4<const T> img = ex.images(images, N, cfg_.image);
+    const std::int64_t* y = ex.upload(labels);
+    ex.mark(1);
     const Tensor2<T> z = forward(img, true);
-    if (!detail_model::finite(Tensor2<const T>(z))) {
+    if (!ex.all_finite(Tensor2<const T>(z))) {
       detail_model::non_finite(st, "logits", N);
       return st;
     }
     Tensor2<T> dz = ex.mat(N, cfg_.classes);
-    st.losses.clear();
-    st.n = N;
-    st.total = detail_model::cross_entropy<T>(ex, z, labels, 1.0, dz);
-    st.losses.push_back({"ce", st.total});
-    st.correct = detail_model::top1<T>(z, labels, &ex);
+    T* loss = ex.template buffer<T>(1);
+    std::int64_t* correct = ex.template buffer<std::int64_t>(1);
+    detail_model::cross_entropy<T>(ex, z, y, 1.0, dz, loss);
+    detail_model::top1<T>(ex, z, y, correct);
+    ex.mark(4);
     Tensor2<T> df = ex.mat(N, master_->features(), true);
     fc_.backward(ex, dz, df);
     master_->backward(ex, df);
+    ex.mark(5);
+    const T* hl = ex.fetch(loss, 1);
+    const std::int64_t* hc = ex.fetch(correct, 1);
+    ex.check_grads(params_);
+    ex.synchronize();
+    st.losses.clear();
+    st.n = N;
+    st.total = double(*hl);
+    st.losses.push_back({"ce", st.total});
+    st.correct = *hc;
+    st.seconds_upload = ex.seconds(0, 1);
+    st.seconds_forward = ex.seconds(1, 4);
+    st.seconds_backward = ex.seconds(4, 5);
     return st;
   }
 
   std::vector<Tensor<T>> predict(const std::vector<T>& images, std::int64_t n) override {
-    const Tensor4<const T> img = detail_model::images_view(images, cfg_.image, "BaselineNet::predict");
-    TASN_CHECK_ARG(img.size[0] == n, "BaselineNet::predict: ", img.size[0], " images, expected ", n);
+    std::int64_t N = 0;
+    detail_model::check_batch(images, {}, cfg_.image, &N, "BaselineNet::predict", false);
+    TASN_CHECK_ARG(N == n, "BaselineNet::predict: ", N, " images, expected ", n);
     ex_.begin_step();
-    const Tensor2<T> z = forward(img, false);
-    if (!detail_model::finite(Tensor2<const T>(z))) throw NonFinite("BaselineNet::predict: non-finite logits (a diverged model?)");
-    return {detail_model::to_tensor<T>(z)};
+    const Tensor2<T> z = forward(ex_.images(images, n, cfg_.image), false);
+    const T* hz = ex_.fetch(z.data, z.numel());
+    ex_.synchronize();
+    std::vector<Tensor<T>> out{detail_model::to_tensor<T>(hz, n, cfg_.classes)};
+    for (const T v : out[0].data)
+      if (!std::isfinite(v)) throw NonFinite("BaselineNet::predict: non-finite logits (a diverged model?)");
+    return out;
   }
 
  private:
   Tensor2<T> forward(Tensor4<const T> img, bool training) {
     const std::int64_t N = img.size[0], O = cfg_.out;
     Tensor4<T> x = ex_.act(N, 3, O, O);
-    nn::resize_bilinear(N * 3, img.size[2], img.size[3], O, O, true, img.data, x.data);
+    ex_.resize_bilinear(N * 3, img.size[2], img.size[3], O, O, true, img.data, x.data);
     return fc_.forward(ex_, master_->forward(ex_, x, training));
   }
 
   NetConfig cfg_;
-  nn::CpuExec<T> ex_;
   nn::ParamStore<T> master_ps_, heads_ps_;
-  nn::FlatParams<T> params_;
   std::unique_ptr<nn::ResNet<T>> master_;
   nn::Linear<T> fc_;
   StepStats stats_;

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "nn/elementwise.h"
 #include "nn/params.h"
 
 namespace tasn::train {
@@ -65,7 +66,8 @@ struct SgdOptions {
 };
 
 // v = momentum * v + (g * rescale + weight_decay * w);  w -= lr * v   (PyTorch SGD, dampening 0),
-// as one fused loop over the model's flat trainable range (alignment padding is 0 and stays 0).
+// as one fused loop over the model's flat trainable range (alignment padding is 0 and stays 0); the
+// per-element update is nn::sgd_step (nn/elementwise.h), shared with the GPU kernel.
 // The momentum buffer is flat too; buffers() names its parts like the parameters
 // ("<store>.<parameter>"), so checkpoints save and restore them by name.
 template <class T>
@@ -94,17 +96,19 @@ class BasicSgd {
     const T r = static_cast<T>(rescale), a = static_cast<T>(lr);
     nn::parallel_for_blocks(n, [&](std::int64_t lo, std::int64_t hi) {
       if (v)
-        for (std::int64_t i = lo; i < hi; ++i) {
-          v[i] = mu * v[i] + (g[i] * r + wd * w[i]);
-          w[i] -= a * v[i];
-        }
+        for (std::int64_t i = lo; i < hi; ++i) nn::sgd_step(w[i], v[i], g[i], a, mu, wd, r);
       else
-        for (std::int64_t i = lo; i < hi; ++i) w[i] -= a * (g[i] * r + wd * w[i]);
+        for (std::int64_t i = lo; i < hi; ++i) nn::sgd_step(w[i], g[i], a, wd, r);
     });
     return true;
   }
   // The parameter whose gradient stopped the last step().
   const std::string& non_finite_gradient() const { return bad_; }
+
+  // The flat momentum buffer (trainable_size() values, laid out as the gradients), or nullptr
+  // without momentum: a device model keeps its copy in step with it.
+  T* momentum() { return v_.size() ? v_.data() : nullptr; }
+  const SgdOptions& options() const { return opt_; }
 
   // Momentum buffers by "<store>.<parameter>" name (views into the flat momentum buffer).
   std::map<std::string, nn::TensorSpan<T>>& buffers() { return buf_; }

@@ -1,9 +1,10 @@
 // examples/train/trainer.h - the training loop of the example trainer: SGD steps over a
-// background batch loader, evaluation of every head each epoch, the checkpoint of every finished
-// epoch with a bit-exact resume, and a non-finite-loss stop. Its parts have their own headers,
-// all included here: train/datasets.h (data sets), train/config.h (options and results),
-// train/checkpoint.h (initialisation, backbones, checkpoints), train/progress.h (progress bar,
-// metrics log), train/diagnostics.h (TASN's detail coverage, attention dumps).
+// background batch loader (a pool of decoding threads), evaluation of every head each epoch, the
+// checkpoint of every finished epoch with a bit-exact resume, and a non-finite-loss stop. Its
+// parts have their own headers, all included here: train/datasets.h (data sets), train/config.h
+// (options and results), train/checkpoint.h (initialisation, backbones, checkpoints),
+// train/progress.h (progress bar, metrics log), train/diagnostics.h (TASN's detail coverage,
+// attention dumps).
 //
 // What a run writes is never lost (docs/trainer.md, "Run folders"): the output folder is locked
 // and claimed before training (train/run_folder.h), every file is written atomically and checked
@@ -55,21 +56,52 @@ inline std::uint64_t step_seed(std::uint64_t seed, std::int64_t global_step) {
 
 // The first parameter or buffer holding a NaN or an infinity ("" when all are finite).
 inline std::string first_non_finite(Model& m) {
+  m.params_to_host(nullptr);
   const auto* bad = m.params().first_non_finite(m.params().values(), false);
   return bad ? bad->name : "";
 }
+
+// Where a step's time goes (--timing): means over the steps after a run's first.
+struct StepTiming {
+  std::int64_t steps = 0;
+  double data = 0, step = 0, update = 0, upload = 0, forward = 0, tasn = 0, backward = 0;
+  void add(double data_wait, double step_wall, double update_s, const StepStats& st) {
+    ++steps;
+    data += data_wait;
+    step += step_wall;
+    update += update_s;
+    upload += st.seconds_upload;
+    forward += st.seconds_forward;
+    tasn += st.seconds_tasn;
+    backward += st.seconds_backward;
+  }
+  std::string report(std::int64_t batch) const {
+    if (steps == 0) return "timing: no step after the first (run more steps)";
+    const double k = 1e3 / double(steps);
+    char buf[512];
+    std::snprintf(buf, sizeof buf,
+                  "timing over %lld steps: %.1f images/s; per step (ms): data wait %.2f | train_step %.2f = upload %.2f "
+                  "+ forward %.2f (TASN operators %.2f, %.1f %% of the step) + backward %.2f | optimiser %.2f",
+                  static_cast<long long>(steps), double(batch) * double(steps) / std::max(data + step + update, 1e-12),
+                  data * k, step * k, upload * k, forward * k, tasn * k, 100 * tasn / std::max(step + update, 1e-12),
+                  backward * k, update * k);
+    return buf;
+  }
+};
 
 // ---- evaluation ---------------------------------------------------------------------------------
 
 // Accuracy of every head over a split (eval-mode BN, plain-sum detail map), and for a model with
 // attention views (TASN) where its structure grid samples (DetailCoverage).
-inline EvalResult evaluate(Model& m, const Dataset& d, std::int64_t batch) {
+inline EvalResult evaluate(Model& m, const Dataset& d, std::int64_t batch,
+                           std::int64_t loader_threads = default_loader_threads()) {
   EvalResult r;
   r.heads = m.head_names();
   std::vector<std::int64_t> correct(r.heads.size(), 0);
   data::BatchLoader::Options lo;
   lo.batch = batch;
   lo.shuffle = false;
+  lo.workers = loader_threads;
   data::BatchLoader loader(d.size(), [&](std::int64_t i) { return d.get(i, 0); }, lo);
   loader.start_epoch(0);
   data::Batch b;
@@ -101,12 +133,14 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
   const auto since = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   TrainResult res;
   Sgd opt(m.params(), c.sgd);
+  m.params_to_device(nullptr);  // the host values as initialised / loaded by the caller
   data::BatchLoader::Options lo;
   lo.batch = c.batch;
   lo.drop_last = true;  // every step sees a full batch (batch statistics)
   lo.seed = c.seed;
-  std::atomic<std::int64_t> cur_epoch{0};  // read by the loader thread
-  data::BatchLoader loader(train_set.size(), [&](std::int64_t i) { return train_set.get(i, cur_epoch.load()); }, lo);
+  lo.workers = c.loader_threads;
+  // the loader hands every example its epoch (the augmentation's key with the seed and the index)
+  data::BatchLoader loader(train_set.size(), [&](std::int64_t i, std::int64_t epoch) { return train_set.get(i, epoch); }, lo);
   const std::int64_t steps = loader.batches_per_epoch();
   const std::string train_sig = train_signature(c, train_set, m);
 
@@ -156,26 +190,35 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
     return res;
   };
   std::int64_t run_steps = 0;
+  StepTiming timing;
   for (std::int64_t epoch = first_epoch; epoch <= c.epochs; ++epoch) {
-    cur_epoch = epoch;
     loader.start_epoch(epoch);
     const auto te = std::chrono::steady_clock::now();
     double loss_sum = 0, lr = 0;
     std::map<std::string, double> parts;
     std::int64_t seen = 0, correct = 0, step = 0;
     data::Batch b;
+    auto tw = std::chrono::steady_clock::now();
     while (loader.next(b)) {
+      const auto tn = std::chrono::steady_clock::now();
       ++step;
       lr = c.lr.at(double(epoch - 1) + double(step - 1) / double(steps), double(c.epochs));
       const StepStats st = m.train_step(b.images, b.labels, step_seed(c.seed, res.global_step));
+      const auto ts = std::chrono::steady_clock::now();
       const bool finite_loss = std::isfinite(st.total);
-      if (!finite_loss || !opt.step(lr, 1.0 / double(st.n))) {
+      if (!finite_loss || !m.sgd_step(opt, lr, 1.0 / double(st.n))) {
         std::ostringstream what;
         what << (finite_loss ? "gradient of " + opt.non_finite_gradient() : std::string("loss")) << " at epoch " << epoch
              << ", step " << step << " (";
         for (const auto& [n, l] : st.losses) what << n << " " << l << " ";
         what << ")";
         return stop_nonfinite(what.str(), last_good);
+      }
+      if (c.timing && run_steps > 0) {  // the first step of a run (warm-up) is not counted
+        const auto tu = std::chrono::steady_clock::now();
+        const double dev = m.update_seconds();
+        timing.add(std::chrono::duration<double>(tn - tw).count(), std::chrono::duration<double>(ts - tn).count(),
+                   dev >= 0 ? dev : std::chrono::duration<double>(tu - ts).count(), st);
       }
       ++res.global_step;
       ++run_steps;
@@ -189,6 +232,7 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
       const double left = double((c.epochs - epoch) * steps + (steps - step)) * double(c.batch) / std::max(ips, 1e-9);
       bar.update(epoch, c.epochs, step, steps, loss_sum / double(seen), double(correct) / double(seen), ips, left);
       if (c.max_steps > 0 && run_steps >= c.max_steps) break;
+      tw = std::chrono::steady_clock::now();
     }
     const double epoch_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count();
     const bool complete = step == steps;  // a --max-steps stop leaves the epoch unfinished
@@ -220,7 +264,7 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
                                     ? "epoch " + std::to_string(epoch) + " is saved in " + ckpt + " (continue with --resume " + ckpt + ")"
                                     : "the last checkpoint is " + last_good;
       try {
-        res.final_eval = evaluate(m, *eval_set, c.eval_batch);
+        res.final_eval = evaluate(m, *eval_set, c.eval_batch, c.loader_threads);
       } catch (const NonFinite& e) {
         j["eval_error"] = io::escape_bytes(e.what());
         log.append(j);
@@ -253,6 +297,7 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
   }
   log.close();
   res.seconds = since();
+  if (c.timing) bar.line(label + " " + timing.report(c.batch) + (m.memory_report().empty() ? "" : "; " + m.memory_report()));
   return res;
 }
 

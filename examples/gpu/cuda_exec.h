@@ -1,0 +1,426 @@
+// examples/gpu/cuda_exec.h - the trainer's GPU execution context: the same interface as
+// nn::CpuExec (examples/nn/exec.h), so the modules and models of examples/nn and examples/train run
+// on it unchanged (BasicTasnNet<float, nn::CudaExec>).
+//
+//   stream       one CUDA stream; every kernel, cuDNN / cuBLAS call and copy of a step is queued on
+//                it, so device memory handed out by the arena is stream-ordered (a buffer may be
+//                reused by the next call as soon as the host moves on).
+//   arena        device memory: a BasicArena over cudaMalloc, reset at the start of every step;
+//                after warm-up one chunk of the high-water size, so a step calls no cudaMalloc
+//                (counted: device_allocations()).
+//   staging      pinned host memory (cudaMallocHost, also an arena): batches go up through it in
+//                chunks (the copy of chunk k overlaps the host copy of chunk k + 1), results come
+//                back into it (fetch()), valid until the next step.
+//   parameters   device copies of the model's flat value and gradient buffers and of the SGD
+//                momentum (bind_params(), params_to_device(), params_to_host()); the fused SGD
+//                update runs on the device (sgd_step()).
+//   layers       cuDNN convolution and batch norm, cuBLAS linear (gpu/dnn.h), small kernels
+//                (gpu/kernels.h: ReLU, residual join, pooling, resize, SGD, non-finite check), and
+//                the library's CUDA operators (gpu/tasn_ops.h).
+//
+// ONE host synchronisation per step: the model fetch()es its losses and counts, check_grads()
+// queues the non-finite check of every gradient into the same read-back, and synchronize() waits
+// once. The library operators run with check_finite = false (their checks would synchronise): a
+// non-finite value reaches the losses, which the trainer checks on the host.
+//
+// float storage. tf32 = true lets cuDNN and cuBLAS use TF32 tensor cores (10-bit mantissa inputs,
+// float accumulation); off by default (plain FP32 as the CPU).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "gpu/device_memory.h"
+#include "gpu/dnn.h"
+#include "gpu/kernels.h"
+#include "gpu/tasn_ops.h"
+#include "nn/arena.h"
+#include "nn/exec.h"
+#include "nn/layers.h"
+#include "nn/params.h"
+#include "tasn/core/cuda_check.cuh"
+
+namespace tasn::nn {
+
+// "" when device `device` can run the trainer, else why not (no driver, no device, ...): asked
+// before any data is prepared, so that --device cuda fails at once with the reason.
+inline std::string cuda_device_problem(int device = 0) {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return std::string("no usable CUDA driver or device (cudaGetDeviceCount: ") + cudaGetErrorString(e) + ")";
+  }
+  if (count == 0) return "no CUDA device (cudaGetDeviceCount found 0)";
+  if (device < 0 || device >= count)
+    return "CUDA device " + std::to_string(device) + " does not exist (" + std::to_string(count) + " found)";
+  return "";
+}
+
+struct CudaOptions {
+  int device = 0;
+  bool tf32 = false;  // TF32 tensor cores for convolutions and GEMMs
+};
+
+class CudaExec {
+ public:
+  using value_type = float;
+  using T = float;
+  static constexpr bool kHostMemory = false;
+
+  explicit CudaExec(const CudaOptions& o = {}) : opt_(o) {
+    const std::string why = cuda_device_problem(o.device);
+    if (!why.empty()) throw CudaError("CudaExec: " + why);
+    TASN_CUDA_CHECK(cudaSetDevice(o.device));
+    TASN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    dnn_ = std::make_unique<gpu::Dnn>();
+    dnn_->set_stream(stream_);
+    dnn_->set_tf32(o.tf32);
+    ctx_ = {stream_, dnn_->cublas()};
+    flag_ = static_cast<int*>(DeviceMemory::allocate(256, 256));
+    for (auto& e : events_) TASN_CUDA_CHECK(cudaEventCreate(&e));
+    for (auto& e : sgd_events_) TASN_CUDA_CHECK(cudaEventCreate(&e));
+  }
+  ~CudaExec() {
+    if (stream_) cudaStreamSynchronize(stream_);
+    dnn_.reset();
+    for (auto& e : events_)
+      if (e) cudaEventDestroy(e);
+    for (auto& e : sgd_events_)
+      if (e) cudaEventDestroy(e);
+    if (flag_) DeviceMemory::release(flag_);
+    for (float* p : {values_, grads_, momentum_})
+      if (p) DeviceMemory::release(p);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+  CudaExec(const CudaExec&) = delete;
+  CudaExec& operator=(const CudaExec&) = delete;
+
+  std::string describe() const {
+    cudaDeviceProp p{};
+    if (cudaGetDeviceProperties(&p, opt_.device) != cudaSuccess) return "cuda";
+    char buf[512];
+    std::snprintf(buf, sizeof buf, "cuda:%d (%s, compute capability %d.%d, %.0f GiB; %s)", opt_.device, p.name, p.major,
+                  p.minor, double(p.totalGlobalMem) / double(1ull << 30), opt_.tf32 ? "TF32" : "FP32");
+    return buf;
+  }
+  cudaStream_t stream() const { return stream_; }
+  gpu::Dnn& dnn() { return *dnn_; }
+  BasicArena<DeviceMemory>& arena() { return arena_; }
+  BasicArena<PinnedMemory>& staging() { return staging_; }
+  void begin_step() {
+    arena_.reset();
+    staging_.reset();
+    recorded_ = 0;
+  }
+
+  // ---- activations from the device arena -----------------------------------------------------------
+  Tensor4<T> act(std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w, bool zero = false) {
+    return Tensor4<T>(alloc(n * c * h * w, zero), {n, c, h, w});
+  }
+  Tensor2<T> mat(std::int64_t n, std::int64_t f, bool zero = false) { return Tensor2<T>(alloc(n * f, zero), {n, f}); }
+  template <class U>
+  U* buffer(std::int64_t n) {
+    return arena_.alloc<U>(n);
+  }
+
+  // ---- convolution, batch norm (cuDNN) ----------------------------------------------------------------
+  void conv_forward(const ConvGeometry& g, const T* x, const T* w, const T* b, T* y) {
+    Scratch s(arena_);
+    dnn_->conv_forward(g, x, w, b, y, s);
+  }
+  void conv_backward(const ConvGeometry& g, const T* x, const T* w, const T* dy, T* dx, bool accumulate, T* dw, T* db) {
+    if (dx) {
+      Scratch s(arena_);
+      dnn_->conv_backward_data(g, w, dy, dx, accumulate, s);
+    }
+    if (dw || db) {
+      Scratch s(arena_);
+      dnn_->conv_backward_weights(g, x, dy, dw, db, s);
+    }
+  }
+  // Keeps mean and 1 / sqrt(var + eps) (cuDNN's saved statistics) and, with relu_after, the output
+  // (its sign is the ReLU mask).
+  BnSaved<T> bn_forward(std::int64_t N, std::int64_t C, std::int64_t P, const T* x, const T* gamma, const T* beta,
+                        T* running_mean, T* running_var, const BatchNormState& s, bool relu_after, T* y) {
+    BnSaved<T> saved{arena_.alloc<T>(2 * C), s.training, relu_after, y, nullptr};
+    if (s.training)
+      dnn_->bn_forward_training(N, C, P, s.eps, s.momentum, x, gamma, beta, running_mean, running_var, saved.stats,
+                                saved.stats + C, y);
+    else
+      dnn_->bn_forward_inference(N, C, P, s.eps, x, gamma, beta, running_mean, running_var, y);
+    if (relu_after) gpu::relu(stream_, y, y, N * C * P);
+    return saved;
+  }
+  void bn_backward(std::int64_t N, std::int64_t C, std::int64_t P, const T* x, const T* gamma, const T* dy,
+                   const BnSaved<T>& saved, double eps, T* dx, bool accumulate, T* dgamma, T* dbeta) {
+    TASN_CHECK_ARG(saved.training, "CudaExec::bn_backward: the forward ran in evaluation mode (no batch statistics)");
+    const auto mark = arena_.mark();
+    const T* d = dy;
+    if (saved.relu) {
+      T* r = arena_.alloc<T>(N * C * P);
+      gpu::relu_grad(stream_, saved.y, dy, r, N * C * P, false);
+      d = r;
+    }
+    dnn_->bn_backward(N, C, P, eps, x, gamma, d, saved.stats, saved.stats + C, dx, accumulate, dgamma, dbeta);
+    arena_.rewind(mark);
+  }
+
+  // ---- parameters ----------------------------------------------------------------------------------
+  T* value(const Param<T>& p) { return values_ + (p.value.ptr() - host_values_); }
+  T* grad(const Param<T>& p) { return grads_ + (p.grad.ptr() - host_grads_); }
+  // Device copies of the flat buffers (values uploaded); once, after the model laid them out.
+  void bind_params(FlatParams<T>& p) {
+    TASN_CHECK_ARG(!values_, "CudaExec::bind_params: a context serves one model");
+    host_values_ = p.values();
+    host_grads_ = p.grads();
+    size_ = p.size();
+    trainable_ = p.trainable_size();
+    values_ = static_cast<T*>(DeviceMemory::allocate(256, bytes(size_)));
+    grads_ = static_cast<T*>(DeviceMemory::allocate(256, bytes(std::max<std::int64_t>(trainable_, 1))));
+    params_to_device(p, static_cast<BasicSgdMomentum*>(nullptr));
+  }
+  // Host -> device: the values, and the momentum of opt when it has one.
+  template <class Opt>
+  void params_to_device(FlatParams<T>& p, Opt* opt) {
+    check_bound(p);
+    TASN_CUDA_CHECK(cudaMemcpyAsync(values_, p.values(), bytes(size_), cudaMemcpyHostToDevice, stream_));
+    if (opt && opt->momentum()) {
+      ensure_momentum();
+      TASN_CUDA_CHECK(cudaMemcpyAsync(momentum_, opt->momentum(), bytes(trainable_), cudaMemcpyHostToDevice, stream_));
+    }
+    TASN_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host buffers may change after return
+  }
+  // Device -> host: the values (parameters and batch-norm statistics), and the momentum.
+  template <class Opt>
+  void params_to_host(FlatParams<T>& p, Opt* opt) {
+    check_bound(p);
+    TASN_CUDA_CHECK(cudaMemcpyAsync(p.values(), values_, bytes(size_), cudaMemcpyDeviceToHost, stream_));
+    if (opt && opt->momentum() && momentum_)
+      TASN_CUDA_CHECK(cudaMemcpyAsync(opt->momentum(), momentum_, bytes(trainable_), cudaMemcpyDeviceToHost, stream_));
+    TASN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void grads_to_host(FlatParams<T>& p) {
+    check_bound(p);
+    TASN_CUDA_CHECK(cudaMemcpyAsync(p.grads(), grads_, bytes(trainable_), cudaMemcpyDeviceToHost, stream_));
+    TASN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void zero_grads(FlatParams<T>&) { TASN_CUDA_CHECK(cudaMemsetAsync(grads_, 0, bytes(trainable_), stream_)); }
+  // Queues the non-finite check of every gradient into the step's read-back (see sgd_step).
+  void check_grads(FlatParams<T>&) {
+    TASN_CUDA_CHECK(cudaMemsetAsync(flag_, 0, sizeof(int), stream_));
+    gpu::nonfinite_any(stream_, grads_, trainable_, flag_);
+    pending_flag_ = fetch(flag_, 1);
+  }
+  // The fused update on the device. A step whose gradients were flagged brings them to the host,
+  // where the optimiser finds and names the first bad tensor and refuses the step (nothing changes).
+  template <class Opt>
+  bool sgd_step(FlatParams<T>& p, Opt& opt, double lr, double rescale) {
+    check_bound(p);
+    if (grads_nonfinite_) {
+      TASN_CUDA_CHECK(cudaMemcpyAsync(p.grads(), grads_, bytes(trainable_), cudaMemcpyDeviceToHost, stream_));
+      TASN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      if (!opt.step(lr, rescale)) return false;
+      params_to_device(p, &opt);  // (not reached: the flag and the host check see the same values)
+      return true;
+    }
+    const auto& o = opt.options();
+    float* v = nullptr;
+    if (opt.momentum()) {
+      if (!momentum_) {  // first step: the host buffer's values (zero, or a loaded checkpoint's)
+        ensure_momentum();
+        TASN_CUDA_CHECK(cudaMemcpyAsync(momentum_, opt.momentum(), bytes(trainable_), cudaMemcpyHostToDevice, stream_));
+      }
+      v = momentum_;
+    }
+    TASN_CUDA_CHECK(cudaEventRecord(sgd_events_[0], stream_));
+    gpu::sgd(stream_, trainable_, values_, grads_, v, static_cast<float>(lr), static_cast<float>(o.momentum),
+             static_cast<float>(o.weight_decay), static_cast<float>(rescale));
+    TASN_CUDA_CHECK(cudaEventRecord(sgd_events_[1], stream_));
+    sgd_recorded_ = true;
+    return true;
+  }
+
+  // ---- element-wise passes, pooling, resize, linear -------------------------------------------------
+  void relu(const T* x, T* y, std::int64_t n) { gpu::relu(stream_, x, y, n); }
+  void relu_grad(const T* y, const T* dy, T* dx, std::int64_t n, bool accumulate) {
+    gpu::relu_grad(stream_, y, dy, dx, n, accumulate);
+  }
+  void add_relu(const T* a, const T* b, T* y, std::int64_t n) { gpu::add_relu(stream_, a, b, y, n); }
+  void add_inplace(T* y, const T* x, std::int64_t n) { gpu::add_inplace(stream_, y, x, n); }
+  void axpy(std::int64_t n, T alpha, const T* x, T* y) { gpu::axpy(stream_, n, alpha, x, y); }
+  void maxpool2d(std::int64_t NC, std::int64_t H, std::int64_t W, const PoolArgs& a, const T* x, T* y,
+                 std::int64_t* argmax) {
+    gpu::maxpool2d(stream_, NC, H, W, a.kernel, a.stride, a.padding, x, y, argmax);
+  }
+  void maxpool2d_grad(std::int64_t NC, std::int64_t H, std::int64_t W, std::int64_t Ho, std::int64_t Wo,
+                      const PoolArgs& a, const T* dy, const std::int64_t* argmax, T* dx) {
+    gpu::maxpool2d_grad(stream_, NC, H, W, Ho, Wo, a.kernel, a.stride, a.padding, dy, argmax, dx);
+  }
+  void global_avgpool(std::int64_t NC, std::int64_t P, const T* x, T* y) { gpu::global_avgpool(stream_, NC, P, x, y); }
+  void global_avgpool_grad(std::int64_t NC, std::int64_t P, const T* dy, T* dx, bool accumulate) {
+    gpu::global_avgpool_grad(stream_, NC, P, dy, dx, accumulate);
+  }
+  void resize_bilinear(std::int64_t NC, std::int64_t H, std::int64_t W, std::int64_t Ho, std::int64_t Wo,
+                       bool align_corners, const T* x, T* y) {
+    gpu::resize_bilinear(stream_, NC, H, W, Ho, Wo, align_corners, x, y);
+  }
+  void linear(std::int64_t N, std::int64_t I, std::int64_t O, const T* x, const T* w, const T* b, T* y) {
+    dnn_->linear_forward(N, I, O, x, w, b, y);
+  }
+  void linear_grad(std::int64_t N, std::int64_t I, std::int64_t O, const T* x, const T* w, const T* dy, T* dx, T* dw,
+                   T* db) {
+    dnn_->linear_backward(N, I, O, x, w, dy, dx, true, dw, db);
+  }
+
+  // ---- the library's operators (check_finite must be off: see the top) -------------------------------
+#define TASN_CUDA_EXEC_OP(Args, name) \
+  void name(const Args<T>& a) { gpu::name(ctx_, a, ws(gpu::workspace_bytes(a))); }
+  TASN_GPU_TRAINER_OPS(TASN_CUDA_EXEC_OP)
+#undef TASN_CUDA_EXEC_OP
+
+  // ---- host <-> device -------------------------------------------------------------------------------
+  // The batch's images on the device: through pinned staging in chunks, each chunk's upload queued
+  // as soon as it is staged, so the DMA of one overlaps the host copy of the next.
+  Tensor4<const T> images(const std::vector<T>& v, std::int64_t n, std::int64_t side) {
+    const std::int64_t total = n * 3 * side * side;
+    TASN_CHECK_ARG(static_cast<std::int64_t>(v.size()) == total, "CudaExec::images: ", v.size(), " values for ", n,
+                   " images of (3, ", side, ", ", side, ")");
+    T* d = arena_.alloc<T>(total);
+    T* h = staging_.alloc<T>(total);
+    const std::int64_t chunk = std::max<std::int64_t>(std::int64_t(1) << 20, (total + 7) / 8);
+    for (std::int64_t at = 0; at < total; at += chunk) {
+      const std::int64_t k = std::min(chunk, total - at);
+      std::memcpy(h + at, v.data() + at, bytes(k));
+      TASN_CUDA_CHECK(cudaMemcpyAsync(d + at, h + at, bytes(k), cudaMemcpyHostToDevice, stream_));
+    }
+    return Tensor4<const T>(d, {n, 3, side, side});
+  }
+  template <class U>
+  const U* upload(const std::vector<U>& v) {
+    const std::int64_t n = static_cast<std::int64_t>(v.size());
+    U* h = staging_.alloc<U>(n);
+    U* d = arena_.alloc<U>(n);
+    if (n > 0) {
+      std::memcpy(static_cast<void*>(h), v.data(), sizeof(U) * v.size());
+      TASN_CUDA_CHECK(cudaMemcpyAsync(d, h, sizeof(U) * v.size(), cudaMemcpyHostToDevice, stream_));
+    }
+    return d;
+  }
+  // A host copy of n values of device memory, readable after synchronize() until the next step.
+  template <class U>
+  const U* fetch(const U* p, std::int64_t n) {
+    U* h = staging_.alloc<U>(n);
+    if (n > 0) TASN_CUDA_CHECK(cudaMemcpyAsync(h, p, sizeof(U) * static_cast<std::size_t>(n), cudaMemcpyDeviceToHost, stream_));
+    return h;
+  }
+  // Waits for everything queued (the step's one synchronisation); reads the gradient flag.
+  void synchronize() {
+    TASN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (pending_flag_) {
+      grads_nonfinite_ = *pending_flag_ != 0;
+      pending_flag_ = nullptr;
+    }
+  }
+  // Time marks (see CpuExec): CUDA events on the stream, read after synchronize().
+  static constexpr int kMarks = 8;
+  void mark(int i) {
+    TASN_CUDA_CHECK(cudaEventRecord(events_[static_cast<std::size_t>(i)], stream_));
+    recorded_ |= 1u << i;
+  }
+  double seconds(int i, int j) const {
+    if (!(recorded_ >> i & 1u) || !(recorded_ >> j & 1u)) return 0;
+    float ms = 0;
+    TASN_CUDA_CHECK(cudaEventElapsedTime(&ms, events_[static_cast<std::size_t>(i)], events_[static_cast<std::size_t>(j)]));
+    return ms * 1e-3;
+  }
+  // Device time of the last SGD update (waits for it: for --timing only).
+  double sgd_seconds() const {
+    if (!sgd_recorded_) return 0;
+    TASN_CUDA_CHECK(cudaEventSynchronize(sgd_events_[1]));
+    float ms = 0;
+    TASN_CUDA_CHECK(cudaEventElapsedTime(&ms, sgd_events_[0], sgd_events_[1]));
+    return ms * 1e-3;
+  }
+  // Device memory in use by this context, for the --timing report.
+  std::string memory_report() const {
+    std::size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "device memory: arena high water %.1f MiB, parameters + gradients + momentum %.1f MiB, pinned "
+                  "staging %.1f MiB; in use on the device %.2f GiB of %.0f GiB",
+                  double(arena_.high_water()) / (1 << 20),
+                  double(bytes(size_) + bytes(trainable_) * (momentum_ ? 2 : 1)) / (1 << 20),
+                  double(staging_.capacity()) / (1 << 20), double(total_b - free_b) / double(1ull << 30),
+                  double(total_b) / double(1ull << 30));
+    return buf;
+  }
+
+  template <class U, int R>
+  bool all_finite(TensorRef<U, R>) {
+    return true;  // deferred: NaN reaches the losses, read back once per step
+  }
+  bool last_grads_nonfinite() const { return grads_nonfinite_; }
+
+ private:
+  struct BasicSgdMomentum {
+    float* momentum() { return nullptr; }
+  };
+  // cuDNN's scratch from the device arena; released (stream-ordered) when the call returns.
+  class Scratch final : public gpu::DeviceScratch {
+   public:
+    explicit Scratch(BasicArena<DeviceMemory>& a) : a_(a), mark_(a.mark()) {}
+    ~Scratch() { a_.rewind(mark_); }
+    void* get(std::size_t bytes) override { return a_.bytes(bytes); }
+
+   private:
+    BasicArena<DeviceMemory>& a_;
+    BasicArena<DeviceMemory>::Mark mark_;
+  };
+
+  static std::size_t bytes(std::int64_t n) { return sizeof(T) * static_cast<std::size_t>(n); }
+  T* alloc(std::int64_t n, bool zero) {
+    T* p = arena_.alloc<T>(n);
+    if (zero && n > 0) TASN_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes(n), stream_));
+    return p;
+  }
+  tasn::Workspace ws(std::size_t b) {
+    if (b == 0) return {};
+    return {arena_.bytes(b), b};  // the device arena aligns to 256 bytes
+  }
+  void check_bound(const FlatParams<T>& p) const {
+    TASN_CHECK_ARG(values_ && p.values() == host_values_, "CudaExec: parameters not bound (bind_params) or another model's");
+  }
+  void ensure_momentum() {
+    if (!momentum_) momentum_ = static_cast<T*>(DeviceMemory::allocate(256, bytes(std::max<std::int64_t>(trainable_, 1))));
+  }
+
+  CudaOptions opt_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<gpu::Dnn> dnn_;
+  ::tasn::cuda::Context ctx_{};
+  BasicArena<DeviceMemory> arena_;
+  BasicArena<PinnedMemory> staging_;
+  const T* host_values_ = nullptr;
+  const T* host_grads_ = nullptr;
+  std::int64_t size_ = 0, trainable_ = 0;
+  T *values_ = nullptr, *grads_ = nullptr, *momentum_ = nullptr;
+  int* flag_ = nullptr;
+  std::array<cudaEvent_t, kMarks> events_{};
+  std::array<cudaEvent_t, 2> sgd_events_{};
+  unsigned recorded_ = 0;
+  bool sgd_recorded_ = false;
+  const int* pending_flag_ = nullptr;
+  bool grads_nonfinite_ = false;
+};
+
+}  // namespace tasn::nn
