@@ -79,17 +79,27 @@ class CudaExec {
   explicit CudaExec(const CudaOptions& o = {}) : opt_(o) {
     const std::string why = cuda_device_problem(o.device);
     if (!why.empty()) throw CudaError("CudaExec: " + why);
-    TASN_CUDA_CHECK(cudaSetDevice(o.device));
-    TASN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    dnn_ = std::make_unique<gpu::Dnn>();
-    dnn_->set_stream(stream_);
-    dnn_->set_tf32(o.tf32);
-    ctx_ = {stream_, dnn_->cublas()};
-    flag_ = static_cast<int*>(DeviceMemory::allocate(256, 256));
-    for (auto& e : events_) TASN_CUDA_CHECK(cudaEventCreate(&e));
-    for (auto& e : sgd_events_) TASN_CUDA_CHECK(cudaEventCreate(&e));
+    try {  // a failure part-way releases what was made (the destructor does not run)
+      TASN_CUDA_CHECK(cudaSetDevice(o.device));
+      TASN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+      dnn_ = std::make_unique<gpu::Dnn>();
+      dnn_->set_stream(stream_);
+      dnn_->set_tf32(o.tf32);
+      ctx_ = {stream_, dnn_->cublas()};
+      flag_ = static_cast<int*>(DeviceMemory::allocate(256, 256));
+      for (auto& e : events_) TASN_CUDA_CHECK(cudaEventCreate(&e));
+      for (auto& e : sgd_events_) TASN_CUDA_CHECK(cudaEventCreate(&e));
+    } catch (...) {
+      release();
+      throw;
+    }
   }
-  ~CudaExec() {
+  ~CudaExec() { release(); }
+  CudaExec(const CudaExec&) = delete;
+  CudaExec& operator=(const CudaExec&) = delete;
+
+ private:
+  void release() {
     if (stream_) cudaStreamSynchronize(stream_);
     dnn_.reset();
     for (auto& e : events_)
@@ -100,9 +110,10 @@ class CudaExec {
     for (float* p : {values_, grads_, momentum_})
       if (p) DeviceMemory::release(p);
     if (stream_) cudaStreamDestroy(stream_);
+    stream_ = nullptr;
   }
-  CudaExec(const CudaExec&) = delete;
-  CudaExec& operator=(const CudaExec&) = delete;
+
+ public:
 
   std::string describe() const {
     cudaDeviceProp p{};
@@ -120,6 +131,8 @@ class CudaExec {
     arena_.reset();
     staging_.reset();
     recorded_ = 0;
+    pending_flag_ = nullptr;  // (a step that threw before its read-back leaves nothing behind)
+    grads_nonfinite_ = false;
   }
 
   // ---- activations from the device arena -----------------------------------------------------------
@@ -193,10 +206,7 @@ class CudaExec {
   void params_to_device(FlatParams<T>& p, Opt* opt) {
     check_bound(p);
     TASN_CUDA_CHECK(cudaMemcpyAsync(values_, p.values(), bytes(size_), cudaMemcpyHostToDevice, stream_));
-    if (opt && opt->momentum()) {
-      ensure_momentum();
-      TASN_CUDA_CHECK(cudaMemcpyAsync(momentum_, opt->momentum(), bytes(trainable_), cudaMemcpyHostToDevice, stream_));
-    }
+    if (opt && opt->momentum()) upload_momentum(opt->momentum());
     TASN_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host buffers may change after return
   }
   // Device -> host: the values (parameters and batch-norm statistics), and the momentum.
@@ -204,7 +214,7 @@ class CudaExec {
   void params_to_host(FlatParams<T>& p, Opt* opt) {
     check_bound(p);
     TASN_CUDA_CHECK(cudaMemcpyAsync(p.values(), values_, bytes(size_), cudaMemcpyDeviceToHost, stream_));
-    if (opt && opt->momentum() && momentum_)
+    if (opt && opt->momentum() && momentum_ && momentum_owner_ == opt->momentum())  // else the host's is current
       TASN_CUDA_CHECK(cudaMemcpyAsync(opt->momentum(), momentum_, bytes(trainable_), cudaMemcpyDeviceToHost, stream_));
     TASN_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
@@ -229,16 +239,15 @@ class CudaExec {
       TASN_CUDA_CHECK(cudaMemcpyAsync(p.grads(), grads_, bytes(trainable_), cudaMemcpyDeviceToHost, stream_));
       TASN_CUDA_CHECK(cudaStreamSynchronize(stream_));
       if (!opt.step(lr, rescale)) return false;
-      params_to_device(p, &opt);  // (not reached: the flag and the host check see the same values)
-      return true;
+      // The device flagged a gradient the host finds finite: the two checks disagree (a bug). The
+      // host values are stale (the device holds the parameters), so nothing may continue.
+      throw Error("CudaExec::sgd_step: the device found a non-finite gradient the host does not (internal error)");
     }
     const auto& o = opt.options();
     float* v = nullptr;
     if (opt.momentum()) {
-      if (!momentum_) {  // first step: the host buffer's values (zero, or a loaded checkpoint's)
-        ensure_momentum();
-        TASN_CUDA_CHECK(cudaMemcpyAsync(momentum_, opt.momentum(), bytes(trainable_), cudaMemcpyHostToDevice, stream_));
-      }
+      // The device copy belongs to one optimiser: another one (a new run) brings its own values.
+      if (momentum_owner_ != opt.momentum()) upload_momentum(opt.momentum());
       v = momentum_;
     }
     TASN_CUDA_CHECK(cudaEventRecord(sgd_events_[0], stream_));
@@ -400,8 +409,11 @@ class CudaExec {
   void check_bound(const FlatParams<T>& p) const {
     TASN_CHECK_ARG(values_ && p.values() == host_values_, "CudaExec: parameters not bound (bind_params) or another model's");
   }
-  void ensure_momentum() {
+  // The device copy of an optimiser's momentum (its host buffer: zero, or a loaded checkpoint's).
+  void upload_momentum(const T* host) {
     if (!momentum_) momentum_ = static_cast<T*>(DeviceMemory::allocate(256, bytes(std::max<std::int64_t>(trainable_, 1))));
+    TASN_CUDA_CHECK(cudaMemcpyAsync(momentum_, host, bytes(trainable_), cudaMemcpyHostToDevice, stream_));
+    momentum_owner_ = host;
   }
 
   CudaOptions opt_;
@@ -414,6 +426,7 @@ class CudaExec {
   const T* host_grads_ = nullptr;
   std::int64_t size_ = 0, trainable_ = 0;
   T *values_ = nullptr, *grads_ = nullptr, *momentum_ = nullptr;
+  const T* momentum_owner_ = nullptr;  // the host momentum buffer the device copy was taken from
   int* flag_ = nullptr;
   std::array<cudaEvent_t, kMarks> events_{};
   std::array<cudaEvent_t, 2> sgd_events_{};

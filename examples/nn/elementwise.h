@@ -54,7 +54,9 @@ TASN_HD T add_relu_value(T a, T b) {
 // With momentum:    v = momentum * v + (g * rescale + wd * w);  w -= lr * v
 // Without (no buffer): w -= lr * (g * rescale + wd * w)   (the same numbers as momentum 0 with v = 0)
 // rescale undoes a loss scale or averages accumulated gradients; the expressions are written once
-// here so the CPU loop and the GPU kernel round (and contract) the same source expression.
+// here so the CPU loop and the GPU kernel evaluate the same source expression (whether a
+// multiply-add is fused is the compiler's choice on each side: nvcc fuses by default, g++ by its
+// flags, so the two may differ by an ulp; the GPU tests allow for it).
 template <class T>
 TASN_HD void sgd_step(T& w, T& v, T g, T lr, T momentum, T wd, T rescale) {
   v = momentum * v + (g * rescale + wd * w);

@@ -147,7 +147,7 @@ class BasicModel {
   virtual std::string training_string() const { return ""; }
   // Maps, sampled images and grid of the last train_step / predict call, for the diagnostics of
   // train/diagnostics.h (detail coverage in evaluate(), --dump-attention); nullptr: none (baseline).
-  // Host memory (a device model copies them after predict()).
+  // Host memory: a device model copies them in predict() only (after a train_step: empty views).
   virtual const BasicTasnViews<T>* attention_views() const { return nullptr; }
 };
 using Model = BasicModel<float>;
@@ -397,6 +397,7 @@ class BasicTasnNet : public ModelOn<T, Ex> {
     ex.begin_step();
     ex.zero_grads(params_);
     StepStats& st = stats_;
+    host_views_ = {};  // (a device context's host copies are those of a predict() call)
     ex.mark(0);
     const Tensor4<const T> img = ex.images(images, N, cfg_.image);
     const std::int64_t* y = ex.upload(labels);

@@ -133,7 +133,7 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
   const auto since = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   TrainResult res;
   Sgd opt(m.params(), c.sgd);
-  m.params_to_device(nullptr);  // the host values as initialised / loaded by the caller
+  m.params_to_device(&opt);  // the host values as initialised / loaded by the caller, this optimiser's momentum
   data::BatchLoader::Options lo;
   lo.batch = c.batch;
   lo.drop_last = true;  // every step sees a full batch (batch statistics)
