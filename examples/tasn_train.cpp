@@ -140,6 +140,15 @@ std::int64_t int_opt(const Args& a, const std::string& k, std::int64_t d, std::i
   TASN_CHECK_ARG(x >= lo && x <= hi, "option ", k, " must be in [", lo, ", ", hi, "], got ", x);
   return x;
 }
+// A thread count: 1 .. min(4 x the hardware threads, cap), the message naming the machine's count.
+std::int64_t thread_opt(const Args& a, const std::string& k, std::int64_t cap) {
+  const std::int64_t hw = std::max<std::int64_t>(1, std::thread::hardware_concurrency());
+  const std::int64_t hi = std::min<std::int64_t>(4 * hw, cap);
+  const std::int64_t t = data::parse_int(a.get(k, ""), "option " + k);
+  TASN_CHECK_ARG(t >= 1 && t <= hi, "option ", k, " must be in [1, ", hi, "] (this machine has ", hw,
+                 " hardware threads), got ", t);
+  return t;
+}
 double real_opt(const Args& a, const std::string& k, double d) {
   if (!a.kv.count(k)) return d;
   return data::parse_double(a.get(k, ""), "option " + k);
@@ -281,20 +290,9 @@ Plan make_plan(const Args& a) {
     TASN_CHECK_ARG(!a.get("--dump-attention", "").empty(), "--dump-attention needs a folder, got \"\"");
     int_opt(a, "--dump-count", 8, 1, kBig);
   }
-  if (a.has("--threads")) {
-    const std::int64_t hw = std::max<std::int64_t>(1, std::thread::hardware_concurrency());
-    const std::int64_t t = data::parse_int(a.get("--threads", ""), "option --threads");
-    TASN_CHECK_ARG(t >= 1 && t <= 4 * hw, "option --threads must be in [1, ", 4 * hw, "] (this machine has ", hw,
-                   " hardware threads), got ", t);
-    cpu::set_num_threads(static_cast<int>(t));
-  }
+  if (a.has("--threads")) cpu::set_num_threads(static_cast<int>(thread_opt(a, "--threads", INT64_MAX)));
   if (a.has("--loader-threads")) {
-    const std::int64_t hw = std::max<std::int64_t>(1, std::thread::hardware_concurrency());
-    const std::int64_t hi = std::min<std::int64_t>(4 * hw, data::BatchLoader::kMaxWorkers);
-    const std::int64_t t = data::parse_int(a.get("--loader-threads", ""), "option --loader-threads");
-    TASN_CHECK_ARG(t >= 1 && t <= hi, "option --loader-threads must be in [1, ", hi, "] (this machine has ", hw,
-                   " hardware threads), got ", t);
-    tc.loader_threads = t;
+    tc.loader_threads = thread_opt(a, "--loader-threads", data::BatchLoader::kMaxWorkers);
   } else if (p.device == "cuda") {
     tc.loader_threads = data::default_workers();  // the cores are free while the GPU computes
   }

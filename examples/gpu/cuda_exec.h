@@ -199,15 +199,14 @@ class CudaExec {
     trainable_ = p.trainable_size();
     values_ = static_cast<T*>(DeviceMemory::allocate(256, bytes(size_)));
     grads_ = static_cast<T*>(DeviceMemory::allocate(256, bytes(std::max<std::int64_t>(trainable_, 1))));
-    params_to_device(p, static_cast<BasicSgdMomentum*>(nullptr));
+    upload_values(p);
   }
   // Host -> device: the values, and the momentum of opt when it has one.
   template <class Opt>
   void params_to_device(FlatParams<T>& p, Opt* opt) {
     check_bound(p);
-    TASN_CUDA_CHECK(cudaMemcpyAsync(values_, p.values(), bytes(size_), cudaMemcpyHostToDevice, stream_));
     if (opt && opt->momentum()) upload_momentum(opt->momentum());
-    TASN_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host buffers may change after return
+    upload_values(p);
   }
   // Device -> host: the values (parameters and batch-norm statistics), and the momentum.
   template <class Opt>
@@ -381,9 +380,6 @@ class CudaExec {
   bool last_grads_nonfinite() const { return grads_nonfinite_; }
 
  private:
-  struct BasicSgdMomentum {
-    float* momentum() { return nullptr; }
-  };
   // cuDNN's scratch from the device arena; released (stream-ordered) when the call returns.
   class Scratch final : public gpu::DeviceScratch {
    public:
@@ -408,6 +404,11 @@ class CudaExec {
   }
   void check_bound(const FlatParams<T>& p) const {
     TASN_CHECK_ARG(values_ && p.values() == host_values_, "CudaExec: parameters not bound (bind_params) or another model's");
+  }
+  // The host values to the device; waits (the host buffers may change after return).
+  void upload_values(const FlatParams<T>& p) {
+    TASN_CUDA_CHECK(cudaMemcpyAsync(values_, p.values(), bytes(size_), cudaMemcpyHostToDevice, stream_));
+    TASN_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   // The device copy of an optimiser's momentum (its host buffer: zero, or a loaded checkpoint's).
   void upload_momentum(const T* host) {
