@@ -97,38 +97,19 @@ elseif(TASN_HAVE_CUDA)
 
   # 3. the NVIDIA wheel of a PyTorch installation (nvidia-cudnn-cuXX): asked only now, quietly
   if(TASN_CUDNN_LIBRARY STREQUAL "")
-    set(_py "${TASN_PYTHON}")
-    if(_py STREQUAL "")
-      find_program(_tasn_python3 python3 NO_CACHE)
-      set(_py "${_tasn_python3}")
-    endif()
-    if(NOT _py)
-      list(APPEND _tasn_cudnn_tried "the NVIDIA wheel: no python3 on PATH (set TASN_PYTHON)")
+    tasn_find_nvidia_wheel(nvidia.cudnn nvidia-cudnn _whl)
+    set(_py "${_whl_PY}")
+    set(_wheel_dist "${_whl_DIST}")
+    if(_whl_DIR STREQUAL "")
+      list(APPEND _tasn_cudnn_tried "the NVIDIA wheel: ${_whl_WHY}")
     else()
-      # Prints "<package folder>;<distribution names>"; namespace packages have no __file__.
-      string(CONCAT _script "import importlib.metadata as m, nvidia.cudnn as c\n"
-                     "names = {d.metadata['Name'] or '' for d in m.distributions()}\n"
-                     "print(list(c.__path__)[0] + ';' + ','.join(sorted(n for n in names if n.lower().startswith('nvidia-cudnn'))))")
-      execute_process(
-        COMMAND "${_py}" -c "${_script}"
-        OUTPUT_VARIABLE _wheel RESULT_VARIABLE _rc ERROR_QUIET OUTPUT_STRIP_TRAILING_WHITESPACE TIMEOUT 30)
-      if(NOT _rc EQUAL 0 OR _wheel STREQUAL "")
-        list(APPEND _tasn_cudnn_tried "the NVIDIA wheel: ${_py} does not run or cannot import nvidia.cudnn")
-      else()
-        list(GET _wheel 0 _wheel_dir)
-        list(LENGTH _wheel _n)
-        set(_wheel_dist "")
-        if(_n GREATER 1)
-          list(GET _wheel 1 _wheel_dist)
-        endif()
-        _tasn_cudnn_try("the NVIDIA wheel (${_py})" "${_wheel_dir}/include" "${_wheel_dir}/lib")
-        set(_tasn_cudnn_from "the NVIDIA wheel ${_wheel_dist} of ${_py}")
-        # nvidia-cudnn-cu12 is built against CUDA 12: its sub-libraries load CUDA 12's cuBLAS.
-        if(NOT TASN_CUDNN_LIBRARY STREQUAL "" AND _wheel_dist MATCHES "cu([0-9]+)" AND
-           NOT CMAKE_MATCH_1 STREQUAL CUDAToolkit_VERSION_MAJOR)
-          message(WARNING "tasn: the cuDNN wheel ${_wheel_dist} is built for CUDA ${CMAKE_MATCH_1} but this "
-                          "build uses CUDA ${CUDAToolkit_VERSION}; set CUDNN_ROOT to a matching cuDNN if it fails to load")
-        endif()
+      _tasn_cudnn_try("the NVIDIA wheel (${_py})" "${_whl_DIR}/include" "${_whl_DIR}/lib")
+      set(_tasn_cudnn_from "the NVIDIA wheel ${_wheel_dist} of ${_py}")
+      # nvidia-cudnn-cu12 is built against CUDA 12: its sub-libraries load CUDA 12's cuBLAS.
+      if(NOT TASN_CUDNN_LIBRARY STREQUAL "" AND _wheel_dist MATCHES "cu([0-9]+)" AND
+         NOT CMAKE_MATCH_1 STREQUAL CUDAToolkit_VERSION_MAJOR)
+        message(WARNING "tasn: the cuDNN wheel ${_wheel_dist} is built for CUDA ${CMAKE_MATCH_1} but this "
+                        "build uses CUDA ${CUDAToolkit_VERSION}; set CUDNN_ROOT to a matching cuDNN if it fails to load")
       endif()
     endif()
   endif()

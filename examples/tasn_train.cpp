@@ -29,6 +29,9 @@
 #if defined(TASN_HAVE_CUDA_TRAINER)
 #include "gpu/cuda_exec.h"
 #endif
+#if defined(TASN_HAVE_MPI)
+#include "dist/mpi_comm.h"
+#endif
 #if defined(TASN_HAVE_STB)
 #include "train/folder_data.h"
 #endif
@@ -90,6 +93,14 @@ With no options: train TASN and the baseline on the built-in generated data (CPU
   --no-progress              no progress bar
   --stop-after-epoch N       stop after epoch N as if interrupted (for resume checks)
   --max-steps N              stop after N steps (smoke runs)
+  --comm auto|none|mpi|nccl  data parallelism (docs/distributed.md): auto (default) joins the ranks of
+                             an MPI launch (mpirun -np N tasn_train ...): MPI between CPU processes,
+                             NCCL between GPUs (--device cuda); none: one process. nccl also works
+                             with one process (a GPU check of the NCCL path). --batch is the global
+                             batch: each of N ranks loads batch / N images of it; only rank 0 writes
+                             checkpoints, metrics and the progress bar
+  --sync-bn                  batch norm over the whole global batch (statistics summed over the
+                             ranks; the CPU reference math); default: per-rank statistics, as DDP
   --timing                   after training: images/s, where a step's time goes (data wait, upload,
                              forward with the TASN operators' share, backward, optimiser; device time
                              on a GPU) and the memory the model's context uses
@@ -108,13 +119,13 @@ struct Args {
 
 Args parse(int argc, char** argv) {
   static const std::set<std::string> flag_names = {"--eval-only", "--no-progress", "--help", "-h", "--no-teacher-grad",
-                                                   "--overwrite", "--verify-images", "--timing"};
+                                                   "--overwrite", "--verify-images", "--timing", "--sync-bn"};
   static const std::set<std::string> value_names = {
       "--preset", "--model", "--data", "--data-root", "--list", "--classes", "--train-size", "--test-size",
       "--eval-split", "--epochs", "--batch", "--lr", "--momentum", "--wd", "--schedule", "--milestones", "--gamma",
       "--seed", "--seeds", "--threads", "--loader-threads", "--backend", "--device", "--precision", "--out", "--resume", "--weights", "--att-weights", "--dump-attention",
       "--dump-count", "--sampler-mode", "--dense", "--iters", "--beta", "--temperature", "--image", "--att-input",
-      "--out-size", "--stop-after-epoch", "--max-steps", "--width", "--att-width"};
+      "--out-size", "--stop-after-epoch", "--max-steps", "--width", "--att-width", "--comm"};
   Args a;
   for (int i = 0; i < argc; ++i) a.command += (i ? " " : "") + std::string(argv[i]);
   for (int i = 1; i < argc; ++i) {
@@ -183,6 +194,35 @@ void check_readable(const std::string& path, const std::string& what) {
   if (::access(path.c_str(), R_OK) != 0) io::fail("cannot read " + what, path, errno);
 }
 
+// ---- data parallelism (docs/distributed.md) ----------------------------------------------------
+
+// The job's host communicator, made first in run(); main() takes every rank down through it when
+// one fails (an error on one rank must not leave the others waiting in a collective).
+std::unique_ptr<dist::Communicator> g_comm;
+
+// The host communicator --comm asks for: MPI when the process was started by an MPI launcher
+// with several ranks (auto, mpi, nccl) or --comm mpi; else a single process. The checks name why
+// a combination cannot work instead of starting N independent runs on the same folder.
+std::unique_ptr<dist::Communicator> make_comm(const Args& a) {
+  const std::string want = one_of(a, "--comm", "auto", {"auto", "none", "mpi", "nccl"});
+  const dist::LaunchInfo l = dist::launch_info();
+  if (want == "none") {
+    TASN_CHECK_ARG(l.size == 1, "--comm none, but an MPI launcher started ", l.size,
+                   " ranks of this program (they would train apart and write the same folder): drop --comm none");
+    return std::make_unique<dist::SingleProcess>();
+  }
+  if (l.size == 1 && want != "mpi") return std::make_unique<dist::SingleProcess>();
+#if defined(TASN_HAVE_MPI)
+  return dist::make_mpi_communicator();
+#else
+  throw InvalidArgument(l.size > 1 ? tasn::detail::concat("an MPI launcher started ", l.size,
+                                                          " ranks, but this build has no MPI (install Debian's "
+                                                          "libopenmpi-dev and rebuild)")
+                                   : std::string("--comm mpi: this build has no MPI (install Debian's libopenmpi-dev "
+                                                 "and rebuild)"));
+#endif
+}
+
 // Everything decided, and checked, before any data is made.
 struct Plan {
   Preset s;
@@ -192,9 +232,10 @@ struct Plan {
   std::string which, kind, split;
   std::vector<std::uint64_t> seeds;
   bool eval_only = false;
+  bool nccl = false;  // gradients all-reduced by NCCL on the GPU
 };
 
-Plan make_plan(const Args& a) {
+Plan make_plan(const Args& a, dist::Communicator& comm) {
   Plan p;
   Preset& s = p.s;
   s = preset(one_of(a, "--preset", "demo", {"demo", "paper"}));
@@ -222,7 +263,19 @@ Plan make_plan(const Args& a) {
       no_effect(a, {"--backend"}, "with --device cuda (the CPU convolution backend)");
     }
     p.tf32 = prec == "tf32";
+    const std::string want = a.get("--comm", "auto");
+    if (p.device == "cuda") {
+      TASN_CHECK_ARG(want != "mpi" || comm.size() == 1, "--comm mpi with --device cuda: the gradients live on the GPU; "
+                                                        "use --comm nccl (or auto)");
+      p.nccl = want == "nccl" || (want == "auto" && comm.size() > 1);
+    } else {
+      TASN_CHECK_ARG(want != "nccl", "--comm nccl needs --device cuda (NCCL reduces GPU memory); the CPU uses mpi");
+    }
   }
+  tc.comm = &comm;
+  tc.sync_bn = a.has("--sync-bn");
+  TASN_CHECK_ARG(!(tc.sync_bn && p.device == "cuda"), "--sync-bn is CPU only (cuDNN's batch norm computes per-GPU "
+                                                      "statistics); drop it with --device cuda");
   p.kind = one_of(a, "--data", "synthetic", {"synthetic", "cub", "list"});
   p.split = one_of(a, "--eval-split", "test", {"test", "val"});
   p.eval_only = a.has("--eval-only");
@@ -290,11 +343,18 @@ Plan make_plan(const Args& a) {
     TASN_CHECK_ARG(!a.get("--dump-attention", "").empty(), "--dump-attention needs a folder, got \"\"");
     int_opt(a, "--dump-count", 8, 1, kBig);
   }
+  // Several ranks on one machine share its cores: by default each takes its share.
+  const std::int64_t share = std::max<std::int64_t>(1, data::default_workers() / comm.local_size());
   if (a.has("--threads")) cpu::set_num_threads(static_cast<int>(thread_opt(a, "--threads", INT64_MAX)));
+  else if (comm.local_size() > 1)
+    cpu::set_num_threads(static_cast<int>(std::max<std::int64_t>(
+        1, std::int64_t(std::thread::hardware_concurrency()) / comm.local_size())));
   if (a.has("--loader-threads")) {
     tc.loader_threads = thread_opt(a, "--loader-threads", data::BatchLoader::kMaxWorkers);
   } else if (p.device == "cuda") {
-    tc.loader_threads = data::default_workers();  // the cores are free while the GPU computes
+    tc.loader_threads = share;  // the cores are free while the GPU computes
+  } else if (comm.local_size() > 1) {
+    tc.loader_threads = std::min(tc.loader_threads, share);
   }
   TASN_CHECK_ARG(p.which != "both" || tc.resume.empty(), "--resume FILE needs --model tasn or --model baseline");
   TASN_CHECK_ARG(!p.eval_only || !tc.resume.empty(), "--eval-only needs --resume FILE (the checkpoint to evaluate)");
@@ -318,7 +378,7 @@ Plan make_plan(const Args& a) {
   // the sizes must fit in this machine's memory (checked before anything is allocated)
   const bool tasn = p.which != "baseline", baseline = p.which != "tasn";
   const std::int64_t cached = p.kind == "synthetic" ? (p.eval_only ? 0 : s.train_size) + s.test_size : 0;
-  const MemoryEstimate est = estimate_memory(net, tc.batch, cached, tasn, baseline);
+  const MemoryEstimate est = estimate_memory(net, tc.batch / comm.size(), cached, tasn, baseline);
   const double ram = physical_memory_bytes();
   TASN_CHECK_ARG(ram <= 0 || est.total() <= ram, "this run needs about ", format_bytes(est.total()),
                  " of memory (generated data ", format_bytes(est.data), ", parameters with gradients and momentum ",
@@ -404,18 +464,23 @@ struct RunRow {
 };
 
 int run(const Args& a) {
-  const Plan plan = make_plan(a);
+  g_comm = make_comm(a);
+  dist::Communicator& comm = *g_comm;
+  // Only rank 0 reports: the others' standard output goes nowhere (errors still reach stderr).
+  if (!comm.leader() && !std::freopen("/dev/null", "w", stdout))
+    throw io::IoError(std::string("rank ") + std::to_string(comm.rank()) + ": cannot redirect the standard output to /dev/null: " + std::strerror(errno));
+  const Plan plan = make_plan(a, comm);
   Preset s = plan.s;
   const NetConfig& net = s.net;
   TrainConfig& tc = s.train;
   std::string out_base;
   std::vector<std::unique_ptr<RunFolder>> folders;
-  if (!plan.eval_only) {
+  if (!plan.eval_only && comm.leader()) {
     folders = open_run_folders(a, plan, out_base);
     for (const auto& f : folders)
       for (const auto& r : f->removed()) std::printf("removed %s (a temporary file of an interrupted write)\n", r.c_str());
   }
-  if (a.has("--dump-attention")) {
+  if (a.has("--dump-attention") && comm.leader()) {
     const std::string dir = a.get("--dump-attention", "");
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
@@ -424,6 +489,10 @@ int run(const Args& a) {
   }
 
   if (!plan.device_note.empty()) std::printf("device: %s (%s)\n", plan.device.c_str(), plan.device_note.c_str());
+  if (comm.size() > 1 || plan.nccl)
+    std::printf("data parallel: %s; gradients summed by %s; global batch %lld = %d x %lld; batch norm %s\n",
+                comm.describe().c_str(), plan.nccl ? "NCCL" : "MPI", static_cast<long long>(tc.batch), comm.size(),
+                static_cast<long long>(tc.batch / comm.size()), tc.sync_bn ? "synchronised" : "per rank");
   std::printf("backend: %s%s, %d threads, %lld loader threads\n", nn::to_string(plan.backend),
               nn::onednn_built() ? "" : " (this build has no oneDNN: install libdnnl-dev and rebuild for the fast backend)",
               cpu::num_threads(), static_cast<long long>(tc.loader_threads));
@@ -444,6 +513,8 @@ int run(const Args& a) {
       if (plan.device == "cuda") {
         nn::CudaOptions co;
         co.tf32 = plan.tf32;
+        co.device = comm.local_rank();  // one rank per GPU
+        co.nccl = plan.nccl;
         if (m == "tasn") model = std::make_unique<BasicTasnNet<float, nn::CudaExec>>(net, co);
         else model = std::make_unique<BasicBaselineNet<float, nn::CudaExec>>(net, co);
       }
@@ -462,19 +533,19 @@ int run(const Args& a) {
       if (plan.eval_only) {
         const auto t0 = std::chrono::steady_clock::now();
         load_checkpoint(tc.resume, *model, nullptr);
-        row.result.final_eval = evaluate(*model, *d.eval, tc.eval_batch, tc.loader_threads);
+        row.result.final_eval = evaluate(*model, *d.eval, tc.eval_batch, tc.loader_threads, tc.comm);
         row.result.report_accuracy = row.result.final_eval.accuracy[model->reported_head()];
         row.result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       } else {
         TrainConfig run_cfg = tc;
-        run_cfg.out_dir = folders[si]->dir();
-        row.result = train_model(*model, *d.train, d.eval.get(), run_cfg, m, folders[si].get());
+        run_cfg.out_dir = comm.leader() ? folders[si]->dir() : "";  // only rank 0 writes
+        row.result = train_model(*model, *d.train, d.eval.get(), run_cfg, m, comm.leader() ? folders[si].get() : nullptr);
         if (row.result.stopped_nonfinite) {
           std::fprintf(stderr, "%s\n", row.result.message.c_str());
           return 3;
         }
       }
-      if (a.has("--dump-attention") && model->attention_views()) {  // models with attention maps (TASN)
+      if (a.has("--dump-attention") && model->attention_views() && comm.leader()) {  // models with attention maps (TASN)
         const auto files = dump_attention(*model, *d.eval, int_opt(a, "--dump-count", 8, 1, INT64_MAX), a.get("--dump-attention", ""));
         std::printf("attention dumps: %zu PNGs in %s\n", files.size(), a.get("--dump-attention", "").c_str());
       }
@@ -534,6 +605,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     const int rc = run(a);
+    g_comm.reset();  // MPI_Finalize (every rank gets here, or none: a failing rank aborts the job)
     // the table and the evaluation lines are results too: a failed write of them is an error
     if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
       std::fprintf(stderr, "tasn_train: error: cannot write the standard output: %s\n", std::strerror(errno));
@@ -541,6 +613,11 @@ int main(int argc, char** argv) {
     }
     return rc;
   } catch (const std::exception& e) {
+    if (g_comm && g_comm->size() > 1) {  // take the other ranks down: they may wait in a collective
+      std::fprintf(stderr, "tasn_train: rank %d of %d: error: %s\n", g_comm->rank(), g_comm->size(), e.what());
+      std::fflush(stderr);
+      g_comm->abort(2);
+    }
     std::fprintf(stderr, "tasn_train: error: %s\n", e.what());
     return 2;
   }

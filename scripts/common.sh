@@ -4,9 +4,10 @@
 tasn_install_deps() {
   # libdnnl-dev: oneDNN for the trainer's CPU convolutions and batch norm; Debian's oneDNN CMake
   # config also requires OpenCL's (ocl-icd-opencl-dev, only "recommended" by libdnnl-dev, and
-  # recommendations are not installed here).
+  # recommendations are not installed here). libopenmpi-dev + openmpi-bin: the trainer's
+  # data parallelism on CPU processes (mpirun; docs/distributed.md) and its tests.
   local pkgs=(cmake ninja-build g++ libeigen3-dev libgtest-dev googletest libbenchmark-dev nlohmann-json3-dev libstb-dev
-              libdnnl-dev ocl-icd-opencl-dev)
+              libdnnl-dev ocl-icd-opencl-dev libopenmpi-dev openmpi-bin)
   local missing=()
   for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -12,26 +12,27 @@
 #      that a slow build still leaves them to run),
 #   3. runs the library's GPU tests (one process; per-test isolation with ctest only if that process
 #      dies), the trainer's GPU tests, tasn_train --device cuda (paper-preset throughput in FP32, the
-#      demo, the throughput in TF32), the CUDA benchmarks and, where PyTorch has CUDA, the PyTorch
-#      composite of each operator.
+#      same with the NCCL gradient all-reduce at world size 1, the demo, the throughput in TF32), the
+#      CUDA benchmarks and, where PyTorch has CUDA, the PyTorch composite of each operator.
 # No CPU tests here: they run on every machine (scripts/test.sh).
 #
 # Each step has a time cap (times TASN_GPU_TIME_SCALE, default 1), and the whole script a budget
 # (TASN_GPU_BUDGET, default 560 s): a step gets the smaller of its cap and what is left of the
 # budget, so the script ends within the budget however a step behaves (a timed-out build still
 # lets every target that finished run). Caps: configure 45, build of the tests and the trainer 180,
-# of the benchmarks 75, probe 10, library tests 75, trainer tests 60, paper FP32 75, demo 90, paper
-# TF32 60, benchmarks 30 + 20 + 15, PyTorch 20 (755 s in all: the last steps, benchmarks first, are
-# the ones the budget cuts when everything runs to its cap); the per-test rerun (only when the test
-# process dies) gets what is left.
+# of the benchmarks 75, probe 10, library tests 75, trainer tests 60, paper FP32 75, paper FP32 with
+# NCCL 75, demo 90, paper TF32 60, benchmarks 30 + 20 + 15, PyTorch 20 (830 s in all: the last steps,
+# benchmarks first, are the ones the budget cuts when everything runs to its cap); the per-test
+# rerun (only when the test process dies) gets what is left.
 #
 # Results, written as each step ends, in $1, else $TASN_RESULTS_DIR, else gpu-results/ (the device
-# tool brings back at most 8 files, so there are 7):
+# tool brings back at most 8 files, so there are 8):
 #   summary.txt      one line per step (result, seconds, limit), test counts, failures, benchmark rows,
 #                    the trainer's timing lines and accuracy table
 #   build.log        configure + build output
 #   gpu-tests.log    tasn_gpu_probe, then tasn_tests_gpu (and the ctest rerun, if any)
-#   trainer.log      tasn_tests_trainer_gpu and the tasn_train runs
+#   trainer.log      tasn_tests_trainer_gpu and the tasn_train runs (but the NCCL one)
+#   nccl.log         tasn_train --comm nccl on the paper preset: its --timing line's "all-reduce"
 #   bench.log        the CUDA benchmarks' and the PyTorch baseline's console output
 #   bench-cuda.json  {"bench_trilinear_cuda": <Google Benchmark JSON>, ...}, rewritten after each
 #   bench-torch.json bench/torch_baseline.py --json
@@ -128,7 +129,7 @@ for t in "${test_targets[@]}"; do
   if known_target "$t"; then kept+=("$t"); else log "target $t is not part of this configuration (see build.log)"; fi
 done
 test_targets=("${kept[@]}")
-grep -E "tasn: (CUDA|cuDNN)" "$results/build.log" | tee -a "$summary"
+grep -E "tasn: (CUDA|cuDNN|NCCL)" "$results/build.log" | tee -a "$summary"
 step build-tests 180 build.log cmake --build "$build" -j "$jobs" --target "${test_targets[@]}" "${keep_going[@]}"
 step build-benchmarks 75 build.log cmake --build "$build" -j "$jobs" --target "${benches[@]}" "${keep_going[@]}"
 grep -E "error|FAILED:" "$results/build.log" | head -20 | tee -a "$summary"
@@ -183,13 +184,16 @@ done
 
 # ---- the trainer on the GPU ------------------------------------------------------------------------
 # Its tests first (correctness), then the paper preset's throughput in FP32 (generated data at 512 px,
-# batch 96, 8 timed steps after a warm-up step: images/s, the step's phases, device memory), the demo
-# (accuracy table next to the CPU's in docs/trainer.md), and the throughput again with TF32.
+# batch 96, 8 timed steps after a warm-up step: images/s, the step's phases, device memory), the same
+# with the gradients all-reduced by NCCL at world size 1 (--comm nccl: the data-parallel path on one
+# GPU; its --timing line adds the all-reduce's device time; NCCL skips an in-place sum over one rank,
+# so that time is about 0 here and the throughput should match the run before), the demo (accuracy
+# table next to the CPU's in docs/trainer.md), and the throughput again with TF32.
 trainer_rc=1
 if exe="$(path_of tasn_tests_trainer_gpu)" && [ -n "$exe" ]; then
   step trainer-tests 60 trainer.log "$exe" --gtest_color=no
   trainer_rc=$?
-  grep -E "^\[  (PASSED  |FAILED  |SKIPPED )\] [0-9]+ tests?|^\[  FAILED  \] [A-Za-z]|^\[ (worst|curve|memory) " "$results/trainer.log" |
+  grep -E "^\[  (PASSED  |FAILED  |SKIPPED )\] [0-9]+ tests?|^\[  FAILED  \] [A-Za-z]|^\[ (worst|curve|memory|nccl) " "$results/trainer.log" |
     sort -u | head -40 | tee -a "$summary"
 else
   log "trainer-tests: NOT RUN (tasn_tests_trainer_gpu was not built; see build.log)"
@@ -198,6 +202,9 @@ if exe="$(path_of tasn_train)" && [ -n "$exe" ]; then
   paper=(--device cuda --preset paper --model tasn --train-size 960 --test-size 32 --max-steps 9 --timing --no-progress
          --overwrite)
   step trainer-paper-fp32 75 trainer.log "$exe" "${paper[@]}" --out "$build/run-paper-fp32"
+  step trainer-paper-nccl 75 nccl.log "$exe" "${paper[@]}" --comm nccl --out "$build/run-paper-nccl"
+  grep -E "^(tasn|baseline) (on|timing)|timing over|all-reduce|nccl|NCCL|error" "$results/nccl.log" | head -20 |
+    sed 's/^/nccl: /' | tee -a "$summary"
   step trainer-demo 90 trainer.log "$exe" --device cuda --seeds 1 --no-progress --timing --overwrite --out "$build/run-demo"
   step trainer-paper-tf32 60 trainer.log "$exe" "${paper[@]}" --precision tf32 --out "$build/run-paper-tf32"
   grep -E "^(tasn|baseline) (on|timing)|timing over|^\| (model|tasn|baseline)|error" "$results/trainer.log" | head -30 |

@@ -64,6 +64,48 @@ TEST(BatchLoader, EveryExampleOncePerEpochInASeededOrder) {
   EXPECT_EQ(run_epoch(again, 0), e0) << "a new loader with the same seed repeats the order (resume)";
 }
 
+// Data parallelism: rank r of R loads its part of every global batch of R x batch examples, so
+// the ranks' batches k, side by side in rank order, are batch k of one loader of R x batch.
+TEST(BatchLoader, ShardsSplitEveryGlobalBatchInRankOrder) {
+  td::BatchLoader::Options whole;
+  whole.batch = 12;
+  whole.seed = 9;
+  whole.drop_last = true;
+  td::BatchLoader one(53, example, whole);
+  std::vector<std::int64_t> sizes;
+  const auto all = run_epoch(one, 3, &sizes);
+  ASSERT_EQ(all.size(), 48u);  // 4 global batches of 12; 5 examples dropped
+  for (std::int64_t ranks : {2, 3, 4}) {
+    std::vector<std::vector<std::int64_t>> parts;
+    for (std::int64_t r = 0; r < ranks; ++r) {
+      td::BatchLoader::Options o = whole;
+      o.batch = 12 / ranks;
+      o.shard = r;
+      o.shards = ranks;
+      o.workers = 1 + r;  // any worker count: the same batches
+      td::BatchLoader l(53, example, o);
+      EXPECT_EQ(l.batches_per_epoch(), 4);
+      std::vector<std::int64_t> s;
+      parts.push_back(run_epoch(l, 3, &s));
+      EXPECT_EQ(s, std::vector<std::int64_t>(4, 12 / ranks));
+    }
+    std::vector<std::int64_t> joined;
+    for (std::int64_t k = 0; k < 4; ++k)
+      for (std::int64_t r = 0; r < ranks; ++r) {
+        const auto at = parts[r].begin() + k * (12 / ranks);
+        joined.insert(joined.end(), at, at + 12 / ranks);
+      }
+    EXPECT_EQ(joined, all) << ranks << " ranks";
+  }
+  td::BatchLoader::Options bad = whole;
+  bad.shards = 2;
+  bad.shard = 2;
+  EXPECT_THROW(td::BatchLoader(53, example, bad), tasn::InvalidArgument);
+  bad.shard = 1;
+  bad.drop_last = false;
+  EXPECT_THROW(td::BatchLoader(53, example, bad), tasn::InvalidArgument);
+}
+
 TEST(BatchLoader, DropLastAndNoShuffle) {
   td::BatchLoader::Options o;
   o.batch = 10;

@@ -287,6 +287,40 @@ void detail(const std::vector<T>& m, std::int64_t N, std::int64_t C, std::int64_
   tasn::cpu::detail_map(a);
 }
 
+// A batch split into parts with first_sample = each part's offset picks the channels of the whole
+// batch (data-parallel ranks), and a different offset picks differently.
+TEST(SamplerMaps, DetailPickOfASplitBatchIsThatOfTheWholeBatch) {
+  const std::int64_t N = 12, C = 16, h = 3, w = 3, p = h * w;
+  std::vector<float> m(N * C * p);
+  for (std::size_t i = 0; i < m.size(); ++i) m[i] = float((i * 7919) % 101) / 50.0f;
+  std::vector<float> whole(N * p);
+  std::vector<std::int64_t> chosen(N);
+  detail(m, N, C, h, w, true, nullptr, 42, whole, &chosen);
+  for (std::int64_t first : {0, 4, 8}) {
+    tasn::DetailMapArgs<float> a{};
+    std::vector<float> out(4 * p);
+    std::vector<std::int64_t> part(4);
+    a.m = {m.data() + first * C * p, {4, C, h, w}};
+    a.out = {out.data(), {4, h, w}};
+    a.chosen = {part.data(), {4}};
+    a.options.seed = 42;
+    a.options.first_sample = first;
+    tasn::cpu::detail_map(a);
+    EXPECT_EQ(part, std::vector<std::int64_t>(chosen.begin() + first, chosen.begin() + first + 4)) << "first " << first;
+    EXPECT_EQ(out, std::vector<float>(whole.begin() + first * p, whole.begin() + (first + 4) * p));
+  }
+  std::vector<std::int64_t> shifted(N);
+  std::vector<float> out(N * p);
+  tasn::DetailMapArgs<float> a{};
+  a.m = {m.data(), {N, C, h, w}};
+  a.out = {out.data(), {N, h, w}};
+  a.chosen = {shifted.data(), {N}};
+  a.options.seed = 42;
+  a.options.first_sample = 1;
+  tasn::cpu::detail_map(a);
+  EXPECT_NE(shifted, chosen);
+}
+
 TEST(SamplerMaps, DistinctIgnoresRepeatedDeadChannels) {
   const std::int64_t N = 2, C = 6, h = 3, w = 3, p = h * w;
   std::vector<double> m(N * C * p, 0.0);  // channels 1, 3, 4 dead (all zero) in both samples

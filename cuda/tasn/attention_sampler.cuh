@@ -55,8 +55,8 @@ inline unsigned blocks_for(std::int64_t n, int per_block = kBlock) { return kern
 template <class T>
 __global__ void __launch_bounds__(kBlock)
     attention_map_kernel(const T* __restrict__ m, std::int64_t C, std::int64_t p, int mode, bool distinct,
-                         const std::int64_t* __restrict__ channels, std::uint64_t seed, float* __restrict__ out,
-                         std::int64_t* __restrict__ chosen) {
+                         const std::int64_t* __restrict__ channels, std::uint64_t seed, std::int64_t first,
+                         float* __restrict__ out, std::int64_t* __restrict__ chosen) {
   extern __shared__ __align__(16) unsigned char smem[];
   double* sums = reinterpret_cast<double*>(smem);
   unsigned char* keep = smem + C * sizeof(double);
@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(kBlock)
       if (channels) {
         c = channels[n];  // device data: an out-of-range index gives a NaN map and chosen = -1
       } else {
-        c = sampler::pick_kept_channel(keep, C, seed, n);
+        c = sampler::pick_kept_channel(keep, C, seed, first + n);
       }
       const bool ok = c >= 0 && c < C;
       pick = ok ? c : -1;
@@ -673,12 +673,12 @@ namespace detail_sampler {
 // mode as attention_map_kernel: 0 structure, 1 detail (training), 2 plain sum.
 template <class T>
 void launch_attention_map(const Context& ctx, const sampler::MapSizes& s, const T* m, int mode,
-                          bool distinct, const std::int64_t* channels, std::uint64_t seed, float* out,
-                          std::int64_t* chosen) {
+                          bool distinct, const std::int64_t* channels, std::uint64_t seed, std::int64_t first,
+                          float* out, std::int64_t* chosen) {
   const std::size_t shm = static_cast<std::size_t>(s.C) * (sizeof(double) + 1);
   k::attention_map_kernel<T><<<static_cast<unsigned>(s.N), k::kBlock, shm, ctx.stream>>>(m, s.C, s.h * s.w, mode,
-                                                                                        distinct, channels, seed, out,
-                                                                                        chosen);
+                                                                                        distinct, channels, seed, first,
+                                                                                        out, chosen);
   TASN_CUDA_CHECK_LAUNCH("attention_map_kernel");
 }
 inline void check_map_limits(const char* op, const sampler::MapSizes& s) {
@@ -700,7 +700,7 @@ void structure_map(const Context& ctx, const StructureMapArgs<T>& a, Workspace w
   detail::ValueChecks vc(ctx, detail::take_value_check_slots(carver, a.options.check_finite), op);
   vc.finite(a.m.data, a.m.numel(), "m");
   vc.finish();
-  detail_sampler::launch_attention_map(ctx, s, a.m.data, 0, a.options.distinct, nullptr, 0, a.out.data, nullptr);
+  detail_sampler::launch_attention_map(ctx, s, a.m.data, 0, a.options.distinct, nullptr, 0, 0, a.out.data, nullptr);
 }
 
 // Detail map, as cpu::detail_map: channels (optional) or the seeded pick among the distinct
@@ -720,7 +720,8 @@ void detail_map(const Context& ctx, const DetailMapArgs<T>& a, Workspace ws = {}
   if (a.options.training && a.channels.present()) vc.indices(a.channels.data, s.N, s.C, &sampler::bad_channel_message);
   vc.finish();
   detail_sampler::launch_attention_map(ctx, s, a.m.data, a.options.training ? 1 : 2, false,
-                                       a.options.training ? a.channels.data : nullptr, a.options.seed, a.out.data,
+                                       a.options.training ? a.channels.data : nullptr, a.options.seed,
+                                       a.options.first_sample, a.out.data,
                                        a.chosen.data);
 }
 

@@ -71,6 +71,11 @@ class BatchLoader {
     std::uint64_t seed = 1;
     std::size_t prefetch = 2;  // batches ready ahead of the consumer (plus the one being loaded)
     std::int64_t workers = default_workers();  // loading threads; 1: one background thread
+    // Data parallelism: this loader is rank `shard` of `shards`. The epoch order is the same on
+    // every rank; its global batches of batch x shards examples are split in rank order, so rank
+    // r loads positions [k G + r batch, k G + (r + 1) batch) of global batch k (G = batch x
+    // shards), and the ranks' batches together are the one-process batches of G. Needs drop_last.
+    std::int64_t shard = 0, shards = 1;
   };
 
   // load(i, epoch): example i as seen in `epoch` (the epoch given to start_epoch).
@@ -81,6 +86,12 @@ class BatchLoader {
     TASN_CHECK_ARG(opt.workers >= 1 && opt.workers <= kMaxWorkers, "BatchLoader: workers must be in [1, ", kMaxWorkers,
                    "], got ", opt.workers);
     TASN_CHECK_ARG(static_cast<bool>(load_), "BatchLoader: no load function");
+    TASN_CHECK_ARG(opt.shards >= 1 && opt.shard >= 0 && opt.shard < opt.shards, "BatchLoader: shard ", opt.shard,
+                   " of ", opt.shards, " does not exist");
+    TASN_CHECK_ARG(opt.shards == 1 || opt.drop_last, "BatchLoader: ", opt.shards,
+                   " shards need drop_last (every rank takes a full part of every global batch)");
+    TASN_CHECK_ARG(n / opt.shards >= opt.batch || opt.shards == 1, "BatchLoader: ", n, " examples hold no global batch of ",
+                   opt.batch, " x ", opt.shards, " shards");
   }
   // load(i): example i, the same in every epoch.
   BatchLoader(std::int64_t n, std::function<Example(std::int64_t)> load, const Options& opt)
@@ -94,6 +105,16 @@ class BatchLoader {
   void start_epoch(std::int64_t epoch) {
     stop();
     std::vector<std::int64_t> order = epoch_order(n_, opt_.seed, epoch, opt_.shuffle);
+    if (opt_.shards > 1) {  // this rank's part of every global batch, in order
+      const std::int64_t b = opt_.batch, g = b * opt_.shards;
+      std::vector<std::int64_t> mine;
+      mine.reserve(static_cast<std::size_t>(batches_per_epoch() * b));
+      for (std::int64_t k = 0; k < batches_per_epoch(); ++k) {
+        const auto at = order.begin() + (k * g + opt_.shard * b);
+        mine.insert(mine.end(), at, at + b);
+      }
+      order = std::move(mine);
+    }
     {
       std::lock_guard<std::mutex> lock(m_);
       order_ = std::move(order);
@@ -136,7 +157,8 @@ class BatchLoader {
   }
 
   std::int64_t batches_per_epoch() const {
-    return opt_.drop_last ? n_ / opt_.batch : (n_ + opt_.batch - 1) / opt_.batch;
+    const std::int64_t g = opt_.batch * opt_.shards;
+    return opt_.drop_last ? n_ / g : (n_ + g - 1) / g;
   }
   std::int64_t workers() const { return opt_.workers; }
 

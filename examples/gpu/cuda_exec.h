@@ -25,6 +25,15 @@
 //
 // float storage. tf32 = true lets cuDNN and cuBLAS use TF32 tensor cores (10-bit mantissa inputs,
 // float accumulation); off by default (plain FP32 as the CPU).
+//
+// Data parallelism (set_comm, docs/distributed.md): one rank per GPU, the gradients summed over the
+// ranks by NCCL (dist/nccl_comm.h, in builds with TASN_HAVE_NCCL) on a second stream, the comm
+// stream. The model calls grads_ready(lo, hi) as each parameter store's backward ends: an event on
+// the compute stream, the comm stream waits for it and all-reduces that bucket while the compute
+// stream goes on with the rest of the backward. sgd_step all-reduces whatever no bucket covered,
+// makes the compute stream wait for the comm stream, then decides about non-finite gradients on
+// the SUMMED gradients (so every rank decides the same) with one more small host synchronisation,
+// and updates. Without NCCL the step keeps its single synchronisation.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -35,9 +44,16 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <exception>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "dist/comm.h"
+#if defined(TASN_HAVE_NCCL)
+#include "dist/nccl_comm.h"
+#endif
 #include "gpu/device_memory.h"
 #include "gpu/dnn.h"
 #include "gpu/kernels.h"
@@ -68,7 +84,19 @@ inline std::string cuda_device_problem(int device = 0) {
 struct CudaOptions {
   int device = 0;
   bool tf32 = false;  // TF32 tensor cores for convolutions and GEMMs
+  // All-reduce the gradients with NCCL even at world size 1 (set_comm with a single process): the
+  // GPU check's test of the NCCL path on one GPU. With more than one rank NCCL is always used.
+  bool nccl = false;
 };
+
+// True when this build can all-reduce gradients on the GPU (NCCL found by CMake).
+constexpr bool nccl_built() {
+#if defined(TASN_HAVE_NCCL)
+  return true;
+#else
+  return false;
+#endif
+}
 
 class CudaExec {
  public:
@@ -100,7 +128,12 @@ class CudaExec {
 
  private:
   void release() {
+    // A context destroyed while an exception propagates (a failed step, maybe a rank whose peers
+    // are inside a collective) aborts its NCCL communicator first: waiting for the streams or
+    // ncclCommDestroy could otherwise hang on a peer that never comes.
+    if (std::uncaught_exceptions() > 0) abort_comm();
     if (stream_) cudaStreamSynchronize(stream_);
+    end_comm();
     dnn_.reset();
     for (auto& e : events_)
       if (e) cudaEventDestroy(e);
@@ -111,6 +144,15 @@ class CudaExec {
       if (p) DeviceMemory::release(p);
     if (stream_) cudaStreamDestroy(stream_);
     stream_ = nullptr;
+    if (comm_stream_) cudaStreamDestroy(comm_stream_);
+    comm_stream_ = nullptr;
+    for (cudaEvent_t e : {ready_, comm_done_})
+      if (e) cudaEventDestroy(e);
+    ready_ = comm_done_ = nullptr;
+    for (auto& b : bucket_events_)
+      for (cudaEvent_t e : b)
+        if (e) cudaEventDestroy(e);
+    bucket_events_.clear();
   }
 
  public:
@@ -121,7 +163,11 @@ class CudaExec {
     char buf[512];
     std::snprintf(buf, sizeof buf, "cuda:%d (%s, compute capability %d.%d, %.0f GiB; %s)", opt_.device, p.name, p.major,
                   p.minor, double(p.totalGlobalMem) / double(1ull << 30), opt_.tf32 ? "TF32" : "FP32");
-    return buf;
+    std::string d = buf;
+#if defined(TASN_HAVE_NCCL)
+    if (nccl_) d.insert(d.size() - 1, "; " + nccl_->describe());
+#endif
+    return d;
   }
   cudaStream_t stream() const { return stream_; }
   gpu::Dnn& dnn() { return *dnn_; }
@@ -219,21 +265,44 @@ class CudaExec {
   }
   void grads_to_host(FlatParams<T>& p) {
     check_bound(p);
+    wait_comm();  // the buckets all-reduced so far (all of them after sgd_step)
     TASN_CUDA_CHECK(cudaMemcpyAsync(p.grads(), grads_, bytes(trainable_), cudaMemcpyDeviceToHost, stream_));
     TASN_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
-  void zero_grads(FlatParams<T>&) { TASN_CUDA_CHECK(cudaMemsetAsync(grads_, 0, bytes(trainable_), stream_)); }
-  // Queues the non-finite check of every gradient into the step's read-back (see sgd_step).
+  // The start of a step's gradients: also of its all-reduce buckets (after the last step's
+  // all-reduce, which may still run when its update was skipped).
+  void zero_grads(FlatParams<T>&) {
+    wait_comm();
+    launched_.clear();
+    TASN_CUDA_CHECK(cudaMemsetAsync(grads_, 0, bytes(trainable_), stream_));
+  }
+  // Queues the non-finite check of every gradient into the step's read-back (see sgd_step). With
+  // NCCL the check waits for the all-reduce instead: sgd_step makes it on the summed gradients.
   void check_grads(FlatParams<T>&) {
+    if (nccl_active()) return;
     TASN_CUDA_CHECK(cudaMemsetAsync(flag_, 0, sizeof(int), stream_));
     gpu::nonfinite_any(stream_, grads_, trainable_, flag_);
     pending_flag_ = fetch(flag_, 1);
   }
   // The fused update on the device. A step whose gradients were flagged brings them to the host,
   // where the optimiser finds and names the first bad tensor and refuses the step (nothing changes).
+  //
+  // With NCCL (set_comm): first the all-reduce of every gradient no grads_ready bucket covered,
+  // the compute stream waits for the comm stream, and the non-finite check runs on the summed
+  // gradients, read back at once (the step's second synchronisation): identical on every rank,
+  // so every rank refuses or applies the same update.
   template <class Opt>
   bool sgd_step(FlatParams<T>& p, Opt& opt, double lr, double rescale) {
     check_bound(p);
+    if (nccl_active()) {
+      finish_allreduce();
+      TASN_CUDA_CHECK(cudaMemsetAsync(flag_, 0, sizeof(int), stream_));
+      gpu::nonfinite_any(stream_, grads_, trainable_, flag_);
+      const int* flag = fetch(flag_, 1);
+      TASN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      check_comm();
+      grads_nonfinite_ = *flag != 0;
+    }
     if (grads_nonfinite_) {
       TASN_CUDA_CHECK(cudaMemcpyAsync(p.grads(), grads_, bytes(trainable_), cudaMemcpyDeviceToHost, stream_));
       TASN_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -255,6 +324,84 @@ class CudaExec {
     TASN_CUDA_CHECK(cudaEventRecord(sgd_events_[1], stream_));
     sgd_recorded_ = true;
     return true;
+  }
+
+  // ---- data parallelism (dist/comm.h, dist/nccl_comm.h) ----------------------------------------------
+  // c: the host communicator of the job (null or a single process: alone). NCCL all-reduces the
+  // gradients when c has more than one rank, or with CudaOptions::nccl; every rank must use its
+  // own GPU (CudaOptions::device = c->local_rank() on one machine). Creating the NCCL communicator
+  // is collective: every rank calls set_comm together. sync_bn is refused (cuDNN's batch norm
+  // computes per-GPU statistics). A later call replaces the communicator.
+  void set_comm(dist::Communicator* c, bool sync_bn) {
+    TASN_CHECK_ARG(!sync_bn,
+                   "--sync-bn is CPU only for now: cuDNN's batch norm computes per-GPU statistics (run without "
+                   "--sync-bn, or with --device cpu)");
+    const bool want = c && (c->size() > 1 || opt_.nccl);
+    end_comm();
+    if (!want) return;
+#if defined(TASN_HAVE_NCCL)
+    if (!comm_stream_) {  // the comm stream (highest priority: its kernels start as soon as a bucket is ready)
+      int least = 0, greatest = 0;
+      TASN_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+      TASN_CUDA_CHECK(cudaStreamCreateWithPriority(&comm_stream_, cudaStreamNonBlocking, greatest));
+      TASN_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
+      TASN_CUDA_CHECK(cudaEventCreateWithFlags(&comm_done_, cudaEventDisableTiming));
+    }
+    launched_.clear();
+    launched_.reserve(16);
+    timed_buckets_ = 0;
+    nccl_ = std::make_unique<dist::NcclComm>(*c, opt_.device);
+#else
+    throw InvalidArgument(std::string("this build has no NCCL, which ") +
+                          (c->size() > 1 ? "training on " + std::to_string(c->size()) + " GPUs" : std::string("--comm nccl")) +
+                          " needs (CMake looks in the CUDA toolkit, NCCL_ROOT and PyTorch's nvidia-nccl wheel; "
+                          "see cmake/tasnNccl.cmake, TASN_NCCL=ON makes it required)");
+#endif
+  }
+  // The gradients [lo, hi) of the flat buffer are final for this step: with NCCL their all-reduce
+  // starts now on the comm stream, overlapping what the compute stream still has to do (it never
+  // touches them again this step). Buckets of one step must not overlap; every rank must report
+  // the same buckets in the same order. Without NCCL nothing (sgd_step has nothing to sum).
+  void grads_ready(FlatParams<T>& p, std::int64_t lo, std::int64_t hi) {
+    if (!nccl_active()) return;
+    check_bound(p);
+    TASN_CHECK_ARG(0 <= lo && lo <= hi && hi <= trainable_, "CudaExec::grads_ready: [", lo, ", ", hi,
+                   ") is not within the ", trainable_, " gradients");
+    for (const auto& r : launched_)
+      TASN_CHECK_ARG(hi <= r.first || r.second <= lo, "CudaExec::grads_ready: [", lo, ", ", hi, ") overlaps [", r.first,
+                     ", ", r.second, "), all-reduced already in this step");
+    if (lo < hi) launch_bucket(lo, hi);
+  }
+  // Device time of the last step's gradient all-reduce: the sum over its buckets of the comm
+  // stream's time from a bucket's start (after it waited for its gradients) to its end; 0 without
+  // NCCL. (NCCL does nothing for an in-place sum over ONE rank, so at world size 1 this is only the
+  // cost of the launches: about 0.) Waits for the last bucket; valid until the next train step.
+  // -1 without NCCL (no data parallelism to time).
+  double comm_seconds() const {
+    if (!nccl_active()) return -1;
+    double s = 0;
+    for (int i = 0; i < timed_buckets_; ++i) s += bucket_seconds(i, i);
+    return s;
+  }
+  // From the first bucket's start to the last bucket's end: the all-reduce with the part of the
+  // backward it overlapped (>= comm_seconds()).
+  double comm_span_seconds() const { return timed_buckets_ > 0 ? bucket_seconds(0, timed_buckets_ - 1) : 0; }
+  // Buckets (all-reduce calls) of the last step, the remainder sgd_step reduced included.
+  int comm_buckets() const { return timed_buckets_; }
+  // True when gradients are all-reduced with NCCL (set_comm asked for it).
+  bool nccl_active() const {
+#if defined(TASN_HAVE_NCCL)
+    return nccl_ != nullptr;
+#else
+    return false;
+#endif
+  }
+  // For error paths (a rank about to stop the job): ncclCommAbort, so that no stream waits in a
+  // collective for a peer that stopped. Never throws; the context is unusable for training after.
+  void abort_comm() noexcept {
+#if defined(TASN_HAVE_NCCL)
+    if (nccl_) nccl_->abort();
+#endif
   }
 
   // ---- element-wise passes, pooling, resize, linear -------------------------------------------------
@@ -374,12 +521,80 @@ class CudaExec {
   }
 
   template <class U, int R>
-  bool all_finite(TensorRef<U, R>) {
+  bool all_finite(TensorRef<U, R>, bool = false) {
     return true;  // deferred: NaN reaches the losses, read back once per step
   }
   bool last_grads_nonfinite() const { return grads_nonfinite_; }
 
  private:
+  // ---- the gradient all-reduce (NCCL) -----------------------------------------------------------------
+  // One bucket: the comm stream waits for the compute stream's work so far, then sums grads_[lo, hi)
+  // over the ranks between two timing events.
+  void launch_bucket(std::int64_t lo, std::int64_t hi) {
+#if defined(TASN_HAVE_NCCL)
+    const std::size_t i = launched_.size();
+    if (i == bucket_events_.size()) {  // once per bucket index (the first step): no device memory
+      std::array<cudaEvent_t, 2> e{};
+      for (auto& x : e) TASN_CUDA_CHECK(cudaEventCreate(&x));
+      bucket_events_.push_back(e);
+    }
+    TASN_CUDA_CHECK(cudaEventRecord(ready_, stream_));
+    TASN_CUDA_CHECK(cudaStreamWaitEvent(comm_stream_, ready_, 0));
+    TASN_CUDA_CHECK(cudaEventRecord(bucket_events_[i][0], comm_stream_));
+    nccl_->allreduce_sum(grads_ + lo, hi - lo, comm_stream_);
+    TASN_CUDA_CHECK(cudaEventRecord(bucket_events_[i][1], comm_stream_));
+    launched_.emplace_back(lo, hi);
+    comm_pending_ = true;
+#else
+    (void)lo, (void)hi;
+#endif
+  }
+  // The all-reduce of [0, trainable_) not launched by grads_ready (every gradient, without the
+  // model's hooks), then the compute stream waits for all of it.
+  void finish_allreduce() {
+    std::sort(launched_.begin(), launched_.end());
+    const std::size_t n = launched_.size();
+    std::int64_t at = 0;
+    for (std::size_t i = 0; i <= n; ++i) {  // by index: launch_bucket appends to launched_
+      const std::int64_t end = i < n ? launched_[i].first : trainable_;
+      if (at < end) launch_bucket(at, end);
+      if (i < n) at = launched_[i].second;
+    }
+    timed_buckets_ = static_cast<int>(launched_.size());
+    wait_comm();
+  }
+  // The compute stream waits for everything queued on the comm stream so far.
+  void wait_comm() {
+    if (!comm_pending_) return;
+    TASN_CUDA_CHECK(cudaEventRecord(comm_done_, comm_stream_));
+    TASN_CUDA_CHECK(cudaStreamWaitEvent(stream_, comm_done_, 0));
+    comm_pending_ = false;
+  }
+  // An asynchronous NCCL error (a peer gone) as tasn::Error.
+  void check_comm() const {
+#if defined(TASN_HAVE_NCCL)
+    if (nccl_) nccl_->check_async();
+#endif
+  }
+  // Seconds from bucket i's start to bucket j's end (waits for j's end).
+  double bucket_seconds(int i, int j) const {
+    TASN_CUDA_CHECK(cudaEventSynchronize(bucket_events_[static_cast<std::size_t>(j)][1]));
+    float ms = 0;
+    TASN_CUDA_CHECK(cudaEventElapsedTime(&ms, bucket_events_[static_cast<std::size_t>(i)][0],
+                                         bucket_events_[static_cast<std::size_t>(j)][1]));
+    return ms * 1e-3;
+  }
+  // The NCCL communicator's work finished (or aborted), then the communicator destroyed.
+  void end_comm() noexcept {
+#if defined(TASN_HAVE_NCCL)
+    if (comm_stream_) cudaStreamSynchronize(comm_stream_);
+    nccl_.reset();
+#endif
+    comm_pending_ = false;
+    launched_.clear();
+    timed_buckets_ = 0;
+  }
+
   // cuDNN's scratch from the device arena; released (stream-ordered) when the call returns.
   class Scratch final : public gpu::DeviceScratch {
    public:
@@ -435,6 +650,16 @@ class CudaExec {
   bool sgd_recorded_ = false;
   const int* pending_flag_ = nullptr;
   bool grads_nonfinite_ = false;
+  // data parallelism
+#if defined(TASN_HAVE_NCCL)
+  std::unique_ptr<dist::NcclComm> nccl_;
+#endif
+  cudaStream_t comm_stream_ = nullptr;
+  cudaEvent_t ready_ = nullptr, comm_done_ = nullptr;            // stream order only (no timing)
+  std::vector<std::array<cudaEvent_t, 2>> bucket_events_;         // start, end of bucket i (timing)
+  std::vector<std::pair<std::int64_t, std::int64_t>> launched_;  // this step's buckets, in launch order
+  int timed_buckets_ = 0;                                         // buckets of the last sgd_step
+  bool comm_pending_ = false;  // comm-stream work the compute stream has not waited for
 };
 
 }  // namespace tasn::nn

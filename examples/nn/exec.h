@@ -24,6 +24,7 @@
 #include <string>
 #include <type_traits>
 
+#include "dist/comm.h"
 #include "nn/arena.h"
 #include "nn/elementwise.h"
 #include "nn/layers.h"
@@ -80,6 +81,7 @@ struct BnSaved {
   bool training = true, relu = false;
   const T* y = nullptr;             // the forward's output (reference: its sign is the ReLU mask)
   void* relu_workspace = nullptr;   // oneDNN's fused-ReLU mask (training)
+  bool synced = false;              // synchronised batch norm: the reference statistics over all ranks
 };
 
 template <class T>
@@ -147,6 +149,14 @@ class CpuExec {
   BnSaved<T> bn_forward(std::int64_t N, std::int64_t C, std::int64_t P, const T* x, const T* gamma, const T* beta,
                         T* running_mean, T* running_var, const BatchNormState& s, bool relu_after, T* y) {
     BnSaved<T> saved{arena_.alloc<T>(2 * C), s.training, relu_after, y, nullptr};
+    if (sync_bn_ && s.training) {  // statistics over every rank's batch (on either backend)
+      saved.synced = true;
+      ref::batchnorm2d_forward_synced(N, C, P, x, gamma, beta, running_mean, running_var, s, saved.stats,
+                                      saved.stats + C, y, arena_.alloc<double>(2 * C + 1),
+                                      [this](double* v, std::int64_t n) { reduce_stats(v, n); });
+      if (relu_after) relu(y, y, N * C * P);
+      return saved;
+    }
 #if defined(TASN_HAVE_DNNL)
     if constexpr (std::is_same_v<T, float>)
       if (dnnl_) {
@@ -188,6 +198,13 @@ class CpuExec {
       relu_grad(saved.y, dy, r, N * C * P, false);
       d = r;
     }
+    if (saved.synced) {
+      ref::batchnorm2d_backward_synced(N, C, P, x, gamma, d, saved.stats, saved.stats + C, dx, accumulate, dgamma,
+                                       dbeta, arena_.alloc<double>(2 * C + 1),
+                                       [this](double* v, std::int64_t n) { reduce_stats(v, n); });
+      arena_.rewind(mark);
+      return;
+    }
 #if defined(TASN_HAVE_DNNL)
     if constexpr (std::is_same_v<T, float>)
       if (dnnl_) {
@@ -220,9 +237,30 @@ class CpuExec {
   // Gradients are checked by the optimiser on the host (a device context flags them in the step).
   void check_grads(FlatParams<T>&) {}
   template <class Opt>
-  bool sgd_step(FlatParams<T>&, Opt& opt, double lr, double rescale) {
+  bool sgd_step(FlatParams<T>& p, Opt& opt, double lr, double rescale) {
+    if (comm_ && comm_->size() > 1) {  // the sum of every rank's gradients: the same update on all
+      const auto t0 = std::chrono::steady_clock::now();
+      comm_->allreduce_sum(p.grads(), p.trainable_size());
+      comm_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
     return opt.step(lr, rescale);
   }
+
+  // ---- data parallelism (dist/comm.h) ------------------------------------------------------------
+  // Gradients are summed over the ranks of `c` before every update (sgd_step), so every rank
+  // applies the same one; sync_bn: training batch norm uses the statistics of every rank's batch
+  // (the reference math, on either backend; with one rank bit for bit the reference layer). c may
+  // be null (one process).
+  void set_comm(dist::Communicator* c, bool sync_bn) {
+    comm_ = c;
+    sync_bn_ = sync_bn;
+  }
+  // The gradients [lo, hi) of the flat buffer are final for this step. A device context starts
+  // their all-reduce here, overlapping the rest of the backward; the CPU reduces everything in
+  // sgd_step (MPI has no progress of its own while the step computes).
+  void grads_ready(FlatParams<T>&, std::int64_t lo, std::int64_t hi) { (void)lo, (void)hi; }
+  // Seconds the last update spent in the gradient all-reduce; -1 with one process.
+  double comm_seconds() const { return comm_ && comm_->size() > 1 ? comm_seconds_ : -1; }
 
   // ---- element-wise passes, pooling, resize, linear (nn/layers.h) --------------------------------
   void relu(const T* x, T* y, std::int64_t n) { nn::relu(x, y, n); }
@@ -313,15 +351,27 @@ class CpuExec {
   }
   // True when every element is finite (a device context answers true and lets NaN reach the
   // losses, which the step reads back once).
+  // agree (a training step): with several ranks the answer is every rank's (a collective: a rank
+  // that stopped its step alone would leave the others waiting in the synchronised batch norm of
+  // the next layer). Evaluation does not agree: its ranks run different numbers of batches.
   template <class U, int R>
-  bool all_finite(TensorRef<U, R> t) {
+  bool all_finite(TensorRef<U, R> t, bool agree = false) {
     const std::int64_t n = t.numel();
     bool ok = true;
     for (std::int64_t i = 0; i < n; ++i) ok &= std::isfinite(t.data[i]);
+    if (agree && comm_ && comm_->size() > 1) {
+      std::uint64_t bad = ok ? 0 : 1;
+      comm_->allreduce_max(&bad, 1);
+      ok = bad == 0;
+    }
     return ok;
   }
 
  private:
+  // Batch-norm statistics summed over the ranks (sync_bn).
+  void reduce_stats(double* v, std::int64_t n) {
+    if (comm_ && comm_->size() > 1) comm_->allreduce_sum(v, n);
+  }
   // A library operator's workspace from the arena (the operators want 256-byte alignment).
   template <class Args>
   tasn::Workspace ws(const Args& a) {
@@ -341,6 +391,9 @@ class CpuExec {
 #endif
   Backend backend_;
   Arena arena_;
+  dist::Communicator* comm_ = nullptr;
+  bool sync_bn_ = false;
+  double comm_seconds_ = 0;
   std::array<std::chrono::steady_clock::time_point, kMarks> marks_{};
 };
 

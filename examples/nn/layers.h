@@ -341,6 +341,46 @@ namespace ref {
 // y = (x - mean) / sqrt(var + eps) * gamma + beta per channel, x (N, C, P). Training: batch
 // statistics (biased variance), running stats updated with momentum (unbiased variance, as
 // PyTorch); evaluation: running statistics. Writes mean / invstd (C each) for backward.
+// y = x invstd gamma + (beta - mean invstd gamma) per channel (both batch-norm forwards).
+template <class T>
+void bn_normalise(std::int64_t N, std::int64_t C, std::int64_t P, const T* x, const T* gamma, const T* beta,
+                  const T* mean, const T* invstd, T* y) {
+  cpu::parallel_for(0, N * C, [&](std::int64_t nc) {
+    const std::int64_t c = nc % C;
+    const T sc = invstd[c] * gamma[c], sh = beta[c] - mean[c] * sc;
+    for (std::int64_t p = 0; p < P; ++p) y[nc * P + p] = x[nc * P + p] * sc + sh;
+  });
+}
+
+// Channel c's sums of dy and dy x^ (both batch-norm backwards).
+template <class T>
+void bn_grad_sums(std::int64_t N, std::int64_t C, std::int64_t P, const T* x, const T* dy, const T* mean,
+                  const T* invstd, std::int64_t c, double& sdy, double& sdyxh) {
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t p = 0; p < P; ++p) {
+      const std::int64_t i = (n * C + c) * P + p;
+      const double xh = (x[i] - mean[c]) * double(invstd[c]);
+      sdy += dy[i];
+      sdyxh += dy[i] * xh;
+    }
+}
+
+// Channel c's dx (written, or added when accumulate) from the sums over M elements; training:
+// through the batch statistics, else through the fixed running ones.
+template <class T>
+void bn_grad_input(std::int64_t N, std::int64_t C, std::int64_t P, const T* x, const T* gamma, const T* dy,
+                   const T* mean, const T* invstd, std::int64_t c, bool training, double sdy, double sdyxh, double M,
+                   T* dx, bool accumulate) {
+  const double k = double(gamma[c]) * invstd[c];
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t p = 0; p < P; ++p) {
+      const std::int64_t i = (n * C + c) * P + p;
+      const double xh = (x[i] - mean[c]) * double(invstd[c]);
+      const T v = static_cast<T>(training ? k * (dy[i] - sdy / M - xh * sdyxh / M) : k * dy[i]);
+      dx[i] = accumulate ? dx[i] + v : v;
+    }
+}
+
 template <class T>
 void batchnorm2d_forward(std::int64_t N, std::int64_t C, std::int64_t P, const T* x, const T* gamma, const T* beta,
                          T* running_mean, T* running_var, const BatchNormState& s, T* mean, T* invstd, T* y) {
@@ -366,11 +406,7 @@ void batchnorm2d_forward(std::int64_t N, std::int64_t C, std::int64_t P, const T
       invstd[c] = static_cast<T>(1.0 / std::sqrt(double(running_var[c]) + s.eps));
     }
   });
-  cpu::parallel_for(0, N * C, [&](std::int64_t nc) {
-    const std::int64_t c = nc % C;
-    const T sc = invstd[c] * gamma[c], sh = beta[c] - mean[c] * sc;
-    for (std::int64_t p = 0; p < P; ++p) y[nc * P + p] = x[nc * P + p] * sc + sh;
-  });
+  bn_normalise(N, C, P, x, gamma, beta, mean, invstd, y);
 }
 
 // dx (added to, or written when !accumulate; may be null), dgamma, dbeta (added to; may be null).
@@ -381,24 +417,79 @@ void batchnorm2d_backward(std::int64_t N, std::int64_t C, std::int64_t P, const 
   const double M = double(N * P);
   cpu::parallel_for(0, C, [&](std::int64_t c) {
     double sdy = 0, sdyxh = 0;
-    for (std::int64_t n = 0; n < N; ++n)
-      for (std::int64_t p = 0; p < P; ++p) {
-        const std::int64_t i = (n * C + c) * P + p;
-        const double xh = (x[i] - mean[c]) * double(invstd[c]);
-        sdy += dy[i];
-        sdyxh += dy[i] * xh;
-      }
+    bn_grad_sums(N, C, P, x, dy, mean, invstd, c, sdy, sdyxh);
     if (dgamma) dgamma[c] += static_cast<T>(sdyxh);
     if (dbeta) dbeta[c] += static_cast<T>(sdy);
-    if (!dx) return;
-    const double k = double(gamma[c]) * invstd[c];
+    if (dx) bn_grad_input(N, C, P, x, gamma, dy, mean, invstd, c, training, sdy, sdyxh, M, dx, accumulate);
+  });
+}
+
+// Synchronised batch norm (training): the statistics of the batch of every rank, each rank
+// holding its part x (N, C, P). `reduce(v, n)` sums n doubles over the ranks in place (a no-op on
+// one rank, where the results are bit for bit those of batchnorm2d_forward: the same sums in the
+// same order). Two reductions: the sums with the element count (C + 1), then the squared
+// deviations from the global mean (C): the two-pass variance of the whole batch. The running
+// statistics use the global count (unbiased variance). scratch: 2C + 1 doubles.
+template <class T, class Reduce>
+void batchnorm2d_forward_synced(std::int64_t N, std::int64_t C, std::int64_t P, const T* x, const T* gamma,
+                                const T* beta, T* running_mean, T* running_var, const BatchNormState& s, T* mean,
+                                T* invstd, T* y, double* scratch, Reduce&& reduce) {
+  double* sum = scratch;         // C sums, then the count
+  double* sq = scratch + C + 1;  // C squared deviations
+  cpu::parallel_for(0, C, [&](std::int64_t c) {
+    double a = 0;
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t p = 0; p < P; ++p) a += x[(n * C + c) * P + p];
+    sum[c] = a;
+  });
+  sum[C] = double(N * P);
+  reduce(sum, C + 1);
+  const double M = sum[C];
+  cpu::parallel_for(0, C, [&](std::int64_t c) {
+    const double m = sum[c] / M;
+    double a = 0;
     for (std::int64_t n = 0; n < N; ++n)
       for (std::int64_t p = 0; p < P; ++p) {
-        const std::int64_t i = (n * C + c) * P + p;
-        const double xh = (x[i] - mean[c]) * double(invstd[c]);
-        const T v = static_cast<T>(training ? k * (dy[i] - sdy / M - xh * sdyxh / M) : k * dy[i]);
-        dx[i] = accumulate ? dx[i] + v : v;
+        const double d = x[(n * C + c) * P + p] - m;
+        a += d * d;
       }
+    sq[c] = a;
+  });
+  reduce(sq, C);
+  for (std::int64_t c = 0; c < C; ++c) {
+    const double m = sum[c] / M, var = sq[c] / M;
+    mean[c] = static_cast<T>(m);
+    invstd[c] = static_cast<T>(1.0 / std::sqrt(var + s.eps));
+    const double unbiased = M > 1 ? sq[c] / (M - 1) : var;
+    running_mean[c] = static_cast<T>((1 - s.momentum) * running_mean[c] + s.momentum * m);
+    running_var[c] = static_cast<T>((1 - s.momentum) * running_var[c] + s.momentum * unbiased);
+  }
+  bn_normalise(N, C, P, x, gamma, beta, mean, invstd, y);
+}
+
+// The backward of batchnorm2d_forward_synced: dx from the sums of dy and dy x^ over every rank
+// (one reduction of 2C + 1 doubles), dgamma / dbeta from this rank's part only (the gradient
+// all-reduce before the update adds the ranks' parts). scratch: 2C + 1 doubles.
+template <class T, class Reduce>
+void batchnorm2d_backward_synced(std::int64_t N, std::int64_t C, std::int64_t P, const T* x, const T* gamma,
+                                 const T* dy, const T* mean, const T* invstd, T* dx, bool accumulate, T* dgamma,
+                                 T* dbeta, double* scratch, Reduce&& reduce) {
+  double* sdy = scratch;
+  double* sdyxh = scratch + C;
+  cpu::parallel_for(0, C, [&](std::int64_t c) {
+    double a = 0, b = 0;
+    bn_grad_sums(N, C, P, x, dy, mean, invstd, c, a, b);
+    sdy[c] = a;
+    sdyxh[c] = b;
+    if (dgamma) dgamma[c] += static_cast<T>(b);
+    if (dbeta) dbeta[c] += static_cast<T>(a);
+  });
+  scratch[2 * C] = double(N * P);
+  reduce(scratch, 2 * C + 1);
+  if (!dx) return;
+  const double M = scratch[2 * C];
+  cpu::parallel_for(0, C, [&](std::int64_t c) {
+    bn_grad_input(N, C, P, x, gamma, dy, mean, invstd, c, true, sdy[c], sdyxh[c], M, dx, accumulate);
   });
 }
 

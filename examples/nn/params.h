@@ -166,14 +166,18 @@ class FlatParams {
     constexpr std::int64_t align = 64 / static_cast<std::int64_t>(sizeof(T)) > 0 ? 64 / sizeof(T) : 1;
     auto up = [&](std::int64_t n) { return (n + align - 1) / align * align; };
     std::int64_t off = 0;
+    ranges_.clear();
     for (int pass = 0; pass < 2; ++pass) {
-      for (auto& [prefix, ps] : stores_)
+      for (auto& [prefix, ps] : stores_) {
+        const std::int64_t first = off;
         for (auto& [name, p] : ps->map_) {
           if (p.trainable != (pass == 0)) continue;
           Entry e{prefix.empty() ? name : prefix + "." + name, p.value.shape, off, p.value.numel(), p.trainable, &p};
           off = up(off + e.numel);
           table_.push_back(std::move(e));
         }
+        if (pass == 0) ranges_.push_back({first, off});
+      }
       if (pass == 0) trainable_ = off;
     }
     values_ = AlignedBuffer<T>(std::max<std::int64_t>(off, 1));
@@ -187,6 +191,13 @@ class FlatParams {
   }
 
   const std::vector<Entry>& table() const { return table_; }
+  // [lo, hi) of the gradient buffer holding the trainable tensors of the store added as `prefix`
+  // (a contiguous range: the stores' trainable tensors are laid out one store after the other).
+  std::pair<std::int64_t, std::int64_t> trainable_range(const std::string& prefix) const {
+    for (std::size_t i = 0; i < stores_.size(); ++i)
+      if (stores_[i].first == prefix && i < ranges_.size()) return ranges_[i];
+    throw InvalidArgument("FlatParams: no laid-out store named \"" + prefix + "\"");
+  }
   const Entry* find(const std::string& name) const {
     for (const auto& e : table_)
       if (e.name == name) return &e;
@@ -221,6 +232,7 @@ class FlatParams {
  private:
   std::vector<std::pair<std::string, ParamStore<T>*>> stores_;
   std::vector<Entry> table_;
+  std::vector<std::pair<std::int64_t, std::int64_t>> ranges_;  // trainable range of each store
   AlignedBuffer<T> values_, grads_;
   std::int64_t trainable_ = 0;
 };

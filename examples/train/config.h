@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "data/batch_loader.h"
+#include "dist/comm.h"
 #include "tasn/core/common.h"
 #include "train/optim.h"
 
@@ -40,6 +41,13 @@ struct TrainConfig {
   // Batch-loader threads decoding examples in parallel (data::BatchLoader); the batches are the
   // same for any count, so it is not part of the training signature.
   std::int64_t loader_threads = default_loader_threads();
+  // Data parallelism (docs/distributed.md): the ranks of `comm` train one model together; `batch`
+  // is the global batch (each rank loads batch / ranks of it), so the training signature does
+  // not depend on the rank count. Null: one process. sync_bn: batch statistics over all ranks.
+  dist::Communicator* comm = nullptr;
+  bool sync_bn = false;
+  int ranks() const { return comm ? comm->size() : 1; }
+  bool leader() const { return !comm || comm->leader(); }
 
   // Every value in range (tasn::InvalidArgument naming the option otherwise).
   void validate() const {
@@ -60,6 +68,8 @@ struct TrainConfig {
     TASN_CHECK_ARG(stop_after_epoch >= 0 && stop_after_epoch <= epochs, "stop-after-epoch must be in 0..epochs (",
                    epochs, "), got ", stop_after_epoch);
     TASN_CHECK_ARG(max_steps >= 0, "max-steps must be >= 0, got ", max_steps);
+    TASN_CHECK_ARG(batch % ranks() == 0 && batch / ranks() >= 2, "batch (", batch, ") must be a multiple of the ", ranks(),
+                   " ranks with at least 2 images per rank (batch norm needs two samples)");
     TASN_CHECK_ARG(loader_threads >= 1 && loader_threads <= data::BatchLoader::kMaxWorkers,
                    "loader threads must be in [1, ", data::BatchLoader::kMaxWorkers, "], got ", loader_threads);
   }

@@ -47,6 +47,18 @@ class DetailCoverage {
       }
     }
   }
+  // The counts as kSums doubles (to sum them over data-parallel ranks) and back.
+  static constexpr std::size_t kSums = 3;
+  void save(double* v) const {
+    v[0] = rows_;
+    v[1] = uniform_;
+    v[2] = double(boxed_);
+  }
+  void load(const double* v) {
+    rows_ = v[0];
+    uniform_ = v[1];
+    boxed_ = static_cast<std::int64_t>(v[2]);
+  }
   // The means per counted image into r.detail_rows / r.uniform_rows (unchanged when none was counted).
   void finish(EvalResult& r) const {
     if (!boxed_) return;

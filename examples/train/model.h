@@ -137,6 +137,14 @@ class BasicModel {
   virtual double update_seconds() const { return -1; }
   // Memory the model's context uses (--timing).
   virtual std::string memory_report() const { return ""; }
+  // Data parallelism (docs/distributed.md): the model's batch is this rank's part of a global
+  // batch, every rank's part the same size. sgd_step() sums the gradients over the ranks first;
+  // sync_bn: training batch norm over every rank's part; the detail channels are picked as for
+  // the whole batch. c: null or a single process for none.
+  virtual void set_comm(dist::Communicator* c, bool sync_bn) { (void)c, (void)sync_bn; }
+  // Seconds the last sgd_step spent in the gradient all-reduce (device time on a GPU); -1 when
+  // there is none (one process).
+  virtual double comm_seconds() const { return -1; }
   // Evaluation-mode logits of every head, in head_names() order, each (N, classes).
   virtual std::vector<Tensor<T>> predict(const std::vector<T>& images, std::int64_t n) = 0;
   virtual std::vector<std::string> head_names() const = 0;
@@ -252,6 +260,11 @@ class ModelOn : public BasicModel<T> {
   void grads_to_host() override { ex_.grads_to_host(params_); }
   double update_seconds() const override { return ex_.sgd_seconds(); }
   std::string memory_report() const override { return ex_.memory_report(); }
+  void set_comm(dist::Communicator* c, bool sync_bn) override {
+    ex_.set_comm(c, sync_bn);
+    rank_ = c ? c->rank() : 0;
+  }
+  double comm_seconds() const override { return ex_.comm_seconds(); }
 
  protected:
   template <class... ExArgs>
@@ -261,8 +274,17 @@ class ModelOn : public BasicModel<T> {
     params_.allocate();
     ex_.bind_params(params_);
   }
+  // The gradients of store `prefix` are final for this step (a device context starts their
+  // all-reduce, overlapping the rest of the backward).
+  void grads_ready(const std::string& prefix) {
+    const auto [lo, hi] = params_.trainable_range(prefix);
+    ex_.grads_ready(params_, lo, hi);
+  }
+  // The index of this rank's first sample in the global batch of n samples per rank.
+  std::int64_t first_sample(std::int64_t n) const { return std::int64_t(rank_) * n; }
   Ex ex_;
   nn::FlatParams<T> params_;
+  int rank_ = 0;
 };
 
 template <class T, class Ex = nn::CpuExec<T>>
@@ -336,7 +358,7 @@ class BasicTasnNet : public ModelOn<T, Ex> {
     ex.resize_bilinear(N * 3, Hi, Wi, A, A, true, img.data, small.data);
     const Tensor2<T> logits = att_->forward(ex, small, training);
     const Tensor4<const T> F = att_->feature_map();  // gradient stopped after the trilinear attention
-    if (!ex.all_finite(Tensor2<const T>(logits)) || !ex.all_finite(F)) return {};  // caller reports it
+    if (!ex.all_finite(Tensor2<const T>(logits), training) || !ex.all_finite(F, training)) return {};  // caller reports it
     const std::int64_t C = F.size[1], h = F.size[2], w = F.size[3];
     ex.mark(2);  // the TASN operators: trilinear attention, maps, sampling
     Tensor4<T> M = ex.act(N, C, h, w);
@@ -354,6 +376,7 @@ class BasicTasnNet : public ModelOn<T, Ex> {
     dm.out = dmap;
     dm.options.training = training;
     dm.options.seed = step_seed;
+    dm.options.first_sample = this->first_sample(N);
     dm.options.check_finite = check;
     if (training && !detail_channels_.empty())
       dm.channels = Tensor1<const std::int64_t>(ex.upload(detail_channels_), {static_cast<std::int64_t>(detail_channels_.size())});
@@ -414,7 +437,7 @@ class BasicTasnNet : public ModelOn<T, Ex> {
     const Tensor2<T> z_part = part_fc_.forward(ex, f_part), z_master = master_fc_.forward(ex, f_master);
     const Tensor2<T> z_aux = shared_fc_.forward(ex, pooled);  // [part_aux; master_aux]
     for (const auto* z : {&z_part, &z_master, &z_aux})
-      if (!ex.all_finite(Tensor2<const T>(*z))) {
+      if (!ex.all_finite(Tensor2<const T>(*z), true)) {
         detail_model::non_finite(st, "part/master logits", N);
         return st;
       }
@@ -455,8 +478,11 @@ class BasicTasnNet : public ModelOn<T, Ex> {
     part_fc_.backward(ex, d_part, df.slice(0, N));
     master_fc_.backward(ex, d_master, df.slice(N, 2 * N));
     shared_fc_.backward(ex, d_aux, df);
+    this->grads_ready("heads");
     master_->backward(ex, df);
+    this->grads_ready("master");
     att_->backward(ex, d_att);
+    this->grads_ready("att");
     ex.mark(5);
 
     // the one read-back of the step: losses, the count, the context's gradient check
@@ -590,7 +616,7 @@ class BasicBaselineNet : public ModelOn<T, Ex> {
     const std::int64_t* y = ex.upload(labels);
     ex.mark(1);
     const Tensor2<T> z = forward(img, true);
-    if (!ex.all_finite(Tensor2<const T>(z))) {
+    if (!ex.all_finite(Tensor2<const T>(z), true)) {
       detail_model::non_finite(st, "logits", N);
       return st;
     }
@@ -602,7 +628,9 @@ class BasicBaselineNet : public ModelOn<T, Ex> {
     ex.mark(4);
     Tensor2<T> df = ex.mat(N, master_->features(), true);
     fc_.backward(ex, dz, df);
+    this->grads_ready("heads");
     master_->backward(ex, df);
+    this->grads_ready("master");
     ex.mark(5);
     const T* hl = ex.fetch(loss, 1);
     const std::int64_t* hc = ex.fetch(correct, 1);

@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -61,15 +62,65 @@ inline std::string first_non_finite(Model& m) {
   return bad ? bad->name : "";
 }
 
+// ---- data parallelism (docs/distributed.md) ----------------------------------------------------
+
+// Rank 0's parameter values and buffers (all: buffers_only = false; else only the buffers, the
+// running statistics that per-rank batch norm lets drift apart, as DDP broadcasts them) and
+// momentum on every rank, then every rank's values and momentum checked bit-equal (a hash
+// compared over the ranks): a rank that differs is a bug, reported naming `when`.
+inline void sync_state(Model& m, Sgd* opt, dist::Communicator& c, bool buffers_only, const std::string& when) {
+  if (c.size() == 1) return;
+  m.params_to_host(opt);
+  auto& p = m.params();
+  const std::int64_t from = buffers_only ? p.trainable_size() : 0;
+  c.broadcast(p.values() + from, (p.size() - from) * std::int64_t(sizeof(float)), 0);
+  if (opt && opt->momentum() && !buffers_only)
+    c.broadcast(opt->momentum(), p.trainable_size() * std::int64_t(sizeof(float)), 0);
+  std::uint64_t h = dist::hash_bytes(p.values(), std::size_t(p.size()) * sizeof(float));
+  if (opt && opt->momentum()) h = dist::hash_bytes(opt->momentum(), std::size_t(p.trainable_size()) * sizeof(float), h);
+  if (!dist::same_on_all_ranks(c, h))
+    throw Error(tasn::detail::concat("data parallelism: the parameters or momentum differ across the ", c.size(),
+                                     " ranks ", when, " (rank ", c.rank(), ": hash ", h,
+                                     "); the ranks must apply identical updates"));
+  m.params_to_device(opt);
+}
+
+// Test hook (tests/dist/check_mpi.sh): with TASN_TEST_DIVERGE_RANK=r in the environment, rank r
+// adds 1 to its first weight after the first step, which the check after the epoch must catch.
+inline void diverge_for_test(Model& m, dist::Communicator& c) {
+  const char* r = std::getenv("TASN_TEST_DIVERGE_RANK");
+  if (!r || std::atoi(r) != c.rank()) return;
+  m.params_to_host(nullptr);
+  m.params().values()[0] += 1;
+  m.params_to_device(nullptr);
+}
+
+// A step's losses, top-1 count and images summed over the ranks (every rank gets the sums).
+inline void reduce_step(StepStats& st, dist::Communicator& c, std::vector<double>& buf) {
+  if (c.size() == 1) return;
+  buf.assign({st.total, double(st.correct), double(st.n)});
+  for (const auto& [name, v] : st.losses) buf.push_back(v);
+  c.allreduce_sum(buf.data(), std::int64_t(buf.size()));
+  st.total = buf[0];
+  st.correct = std::int64_t(buf[1]);
+  st.n = std::int64_t(buf[2]);
+  for (std::size_t i = 0; i < st.losses.size(); ++i) st.losses[i].second = buf[3 + i];
+}
+
 // Where a step's time goes (--timing): means over the steps after a run's first.
 struct StepTiming {
   std::int64_t steps = 0;
-  double data = 0, step = 0, update = 0, upload = 0, forward = 0, tasn = 0, backward = 0;
-  void add(double data_wait, double step_wall, double update_s, const StepStats& st) {
+  double data = 0, step = 0, update = 0, upload = 0, forward = 0, tasn = 0, backward = 0, comm = 0;
+  bool has_comm = false;  // a gradient all-reduce was timed (data parallelism)
+  void add(double data_wait, double step_wall, double update_s, double comm_s, const StepStats& st) {
     ++steps;
     data += data_wait;
     step += step_wall;
     update += update_s;
+    if (comm_s >= 0) {
+      comm += comm_s;
+      has_comm = true;
+    }
     upload += st.seconds_upload;
     forward += st.seconds_forward;
     tasn += st.seconds_tasn;
@@ -85,7 +136,12 @@ struct StepTiming {
                   static_cast<long long>(steps), double(batch) * double(steps) / std::max(data + step + update, 1e-12),
                   data * k, step * k, upload * k, forward * k, tasn * k, 100 * tasn / std::max(step + update, 1e-12),
                   backward * k, update * k);
-    return buf;
+    std::string s = buf;
+    if (has_comm) {
+      std::snprintf(buf, sizeof buf, " (gradient all-reduce %.2f)", comm * k);
+      s += buf;
+    }
+    return s;
   }
 };
 
@@ -93,26 +149,47 @@ struct StepTiming {
 
 // Accuracy of every head over a split (eval-mode BN, plain-sum detail map), and for a model with
 // attention views (TASN) where its structure grid samples (DetailCoverage).
+// With a communicator of several ranks each rank evaluates its contiguous share of the split and
+// the counts are summed; a non-finite output on any rank is reported on every rank (NonFinite).
 inline EvalResult evaluate(Model& m, const Dataset& d, std::int64_t batch,
-                           std::int64_t loader_threads = default_loader_threads()) {
+                           std::int64_t loader_threads = default_loader_threads(), dist::Communicator* comm = nullptr) {
   EvalResult r;
   r.heads = m.head_names();
-  std::vector<std::int64_t> correct(r.heads.size(), 0);
-  data::BatchLoader::Options lo;
-  lo.batch = batch;
-  lo.shuffle = false;
-  lo.workers = loader_threads;
-  data::BatchLoader loader(d.size(), [&](std::int64_t i) { return d.get(i, 0); }, lo);
-  loader.start_epoch(0);
-  data::Batch b;
+  const std::int64_t ranks = comm ? comm->size() : 1, rank = comm ? comm->rank() : 0;
+  const std::int64_t lo_i = d.size() * rank / ranks, hi_i = d.size() * (rank + 1) / ranks;
+  std::vector<double> sums(r.heads.size() + DetailCoverage::kSums + 1, 0.0);  // correct per head, coverage, failed
   DetailCoverage coverage;  // TASN: where the structure grid samples (train/diagnostics.h)
-  while (loader.next(b)) {
-    const auto logits = m.predict(b.images, b.size());
-    for (std::size_t h = 0; h < logits.size(); ++h) correct[h] += detail_model::top1<float>(Tensor2<const float>(logits[h].ptr(), {logits[h].dim(0), logits[h].dim(1)}), b.labels);
-    coverage.add(m, d, b);
+  std::string failure;
+  if (hi_i > lo_i) {
+    data::BatchLoader::Options lo;
+    lo.batch = batch;
+    lo.shuffle = false;
+    lo.workers = loader_threads;
+    data::BatchLoader loader(hi_i - lo_i, [&](std::int64_t i) { return d.get(lo_i + i, 0); }, lo);
+    loader.start_epoch(0);
+    data::Batch b;
+    try {
+      while (loader.next(b)) {
+        for (auto& i : b.indices) i += lo_i;
+        const auto logits = m.predict(b.images, b.size());
+        for (std::size_t h = 0; h < logits.size(); ++h)
+          sums[h] += double(detail_model::top1<float>(
+              Tensor2<const float>(logits[h].ptr(), {logits[h].dim(0), logits[h].dim(1)}), b.labels));
+        coverage.add(m, d, b);
+      }
+    } catch (const NonFinite& e) {
+      if (ranks == 1) throw;
+      failure = e.what();
+      sums.back() = 1;
+    }
   }
+  coverage.save(sums.data() + r.heads.size());
+  if (comm) comm->allreduce_sum(sums.data(), std::int64_t(sums.size()));
+  if (sums.back() > 0)
+    throw NonFinite(failure.empty() ? "non-finite evaluation output on another rank" : failure);
+  coverage.load(sums.data() + r.heads.size());
   r.n = d.size();
-  for (auto c : correct) r.accuracy.push_back(double(c) / double(d.size()));
+  for (std::size_t h = 0; h < r.heads.size(); ++h) r.accuracy.push_back(sums[h] / double(d.size()));
   coverage.finish(r);
   return r;
 }
@@ -129,16 +206,23 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
   c.validate();
   TASN_CHECK_ARG(train_set.size() >= c.batch, "train: the training split holds ", train_set.size(),
                  " images, fewer than one batch of ", c.batch);
+  dist::SingleProcess alone;
+  dist::Communicator& comm = c.comm ? *c.comm : alone;
+  TASN_CHECK_ARG(comm.leader() || (c.out_dir.empty() && !folder), "train: only rank 0 writes a run folder (rank ",
+                 comm.rank(), " was given ", c.out_dir, ")");
   const auto t0 = std::chrono::steady_clock::now();
   const auto since = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   TrainResult res;
   Sgd opt(m.params(), c.sgd);
+  m.set_comm(c.comm, c.sync_bn);
   m.params_to_device(&opt);  // the host values as initialised / loaded by the caller, this optimiser's momentum
   data::BatchLoader::Options lo;
-  lo.batch = c.batch;
+  lo.batch = c.batch / comm.size();  // this rank's part of the global batch
   lo.drop_last = true;  // every step sees a full batch (batch statistics)
   lo.seed = c.seed;
   lo.workers = c.loader_threads;
+  lo.shard = comm.rank();
+  lo.shards = comm.size();
   // the loader hands every example its epoch (the augmentation's key with the seed and the index)
   data::BatchLoader loader(train_set.size(), [&](std::int64_t i, std::int64_t epoch) { return train_set.get(i, epoch); }, lo);
   const std::int64_t steps = loader.batches_per_epoch();
@@ -171,6 +255,8 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
     first_epoch = info.epoch + 1;
     res.global_step = info.global_step;
   }
+  // every rank starts from rank 0's weights and momentum (initialised or loaded), checked equal
+  sync_state(m, &opt, comm, false, "at the start");
   res.epochs_done = first_epoch - 1;
   MetricsLog log;
   if (folder) {
@@ -181,7 +267,8 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
   // the checkpoint to name when training stops: updated after every checkpoint written
   std::string last_good = !c.resume.empty() ? c.resume : std::string("none (no checkpoint written)");
 
-  Progress bar(c.progress, label);
+  Progress bar(c.progress && comm.leader(), label);
+  std::vector<double> reduce_buf;
   // Ends the run after a non-finite loss, gradient, parameter or evaluation output in `epoch`.
   const auto stop_nonfinite = [&](const std::string& what, const std::string& good) {
     res.stopped_nonfinite = true;
@@ -203,7 +290,8 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
       const auto tn = std::chrono::steady_clock::now();
       ++step;
       lr = c.lr.at(double(epoch - 1) + double(step - 1) / double(steps), double(c.epochs));
-      const StepStats st = m.train_step(b.images, b.labels, step_seed(c.seed, res.global_step));
+      StepStats st = m.train_step(b.images, b.labels, step_seed(c.seed, res.global_step));
+      reduce_step(st, comm, reduce_buf);  // the global batch's sums: every rank decides alike below
       const auto ts = std::chrono::steady_clock::now();
       const bool finite_loss = std::isfinite(st.total);
       if (!finite_loss || !m.sgd_step(opt, lr, 1.0 / double(st.n))) {
@@ -218,8 +306,9 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
         const auto tu = std::chrono::steady_clock::now();
         const double dev = m.update_seconds();
         timing.add(std::chrono::duration<double>(tn - tw).count(), std::chrono::duration<double>(ts - tn).count(),
-                   dev >= 0 ? dev : std::chrono::duration<double>(tu - ts).count(), st);
+                   dev >= 0 ? dev : std::chrono::duration<double>(tu - ts).count(), m.comm_seconds(), st);
       }
+      if (run_steps == 0 && comm.size() > 1) diverge_for_test(m, comm);
       ++res.global_step;
       ++run_steps;
       res.step_losses.push_back(st.total / double(st.n));
@@ -240,6 +329,8 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
                       (c.max_steps > 0 && run_steps >= c.max_steps);
     // A finished epoch is saved first, before anything after it (evaluation, the log) can fail.
     // Only finished epochs are checkpointed: resuming continues with the next one.
+    // per-rank batch norm: rank 0's running statistics on every rank (as DDP), then all checked equal
+    sync_state(m, &opt, comm, true, "after epoch " + std::to_string(epoch));
     if (complete) {
       if (const std::string bad = first_non_finite(m); !bad.empty())
         return stop_nonfinite("parameter or statistic " + bad + " after epoch " + std::to_string(epoch), last_good);
@@ -264,7 +355,7 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
                                     ? "epoch " + std::to_string(epoch) + " is saved in " + ckpt + " (continue with --resume " + ckpt + ")"
                                     : "the last checkpoint is " + last_good;
       try {
-        res.final_eval = evaluate(m, *eval_set, c.eval_batch, c.loader_threads);
+        res.final_eval = evaluate(m, *eval_set, c.eval_batch, c.loader_threads, c.comm);
       } catch (const NonFinite& e) {
         j["eval_error"] = io::escape_bytes(e.what());
         log.append(j);

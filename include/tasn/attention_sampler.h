@@ -242,7 +242,7 @@ void structure_map(const StructureMapArgs<T>& args, Workspace ws = {}) {
 }
 
 // Detail map (N, h, w). Training: one channel of m per sample: channels[n] when `channels` is
-// given, else the pick_index(seed, n, count)-th distinct channel; the chosen indices go to
+// given, else the pick_index(seed, first_sample + n, count)-th distinct channel; the chosen indices go to
 // `chosen` when given. Evaluation (training = false): the plain sum (channels, chosen unused).
 // A channels[n] outside [0, C) is refused with check_finite; without, that sample's map is NaN
 // and chosen[n] = -1 (as on CUDA). Workspace: without channels, C sums and C mask bytes per thread.
@@ -280,6 +280,7 @@ void detail_map(const DetailMapArgs<T>& args, Workspace ws = {}) {
   T* out = args.out.data;
   std::int64_t* chosen = args.chosen.data;
   const std::uint64_t seed = args.options.seed;
+  const std::int64_t first = args.options.first_sample;
   parallel_for_slots(0, s.N, [&](std::int64_t n, int slot) {
     const T* mc = m + n * C * p;
     std::int64_t ch = 0;
@@ -288,7 +289,7 @@ void detail_map(const DetailMapArgs<T>& args, Workspace ws = {}) {
     } else {
       unsigned char* keep = l.keep.at(slot);
       detail_sampler::distinct_channels(mc, C, p, l.sums.at(slot), keep);
-      ch = sampler::pick_kept_channel(keep, C, seed, n);
+      ch = sampler::pick_kept_channel(keep, C, seed, first + n);
     }
     const bool ok = ch >= 0 && ch < C;
     if (chosen) chosen[n] = ok ? ch : -1;

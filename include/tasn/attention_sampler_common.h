@@ -49,6 +49,9 @@ struct StructureMapOptions {
 struct DetailMapOptions {
   bool training = true;      // one channel per sample (channels, or the seeded pick); false: the plain sum
   std::uint64_t seed = 0;    // the pick when no channels are given (sampler::pick_index)
+  // The index of this batch's first sample in a larger batch: sample n picks as sample
+  // first_sample + n would (a batch split over data-parallel ranks picks what the whole would).
+  std::int64_t first_sample = 0;
   bool check_finite = true;  // refuse NaN/Inf in m
 };
 
