@@ -207,17 +207,22 @@ std::unique_ptr<dist::Communicator> make_comm(const Args& a) {
   const std::string want = one_of(a, "--comm", "auto", {"auto", "none", "mpi", "nccl"});
   const dist::LaunchInfo l = dist::launch_info();
   if (want == "none") {
-    TASN_CHECK_ARG(l.size == 1, "--comm none, but an MPI launcher started ", l.size,
-                   " ranks of this program (they would train apart and write the same folder): drop --comm none");
+    TASN_CHECK_ARG(l.size == 1, "--comm none, but a launcher started this program as one of several ranks (",
+                   l.launcher, "; they would train apart and write the same folder): drop --comm none");
     return std::make_unique<dist::SingleProcess>();
   }
   if (l.size == 1 && want != "mpi") return std::make_unique<dist::SingleProcess>();
 #if defined(TASN_HAVE_MPI)
-  return dist::make_mpi_communicator();
+  auto c = dist::make_mpi_communicator();
+  // A launcher of another MPI (MPICH's mpiexec with an Open MPI build, say) starts N singletons:
+  // each would be a rank 0 of 1 and write the same folder.
+  TASN_CHECK_ARG(l.size <= 1 || c->size() == l.size, "the launcher announced ", l.size, " ranks (", l.launcher,
+                 ") but MPI sees ", c->size(), ": launch with the mpirun of the MPI this program was built with");
+  return c;
 #else
-  throw InvalidArgument(l.size > 1 ? tasn::detail::concat("an MPI launcher started ", l.size,
-                                                          " ranks, but this build has no MPI (install Debian's "
-                                                          "libopenmpi-dev and rebuild)")
+  throw InvalidArgument(l.size != 1 ? tasn::detail::concat("a launcher started this program as one of several ranks (",
+                                                          l.launcher, "), but this build has no MPI (install "
+                                                          "Debian's libopenmpi-dev and rebuild)")
                                    : std::string("--comm mpi: this build has no MPI (install Debian's libopenmpi-dev "
                                                  "and rebuild)"));
 #endif
@@ -247,11 +252,16 @@ Plan make_plan(const Args& a, dist::Communicator& comm) {
   {
     const std::string dev = one_of(a, "--device", "cpu", {"cpu", "cuda", "auto"});
 #if defined(TASN_HAVE_CUDA_TRAINER)
-    const std::string problem = dev == "cpu" ? "" : nn::cuda_device_problem(0);
+    std::string problem = dev == "cpu" ? "" : nn::cuda_device_problem(comm.local_rank());  // this rank's GPU
 #else
-    const std::string problem = "this build has no CUDA trainer (it needs the CUDA toolkit and cuDNN 9 at build time)";
+    std::string problem = "this build has no CUDA trainer (it needs the CUDA toolkit and cuDNN 9 at build time)";
 #endif
     if (dev == "cuda") TASN_CHECK_ARG(problem.empty(), "--device cuda: ", problem);
+    if (dev == "auto" && comm.size() > 1) {  // one device for all ranks: cuda only when every rank has its GPU
+      std::uint64_t lacking = problem.empty() ? 0 : 1;
+      comm.allreduce_max(&lacking, 1);
+      if (lacking && problem.empty()) problem = "another rank has no usable GPU";
+    }
     p.device = dev == "auto" ? (problem.empty() ? "cuda" : "cpu") : dev;
     if (dev == "auto") p.device_note = problem.empty() ? "auto: a usable GPU" : "auto: " + problem;
     const std::string prec = one_of(a, "--precision", "fp32", {"fp32", "tf32", "bf16"});
@@ -540,8 +550,8 @@ int run(const Args& a) {
         TrainConfig run_cfg = tc;
         run_cfg.out_dir = comm.leader() ? folders[si]->dir() : "";  // only rank 0 writes
         row.result = train_model(*model, *d.train, d.eval.get(), run_cfg, m, comm.leader() ? folders[si].get() : nullptr);
-        if (row.result.stopped_nonfinite) {
-          std::fprintf(stderr, "%s\n", row.result.message.c_str());
+        if (row.result.stopped_nonfinite) {  // every rank stops alike; rank 0 says why
+          if (comm.leader()) std::fprintf(stderr, "%s\n", row.result.message.c_str());
           return 3;
         }
       }

@@ -138,6 +138,35 @@ TEST(BatchLoader, LoadingErrorsReachTheConsumer) {
   }
 }
 
+// The error is found while another example of its batch still loads: when that one finishes the
+// consumer must hear of it (it waited for the batch's last running example; before the fix it was
+// never woken and hung: seen under ASan, where loading is slow enough for this order).
+TEST(BatchLoader, ErrorWhileAnotherExampleOfItsBatchLoads) {
+  td::BatchLoader::Options o;
+  o.batch = 4;
+  o.shuffle = false;
+  o.workers = 2;
+  std::atomic<bool> failed{false};
+  td::BatchLoader l(8, [&](std::int64_t i) -> td::Example {
+    if (i == 1) {
+      failed = true;
+      throw std::runtime_error("cannot decode image img1.jpg");
+    }
+    if (i == 0)  // still loading when example 1 fails
+      while (!failed) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return example(i);
+  }, o);
+  l.start_epoch(0);
+  td::Batch b;
+  try {
+    l.next(b);
+    FAIL() << "no exception";
+  } catch (const std::runtime_error& e) {
+    EXPECT_EQ(std::string(e.what()), "cannot decode image img1.jpg");
+  }
+}
+
 TEST(BatchLoader, RestartingAnEpochStopsTheOldWorker) {
   std::atomic<int> loads{0};
   td::BatchLoader::Options o;

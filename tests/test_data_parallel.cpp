@@ -120,6 +120,32 @@ TEST(DataParallel, SyncBatchNormAloneIsTheReferenceLayer) {
   EXPECT_EQ(synced, plain);
 }
 
+// The test communicator itself: ranks calling different collectives fail (both of them) instead of
+// exchanging the wrong bytes, and a failing rank does not leave the other waiting.
+TEST(DataParallel, ThreadCommCatchesMismatchesAndFailedRanks) {
+  EXPECT_THROW(run_ranks(2,
+                         [](int r, ThreadComm& c) {
+                           std::vector<double> v(2 + std::size_t(r), 1.0);
+                           c.allreduce_sum(v.data(), std::int64_t(v.size()));
+                         }),
+               std::runtime_error);
+  EXPECT_THROW(run_ranks(2,
+                         [](int r, ThreadComm& c) {
+                           if (r == 1) throw std::runtime_error("rank 1 fails before the collective");
+                           double v = 1;
+                           c.allreduce_sum(&v, 1);
+                         }),
+               std::runtime_error);
+  double seen[2] = {0, 0};
+  run_ranks(2, [&](int r, ThreadComm& c) {
+    double v = r + 1.5;
+    c.allreduce_sum(&v, 1);
+    seen[r] = v;
+  });
+  EXPECT_EQ(seen[0], 4.0);
+  EXPECT_EQ(seen[1], 4.0);
+}
+
 // sync_state: rank 0's weights reach every rank; a rank that differs afterwards is named.
 TEST(DataParallel, StateIsBroadcastAndADivergedRankIsCaught) {
   std::vector<std::vector<float>> after(2);

@@ -234,6 +234,9 @@ class BatchLoader {
           continue;
         }
         s.examples[static_cast<std::size_t>(pos - b * opt_.batch)] = std::move(e);
+        // After an error the consumer waits for the failing batch's last running example (an
+        // earlier one may fail too): this may have been it.
+        if (error_ && s.running == 0) ready_cv_.notify_all();
         if (--s.left > 0) continue;
         all = std::move(s.examples);
         if (!spare_.empty()) {  // the memory of a batch the consumer is done with

@@ -72,27 +72,20 @@ inline bool same_on_all_ranks(Communicator& c, std::uint64_t h) {
   return v[0] == h && ~v[1] == h;  // max(h) == h and min(h) == h on this rank: the same answer on all
 }
 
-// How the process was started: the world size and rank an MPI launcher announced in the
-// environment (Open MPI, MPICH / Hydra, PMIx, Slurm), or 1 / 0 when started directly.
+// How the process was started: the world size an MPI launcher announced in the environment
+// (Open MPI's mpirun: OMPI_COMM_WORLD_SIZE; MPICH / Hydra: PMI_SIZE; Slurm's srun:
+// SLURM_STEP_NUM_TASKS), or a PMIx launch whose size only MPI knows (PMIX_RANK: size 0 =
+// "ask MPI"); 1 when started directly.
 struct LaunchInfo {
-  int size = 1, rank = 0;
-  std::string launcher;  // "" when started directly
+  int size = 1;          // 0: launched, the size unknown until MPI starts
+  std::string launcher;  // the variable that told, "" when started directly
 };
 inline LaunchInfo launch_info() {
   const auto get = [](const char* k) -> const char* { return std::getenv(k); };
-  const std::pair<const char*, const char*> vars[] = {{"OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"},
-                                                      {"PMI_SIZE", "PMI_RANK"},
-                                                      {"PMIX_SIZE", "PMIX_RANK"}};
-  LaunchInfo l;
-  for (const auto& [s, r] : vars)
-    if (get(s) && get(r)) {
-      l.size = std::atoi(get(s));
-      l.rank = std::atoi(get(r));
-      l.launcher = s;
-      break;
-    }
-  if (l.size < 1) l = LaunchInfo{};
-  return l;
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"})
+    if (get(v) && std::atoi(get(v)) >= 1) return {std::atoi(get(v)), v};
+  if (get("PMIX_RANK")) return {0, "PMIX_RANK"};
+  return {};
 }
 
 }  // namespace tasn::dist

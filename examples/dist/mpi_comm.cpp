@@ -33,7 +33,12 @@ class MpiComm final : public Communicator {
       int provided = 0;
       check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
       owns_ = true;
+      if (provided < MPI_THREAD_FUNNELED)
+        throw Error("MPI: this MPI gives no thread support (MPI_THREAD_FUNNELED), which the trainer's threads need");
     }
+    // Errors come back as codes (check() throws tasn::Error naming them; tasn_train then aborts
+    // the job with the message) instead of MPI's default: abort with MPI's own message only.
+    check(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
     check(MPI_Comm_rank(MPI_COMM_WORLD, &rank_), "MPI_Comm_rank");
     check(MPI_Comm_size(MPI_COMM_WORLD, &size_), "MPI_Comm_size");
     MPI_Comm local = MPI_COMM_NULL;

@@ -67,6 +67,7 @@ inline std::string train_signature(const TrainConfig& c, const Dataset& train_se
   // The data description may hold paths: any bytes, escaped to valid UTF-8 one to one (JSON).
   s << " momentum=" << c.sgd.momentum << " wd=" << c.sgd.weight_decay << " | data: " << io::escape_bytes(train_set.describe())
     << " n=" << train_set.size() << " | " << m.training_string();
+  if (c.sync_bn) s << " | sync_bn";  // synchronised batch norm changes the step's math (several ranks)
   return s.str();
 }
 

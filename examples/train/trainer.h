@@ -156,6 +156,12 @@ inline EvalResult evaluate(Model& m, const Dataset& d, std::int64_t batch,
   EvalResult r;
   r.heads = m.head_names();
   const std::int64_t ranks = comm ? comm->size() : 1, rank = comm ? comm->rank() : 0;
+  if (ranks > 1) {  // the shares below must cover one split: the same size everywhere
+    const std::int64_t n = d.size();
+    if (!dist::same_on_all_ranks(*comm, dist::hash_bytes(&n, sizeof n)))
+      throw InvalidArgument("data parallelism: the ranks' evaluation splits differ in size (rank " + std::to_string(rank) +
+                            ": " + std::to_string(n) + " images)");
+  }
   const std::int64_t lo_i = d.size() * rank / ranks, hi_i = d.size() * (rank + 1) / ranks;
   std::vector<double> sums(r.heads.size() + DetailCoverage::kSums + 1, 0.0);  // correct per head, coverage, failed
   DetailCoverage coverage;  // TASN: where the structure grid samples (train/diagnostics.h)
@@ -254,6 +260,16 @@ inline TrainResult train_model(Model& m, const Dataset& train_set, const Dataset
     });
     first_epoch = info.epoch + 1;
     res.global_step = info.global_step;
+  }
+  // The ranks must train the same thing: a rank with other data (a file missing on one machine)
+  // or options would run another number of steps and leave the others waiting in a collective.
+  if (comm.size() > 1) {
+    const std::string what = train_sig + " | " + m.config_string() + " | values " + std::to_string(m.params().size()) +
+                             " | eval " + (eval_set ? std::to_string(eval_set->size()) : "none") + " | epoch " +
+                             std::to_string(first_epoch);
+    if (!dist::same_on_all_ranks(comm, dist::hash_bytes(what.data(), what.size())))
+      throw InvalidArgument("data parallelism: the ranks disagree on the training (data, options, model or resumed "
+                            "epoch); rank " + std::to_string(comm.rank()) + " has: " + what);
   }
   // every rank starts from rank 0's weights and momentum (initialised or loaded), checked equal
   sync_state(m, &opt, comm, false, "at the start");

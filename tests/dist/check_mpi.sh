@@ -77,6 +77,13 @@ identical)
   grep -q "the parameters or momentum differ across the 2 ranks after epoch 1" diverged.log ||
     { cat diverged.log; echo "FAIL: no message naming the divergence"; exit 1; }
   echo "diverged rank detected: $(grep -m1 'differ across' diverged.log)"
+  # ranks that would train different things (here: another data size) are refused before a step
+  if "$mpirun" --oversubscribe -np 1 "$train" "${args[@]}" --model baseline --out mpmd : \
+       -np 1 "$train" "${args[@]/64/80}" --model baseline --out mpmd > mpmd.log 2>&1; then
+    cat mpmd.log; echo "FAIL: ranks with different data were not refused"; exit 1
+  fi
+  grep -q "the ranks disagree on the training" mpmd.log || { cat mpmd.log; echo "FAIL: no message"; exit 1; }
+  echo "ranks with different data refused: $(grep -m1 -o 'the ranks disagree on the training[^;]*' mpmd.log)"
   # resume with another world size: 2 ranks stop after epoch 1 of 2, one process finishes the run
   # (the training signature holds the global batch, not the rank count)
   "${mpi[@]}" "$train" "${args[@]}" --model baseline --stop-after-epoch 1 --out part > part.log 2>&1 || { cat part.log; exit 1; }
