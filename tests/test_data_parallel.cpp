@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "support/thread_comm.h"
+#include "support/tiny_net.h"
 #include "train/presets.h"
 #include "train/trainer.h"
 
@@ -23,15 +24,7 @@ using namespace tasn::train;
 using tasn::test::run_ranks;
 using tasn::test::ThreadComm;
 
-NetConfig tiny_net() {
-  NetConfig n;
-  n.image = 32;
-  n.att_input = 16;
-  n.out = 16;
-  n.att_backbone = n.master_backbone = demo_backbone();
-  n.att_backbone.width = n.master_backbone.width = 0.125;
-  return n;
-}
+NetConfig tiny_net() { return tasn::test::tiny_net(32); }  // 32 px images: the ranks' steps in seconds
 
 // The values and the momentum after `steps` SGD steps of a batch of N images split over `ranks`
 // rank threads (rank r trains samples [r N / ranks, (r + 1) N / ranks)), from rank 0; checks that

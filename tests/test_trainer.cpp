@@ -16,6 +16,7 @@
 
 #include "io/file_io.h"
 #include "support/test_support.h"
+#include "support/tiny_net.h"
 #include "train/memory.h"
 #include "train/presets.h"
 #include "train/run_folder.h"
@@ -29,16 +30,7 @@ namespace fs = std::filesystem;
 namespace tt = tasn::test;
 namespace io = tasn::io;
 
-// A tiny TASN: 48 px images, 16 px network input, width-8/16 CNNs.
-NetConfig tiny_net() {
-  NetConfig n;
-  n.image = 48;
-  n.att_input = 16;
-  n.out = 16;
-  n.att_backbone = n.master_backbone = demo_backbone();
-  n.att_backbone.width = n.master_backbone.width = 0.125;
-  return n;
-}
+using tasn::test::tiny_net;  // 48 px images, 16 px network input, width-8/16 CNNs
 
 data::SyntheticConfig tiny_data() {
   data::SyntheticConfig c;
