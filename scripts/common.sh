@@ -6,8 +6,11 @@ tasn_install_deps() {
   # config also requires OpenCL's (ocl-icd-opencl-dev, only "recommended" by libdnnl-dev, and
   # recommendations are not installed here). libopenmpi-dev + openmpi-bin: the trainer's
   # data parallelism on CPU processes (mpirun; docs/distributed.md) and its tests.
+  # python3-torch + libtorch-dev (PyTorch 1.13, CPU; its CMake package), python3-torchvision,
+  # python3-pytest: torch.ops.tasn, its tests and the PyTorch trainer (docs/pytorch.md).
   local pkgs=(cmake ninja-build g++ libeigen3-dev libgtest-dev googletest libbenchmark-dev nlohmann-json3-dev libstb-dev
-              libdnnl-dev ocl-icd-opencl-dev libopenmpi-dev openmpi-bin)
+              libdnnl-dev ocl-icd-opencl-dev libopenmpi-dev openmpi-bin
+              python3-torch libtorch-dev python3-torchvision python3-pytest)
   local missing=()
   for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -5,6 +5,8 @@
 #   DIR/googletest  GoogleTest sources (from the googletest package)
 #   DIR/benchmark   Google Benchmark sources (Debian source package "benchmark", via apt-get source)
 #   DIR/nlohmann_json  nlohmann/json headers (from nlohmann-json3-dev)
+#   DIR/wheels      pytest and its dependencies as wheels (PyPI), for scripts/gpu-check-torch.sh
+#                   on a machine whose Python has torch but maybe no pytest
 # DIR defaults to .deps/ in the repository (git-ignored). About 15 MB.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,4 +38,8 @@ apt-get "${apt_opts[@]}" update -q >/dev/null
 tarball="$(ls "$tmp"/benchmark_*.orig.tar.gz)"
 mkdir -p "$dir/benchmark"
 tar -xzf "$tarball" -C "$dir/benchmark" --strip-components=1
+rm -rf "$dir/wheels"
+if ! python3 -m pip download -q --only-binary=:all: -d "$dir/wheels" pytest >/dev/null 2>&1; then
+  echo "note: could not download the pytest wheels (no network?): gpu-check-torch.sh then needs pytest installed"
+fi
 echo "prepared $dir: $(du -sh "$dir" | cut -f1) (eigen3, googletest, benchmark $(basename "$tarball" .orig.tar.gz | cut -d_ -f2))"

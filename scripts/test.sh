@@ -6,7 +6,7 @@ TASN_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$TASN_ROOT/scripts/common.sh"
 tasn_install_deps
 build="${TASN_BUILD_DIR:-$TASN_ROOT/build}"
-tasn_configure "$build"
+tasn_configure "$build" -DTASN_TORCH=ON
 cmake --build "$build" -j "$(nproc)"
 if [ -x "$build/tests/tasn_gpu_probe" ]; then
   "$build/tests/tasn_gpu_probe" || true
