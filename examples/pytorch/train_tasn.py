@@ -11,8 +11,9 @@ through torch.distributed (DDP; `torchrun`): gloo on the CPU, NCCL on GPUs. docs
 
 Semantics shared with the C++ trainer: losses summed over the batch, gradients of the sum divided
 by the global batch (DDP averages the ranks' gradients of their local sums divided by the local
-batch: the same), --batch is the global batch, the detail channel of sample i of a step is that of
-sample i of the one-process batch (first_sample = rank x local batch).
+batch: the same), --batch is the global batch and the ranks' batches side by side are the
+one-process batch (GlobalBatches), so the detail channel of a rank's sample i is that of sample
+rank x local + i of the one-process batch (first_sample).
 """
 import argparse
 import hashlib
@@ -55,6 +56,9 @@ def parse_args(argv=None):
     ap.add_argument("--att-weights", help="torchvision ImageNet resnet18 state dict for the attention net")
     ap.add_argument("--out", default="tasn-torch-run", help="checkpoints and metrics.jsonl go here")
     ap.add_argument("--overwrite", action="store_true", help="allow --out to hold an earlier run")
+    ap.add_argument("--freeze-bn", action="store_true",
+                    help="batch norm uses (and keeps) its running statistics while training (fine-tuning with small "
+                         "per-rank batches; makes N ranks x B/N equal 1 process x B up to rounding)")
     ap.add_argument("--save-rank-weights", action="store_true",
                     help="each rank also writes its final weights (tests: the ranks must be identical)")
     return ap.parse_args(argv)
@@ -190,6 +194,40 @@ def make_data(a, p):
     return ImageList(train, p["image"], True), ImageList(test, p["image"], False)
 
 
+class GlobalBatches(torch.utils.data.Sampler):
+    """The one-process run's batches, each cut into the ranks' contiguous shares (as the C++
+    trainer's BatchLoader shards): epoch e shuffles with (seed, e), global batch k is positions
+    [kB, (k+1)B) of that permutation, and rank r takes [kB + rb, kB + (r+1)b), b = B / ranks. So
+    sample i of rank r's batch is sample rb + i of the one-process batch (first_sample = rb)."""
+
+    def __init__(self, n, batch, rank, ranks, seed):
+        self.n, self.batch, self.rank, self.local, self.seed, self.epoch = n, batch, rank, batch // ranks, seed, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.n // self.batch
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1000003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        for k in range(len(self)):
+            start = k * self.batch + self.rank * self.local
+            yield perm[start:start + self.local]
+
+
+def set_training(net, freeze_bn):
+    """Training mode; with --freeze-bn the batch norms normalise with their running statistics
+    and do not update them (their scale and shift still train)."""
+    net.train()
+    if freeze_bn:
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 # ---- learning rate (examples/train/optim.h) -----------------------------------------------------
 
 def lr_at(p, base, t_epochs, epochs):
@@ -243,7 +281,7 @@ def weights_digest(model):
 
 # ---- training -------------------------------------------------------------------------------------
 
-def evaluate(model, data, d, batch):
+def evaluate(model, data, d, batch, freeze_bn=False):
     """Top-1 of every head over the whole split, each rank a strided shard, counts summed."""
     model.eval()
     idx = list(range(d.rank, len(data), d.size))
@@ -263,7 +301,7 @@ def evaluate(model, data, d, batch):
         _, logits = model(data[0][0][None].to(d.device))
         names, correct = sorted(logits), [0.0] * len(logits)
     sums = d.sum(correct + [n])
-    model.train()
+    set_training(model, freeze_bn)
     return {k: 100.0 * c / max(1.0, sums[-1]) for k, c in zip(names, sums[:-1])}
 
 
@@ -281,11 +319,11 @@ def train_one(kind, a, p, d, train_data, test_data, out):
         raise SystemExit("--batch %d must be a multiple of the %d ranks" % (batch, d.size))
     local = batch // d.size
     opt = torch.optim.SGD(net.parameters(), lr=base_lr, momentum=p["momentum"], weight_decay=p["weight_decay"])
-    sampler = torch.utils.data.distributed.DistributedSampler(train_data, d.size, d.rank, shuffle=True, seed=a.seed,
-                                                              drop_last=True)
+    sampler = GlobalBatches(len(train_data), batch, d.rank, d.size, a.seed)
     workers = a.workers if isinstance(train_data, ImageList) else 0
-    loader = torch.utils.data.DataLoader(train_data, batch_size=local, sampler=sampler, drop_last=True,
-                                         num_workers=workers, pin_memory=d.device.type == "cuda")
+    loader = torch.utils.data.DataLoader(train_data, batch_sampler=sampler, num_workers=workers,
+                                         pin_memory=d.device.type == "cuda")
+    set_training(net, a.freeze_bn)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise SystemExit("the training split (%d images) holds no full batch of %d" % (len(train_data), batch))
@@ -308,7 +346,7 @@ def train_one(kind, a, p, d, train_data, test_data, out):
             if a.max_steps and step >= a.max_steps:
                 break
         d.broadcast_buffers(net)
-        acc = evaluate(net, test_data, d, local)  # not through DDP: its forward is a collective
+        acc = evaluate(net, test_data, d, local, a.freeze_bn)  # not through DDP: its forward is a collective
         rec = dict(model=kind, epoch=epoch + 1, step=step, train_loss=loss_sum / max(1.0, n_sum), seconds=time.time() - t0,
                    test_top1=acc, ranks=d.size)
         log(d, "%s epoch %d/%d  train loss %.4f  test top-1 %s  (%.1f s)" % (
@@ -336,17 +374,16 @@ def main(argv=None):
     if a.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch.cuda.is_available() is False")
     torch.set_num_threads(a.threads or max(1, (os.cpu_count() or 1) // d.local_size))
+    earlier = d.leader and os.path.exists(os.path.join(a.out, "metrics.jsonl")) and not a.overwrite
+    if d.sum([float(earlier)])[0]:  # every rank learns rank 0's decision and stops with it
+        raise SystemExit("%s holds an earlier run (metrics.jsonl); pick another --out or pass --overwrite" % a.out)
     if d.leader:
-        if os.path.exists(os.path.join(a.out, "metrics.jsonl")) and not a.overwrite:
-            raise SystemExit("%s holds an earlier run (metrics.jsonl); pick another --out or pass --overwrite" % a.out)
         os.makedirs(a.out, exist_ok=True)
         if a.overwrite:
             try:
                 os.remove(os.path.join(a.out, "metrics.jsonl"))
             except FileNotFoundError:
                 pass
-    if d.size > 1:
-        dist.barrier()
     t = time.time()
     train_data, test_data = make_data(a, p)
     log(d, "data: %s, %d train / %d test images (%.1f s); %d rank(s), torch %s, device %s" % (

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 #include <string>
 
 #include "data/synthetic.h"
@@ -31,6 +32,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> synthetic_images(std::int64_t cou
                                                                 std::int64_t classes, std::int64_t first) {
   TORCH_CHECK(count >= 0 && first >= 0, "tasn::synthetic_images: count and first must be >= 0, got ", count, " and ",
               first);
+  TORCH_CHECK(first <= std::numeric_limits<std::int64_t>::max() - count,
+              "tasn::synthetic_images: first + count overflows int64 (first ", first, ", count ", count, ")");
   tasn::data::SyntheticConfig c;
   c.size = size;
   c.patch = patch;

@@ -91,7 +91,13 @@ struct TrilinearFn : torch::autograd::Function<TrilinearFn> {
     return {dx, at::Tensor()};
   }
 };
-at::Tensor trilinear_attention_autograd(const at::Tensor& x, double beta) { return TrilinearFn::apply(x, beta); }
+at::Tensor trilinear_attention_autograd(const at::Tensor& x, double beta) {
+  if (!wants_grad(x)) {  // no graph: no S and A to save (N*C*(H*W + C) elements)
+    static const auto op = handle<decltype(trilinear_attention<Signatures>)>("tasn::trilinear_attention");
+    return call_below(op, x, beta);
+  }
+  return TrilinearFn::apply(x, beta);
+}
 
 struct SampleSeparableFn : torch::autograd::Function<SampleSeparableFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& img, const at::Tensor& gy, const at::Tensor& gx) {

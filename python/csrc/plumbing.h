@@ -256,7 +256,10 @@ std::tuple<at::Tensor, at::Tensor> detail_map(const at::Tensor& m_, const c10::o
     TORCH_CHECK(channels.scalar_type() == at::kLong, op, ": expected channels to have dtype int64, got ",
                 channels.scalar_type());
   }
-  at::Tensor out, chosen = at::empty({m.size(0)}, m.options().dtype(at::kLong));
+  // chosen: -1 where no single channel was used (evaluation: the plain channel sum; the library
+  // leaves it unwritten then)
+  at::Tensor out, chosen = training ? at::empty({m.size(0)}, m.options().dtype(at::kLong))
+                                    : at::full({m.size(0)}, -1, m.options().dtype(at::kLong));
   B::dispatch(m, op, "m", [&](auto tag) {
     using T = decltype(tag);
     out = at::empty({m.size(0), m.size(2), m.size(3)}, m.options().dtype(compute_scalar<T>()));

@@ -46,6 +46,7 @@ def test_shape_mismatches_name_the_argument_and_sizes():
            torch.tensor([0, 1], dtype=torch.int32))
     raises("gy", tt.sample_separable, torch.randn(2, 3, 4, 4), torch.randn(1, 3), torch.randn(2, 3))
     raises("channels[1] = 9 is out of range [0, 4)", tt.detail_map, torch.randn(2, 4, 3, 3), torch.tensor([0, 9]))
+    raises("first + count overflows int64", tt.synthetic_images, 2, first=2 ** 63 - 1)
 
 
 def test_labels_out_of_range():
@@ -74,4 +75,5 @@ def test_gradients_that_do_not_exist_are_refused():
 def test_device_mismatch():
     raises("expected all tensors on one device", tt.sample_grid, torch.randn(1, 2, 3, 3, device="cuda"),
            torch.zeros(1, 2, 2, 2))
-    raises("double", tt.trilinear_attention, torch.randn(1, 2, 3, 3, device="cuda", dtype=torch.double))
+    raises("expected x to have dtype float32, float16 or bfloat16 on CUDA (the kernels compute in float), got Double",
+           tt.trilinear_attention, torch.randn(1, 2, 3, 3, device="cuda", dtype=torch.double))

@@ -102,6 +102,16 @@ def test_trilinear_gradcheck():
     assert torch.autograd.gradcheck(lambda v: tt.trilinear_attention(v, 2.0), (x,))
 
 
+def test_trilinear_without_grad_saves_nothing_and_matches(device):
+    dt = dtype_of(device)
+    x = rand(2, 3, 4, 5, device=device, dtype=dt).requires_grad_()
+    with torch.no_grad():
+        m0 = tt.trilinear_attention(x, 3.0)
+    m1 = tt.trilinear_attention(x, 3.0)
+    assert m0.grad_fn is None and m1.grad_fn is not None
+    torch.testing.assert_close(m0, m1, rtol=0, atol=0)
+
+
 def test_trilinear_empty_batch(device):
     x = torch.empty(0, 3, 4, 5, device=device, dtype=dtype_of(device), requires_grad=True)
     m = tt.trilinear_attention(x)
@@ -130,8 +140,9 @@ def test_detail_map_channels_and_evaluation(device):
     out, chosen = tt.detail_map(m, ch)
     torch.testing.assert_close(out, m[torch.arange(3, device=device), ch], **tol(device))
     assert chosen.tolist() == [2, 0, 3]
-    out, _ = tt.detail_map(m, training=False)
+    out, chosen = tt.detail_map(m, training=False)
     torch.testing.assert_close(out, m.sum(1), **tol(device))
+    assert chosen.tolist() == [-1, -1, -1]                  # no single channel in evaluation
     # the seeded pick: a channel of the sample, the same for the same (seed, first_sample + n)
     out1, c1 = tt.detail_map(m, seed=7)
     out2, c2 = tt.detail_map(m[1:], seed=7, first_sample=1)

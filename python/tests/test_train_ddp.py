@@ -55,6 +55,28 @@ def test_two_gloo_ranks_hold_identical_weights(tmp_path):
     assert set(records[1]["test_top1"]) == {"att", "master", "part", "part_shared", "tasn"}
 
 
+def test_two_ranks_train_as_one_process_with_the_global_batch(tmp_path):
+    """2 ranks x 8 = 1 process x 16: the same samples per step (the ranks' shares side by side), the
+    same detail channels, gradients of the summed losses divided by the global batch. Batch norm
+    frozen (--freeze-bn): with batch statistics each rank would normalise by its own 8 images, which
+    is a different computation. What is left is float rounding (convolutions over 8 vs 16 images)."""
+    args = ["--model", "both", "--train-size", "64", "--test-size", "8", "--batch", "16", "--epochs", "1",
+            "--max-steps", "3", "--seed", "7", "--lr", "0.05", "--freeze-bn", "--save-rank-weights"]
+    run_trainer(args + ["--out", str(tmp_path / "two")], 2, tmp_path, 29621)
+    run_trainer(args + ["--out", str(tmp_path / "one")], 1, tmp_path, 29623)
+    import tasn_net
+    for kind in ("tasn", "baseline"):
+        two = torch.load(tmp_path / "two" / ("%s-rank0.pt" % kind))
+        one = torch.load(tmp_path / "one" / ("%s-rank0.pt" % kind))
+        torch.manual_seed(7)
+        init = (tasn_net.TasnNet if kind == "tasn" else tasn_net.BaselineNet)(tasn_net.preset("demo")).state_dict()
+        moved = max(float((one[k] - init[k]).abs().max()) for k in one if one[k].dtype.is_floating_point)
+        worst = max(float((one[k] - two[k]).abs().max()) for k in one if one[k].dtype.is_floating_point)
+        # the updates are >= 1e-2; a wrong gradient scale (x2 or x1/2) would move the weights by as much
+        assert moved > 1e-2, (kind, moved)
+        assert worst < 1e-4, "%s: 2 ranks differ from 1 process by %g (updates %g)" % (kind, worst, moved)
+
+
 def test_an_earlier_run_is_not_overwritten(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
