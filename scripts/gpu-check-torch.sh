@@ -10,7 +10,8 @@
 #   3. runs bench/torch_ops_bench.py --device cuda (ours against the composites, interleaved).
 # pytest comes from the machine, else from the wheels scripts/prepare-deps.sh put in .deps/wheels.
 # Results in $1 (else gpu-results-torch/): summary.txt, build.log, pytest.log, bench-ops.json.
-# Budget TASN_GPU_BUDGET (default 560 s): build 300, tests 180, benchmark 60 (capped by what is left).
+# Budget TASN_GPU_BUDGET (default 560 s): build 300, tests 180, benchmark 60 (capped by what is left,
+# less 10 s; the step runner is scripts/gpu-steps.sh, shared with gpu-check.sh).
 # Exit status: 0 when the tests passed, 1 when they failed or did not run, 2 without dependencies.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,24 +24,9 @@ results="$(cd "$results" && pwd)"
 summary="$results/summary.txt"
 : >"$summary"
 start=$SECONDS
-log() { echo "[gpu-check-torch +$((SECONDS - start))s] $*" | tee -a "$summary"; }
-
-step() {  # step NAME CAP LOG CMD...
-  local name=$1 cap=$2 logf=$results/$3
-  shift 3
-  local left=$((budget - (SECONDS - start)))
-  ((cap > left)) && cap=$left
-  if ((cap <= 0)); then
-    log "$name: SKIPPED (budget spent)"
-    return 124
-  fi
-  local t0=$SECONDS
-  echo "==== $name (cap ${cap}s): $*" >>"$logf"
-  timeout "$cap" "$@" >>"$logf" 2>&1
-  local rc=$?
-  log "$name: rc $rc in $((SECONDS - t0))s (cap ${cap}s)"
-  return $rc
-}
+gpu_check_name=gpu-check-torch
+scale=1
+source "$root/scripts/gpu-steps.sh"  # log, step
 
 if ! "$py" -c "import torch; assert torch.cuda.is_available()" >>"$summary" 2>&1; then
   log "no CUDA PyTorch in $py (torch.cuda.is_available() false or no torch)"

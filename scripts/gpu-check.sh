@@ -54,31 +54,9 @@ results="$(cd "$results" && pwd)"
 summary="$results/summary.txt"
 : >"$summary"
 start=$SECONDS
+gpu_check_name=gpu-check
 
-log() { echo "[gpu-check +$((SECONDS - start))s] $*" | tee -a "$summary"; }
-
-# step NAME CAP LOG CMD...: runs CMD under `timeout`, for the smaller of CAP and the budget left
-# (less 10 s for the final summary), appending its output to $results/LOG; logs one summary line.
-# Returns CMD's exit status (124: timed out; 125: not run, no time left).
-step() {
-  local name=$1 cap=$(($2 * scale)) logname=$3
-  local out="$results/$logname"
-  shift 3
-  local left=$((budget - (SECONDS - start) - 10))
-  local limit=$((cap < left ? cap : left))
-  if ((limit < 5)); then
-    log "$name: NOT RUN (budget of ${budget}s spent)"
-    return 125
-  fi
-  printf '\n===== %s (limit %ss): %s\n' "$name" "$limit" "$*" >>"$out"
-  local t0=$SECONDS
-  timeout --kill-after=5 "$limit" "$@" >>"$out" 2>&1
-  local rc=$?
-  local what="ok"
-  if ((rc == 124 || rc == 137)); then what="TIMED OUT"; elif ((rc != 0)); then what="FAILED (exit $rc)"; fi
-  log "$name: $what in $((SECONDS - t0))s (limit ${limit}s; $logname)"
-  return $rc
-}
+source "$root/scripts/gpu-steps.sh"  # log, step
 
 if [ ! -f "$deps/eigen3/Eigen/Core" ] || [ ! -f "$deps/googletest/CMakeLists.txt" ] || [ ! -f "$deps/benchmark/CMakeLists.txt" ] ||
    [ ! -f "$deps/nlohmann_json/nlohmann/json.hpp" ]; then

@@ -129,6 +129,8 @@ class TasnNet(nn.Module):
     """forward(img, labels, step_seed, first_sample) -> (summed loss, logits dict). In eval mode the
     detail map is the channel sum (official Detail_Att) and no loss is formed without labels."""
 
+    heads = ("tasn", "att", "part", "master", "part_shared")  # the keys of the logits dict
+
     def __init__(self, p):
         super().__init__()
         self.p = p
@@ -172,6 +174,8 @@ class TasnNet(nn.Module):
 
 class BaselineNet(nn.Module):
     """The master backbone alone on the image resized to the sampler's output size, one FC."""
+
+    heads = ("baseline",)
 
     def __init__(self, p):
         super().__init__()

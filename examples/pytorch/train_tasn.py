@@ -275,7 +275,7 @@ def weights_digest(model):
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+        h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -286,21 +286,16 @@ def evaluate(model, data, d, batch, freeze_bn=False):
     model.eval()
     idx = list(range(d.rank, len(data), d.size))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, idx), batch_size=batch, shuffle=False)
-    names, correct, n = None, None, 0
+    names, n = sorted(model.heads), 0
+    correct = [0.0] * len(names)
     with torch.no_grad():
         for x, y in loader:
             x, y = x.to(d.device), y.to(d.device)
             _, logits = model(x)
-            if names is None:
-                names = sorted(logits)
-                correct = [0.0] * len(names)
             for i, k in enumerate(names):
                 correct[i] += float((logits[k].argmax(1) == y).sum())
             n += len(y)
-    if names is None:  # this rank's shard is empty: learn the heads' names from one sample
-        _, logits = model(data[0][0][None].to(d.device))
-        names, correct = sorted(logits), [0.0] * len(logits)
-    sums = d.sum(correct + [n])
+    sums = d.sum(correct + [n])  # every rank, an empty shard included
     set_training(model, freeze_bn)
     return {k: 100.0 * c / max(1.0, sums[-1]) for k, c in zip(names, sums[:-1])}
 

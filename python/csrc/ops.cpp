@@ -102,10 +102,11 @@ at::Tensor trilinear_attention_autograd(const at::Tensor& x, double beta) {
 struct SampleSeparableFn : torch::autograd::Function<SampleSeparableFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& img, const at::Tensor& gy, const at::Tensor& gx) {
     static const auto op = handle<decltype(sample_separable<Signatures>)>("tasn::sample_separable");
+    at::Tensor out = call_below(op, img, gy, gx);  // checks img first
     ctx->save_for_backward({gy, gx});
-    ctx->saved_data["Hi"] = img.dim() == 4 ? img.size(2) : 0;
-    ctx->saved_data["Wi"] = img.dim() == 4 ? img.size(3) : 0;
-    return call_below(op, img, gy, gx);
+    ctx->saved_data["Hi"] = img.size(2);
+    ctx->saved_data["Wi"] = img.size(3);
+    return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list g) {
     static const auto op =
@@ -171,8 +172,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_sample_auto
   TORCH_CHECK(!wants_grad(attention),
               "tasn::attention_sample: no gradient flows to attention (SPEC: the attention maps carry no gradient, "
               "the official BlockGrad); pass attention.detach()");
-  TORCH_CHECK(img.dim() == 4, "tasn::attention_sample: expected img to be a 4-D tensor (N, C, Hi, Wi), got a ",
-              img.dim(), "-D tensor of shape ", img.sizes());
   auto r = AttentionSampleFn::apply(img, attention, Ho, Wo, dense, iters, std::string(mode.data(), mode.size()),
                                     upsample_h, upsample_w, squared);
   return {r[0], r[1], r[2], r[3]};
