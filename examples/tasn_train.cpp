@@ -21,12 +21,14 @@
 
 #include "data/parse.h"
 #include "io/file_io.h"
+#include "nn/bf16_exec.h"
 #include "train/diagnostics.h"
 #include "train/memory.h"
 #include "train/presets.h"
 #include "train/run_folder.h"
 #include "train/trainer.h"
 #if defined(TASN_HAVE_CUDA_TRAINER)
+#include "gpu/cuda_bf16_exec.h"
 #include "gpu/cuda_exec.h"
 #endif
 #if defined(TASN_HAVE_MPI)
@@ -73,8 +75,10 @@ With no options: train TASN and the baseline on the built-in generated data (CPU
   --device D                 cpu (default), cuda (the whole step on GPU 0: cuDNN, cuBLAS and the
                              library's CUDA kernels; an error naming why when it cannot) or auto
                              (cuda when this build has it and a GPU is usable, else cpu)
-  --precision P              cuda: fp32 (default, plain float math) or tf32 (TF32 tensor cores in
-                             convolutions and GEMMs; float storage and accumulation)
+  --precision P              fp32 (default, plain float math); tf32 (cuda: TF32 tensor cores in
+                             convolutions and GEMMs; float storage and accumulation); bf16 (bf16
+                             activations and weight copies, float master weights, statistics, TASN
+                             operators and losses; on the CPU an emulation: slower, for accuracy studies)
   --out DIR                  metrics logs (MODEL-metrics.jsonl) and checkpoints (MODEL-last.safetensors);
                              locked while the run writes. A fresh run refuses a folder holding an
                              earlier run of the same model (see --resume, --overwrite). Default:
@@ -234,6 +238,7 @@ struct Plan {
   nn::Backend backend = nn::default_backend<float>();
   std::string device = "cpu", device_note;  // cpu or cuda; why auto chose what it chose
   bool tf32 = false;
+  bool bf16 = false;  // bf16 activations (CPU: emulated, nn/bf16_exec.h)
   std::string which, kind, split;
   std::vector<std::uint64_t> seeds;
   bool eval_only = false;
@@ -265,14 +270,19 @@ Plan make_plan(const Args& a, dist::Communicator& comm) {
     p.device = dev == "auto" ? (problem.empty() ? "cuda" : "cpu") : dev;
     if (dev == "auto") p.device_note = problem.empty() ? "auto: a usable GPU" : "auto: " + problem;
     const std::string prec = one_of(a, "--precision", "fp32", {"fp32", "tf32", "bf16"});
-    TASN_CHECK_ARG(prec != "bf16", "--precision bf16 is not implemented yet (bf16 activations need a bf16 path through "
-                                   "the modules; use fp32 or tf32)");
     if (p.device == "cpu") {
-      TASN_CHECK_ARG(prec == "fp32", "--precision ", prec, " needs --device cuda (the CPU computes in float)");
+      TASN_CHECK_ARG(prec != "tf32", "--precision tf32 needs --device cuda (TF32 is a tensor-core format)");
     } else {
       no_effect(a, {"--backend"}, "with --device cuda (the CPU convolution backend)");
     }
     p.tf32 = prec == "tf32";
+    p.bf16 = prec == "bf16";
+#if defined(TASN_HAVE_CUDA_TRAINER)
+    if (p.device == "cuda" && p.bf16) {  // before any data is made, as for the device itself
+      const std::string why = nn::bf16_device_problem(comm.local_rank());
+      TASN_CHECK_ARG(why.empty(), "--device cuda: ", why);
+    }
+#endif
     const std::string want = a.get("--comm", "auto");
     if (p.device == "cuda") {
       TASN_CHECK_ARG(want != "mpi" || comm.size() == 1, "--comm mpi with --device cuda: the gradients live on the GPU; "
@@ -525,10 +535,19 @@ int run(const Args& a) {
         co.tf32 = plan.tf32;
         co.device = comm.local_rank();  // one rank per GPU
         co.nccl = plan.nccl;
-        if (m == "tasn") model = std::make_unique<BasicTasnNet<float, nn::CudaExec>>(net, co);
-        else model = std::make_unique<BasicBaselineNet<float, nn::CudaExec>>(net, co);
+        if (plan.bf16) {
+          if (m == "tasn") model = std::make_unique<BasicTasnNet<float, nn::CudaBf16Exec>>(net, co);
+          else model = std::make_unique<BasicBaselineNet<float, nn::CudaBf16Exec>>(net, co);
+        } else {
+          if (m == "tasn") model = std::make_unique<BasicTasnNet<float, nn::CudaExec>>(net, co);
+          else model = std::make_unique<BasicBaselineNet<float, nn::CudaExec>>(net, co);
+        }
       }
 #endif
+      if (!model && plan.bf16) {
+        if (m == "tasn") model = std::make_unique<BasicTasnNet<float, nn::CpuBf16Exec>>(net, plan.backend);
+        else model = std::make_unique<BasicBaselineNet<float, nn::CpuBf16Exec>>(net, plan.backend);
+      }
       if (!model) {
         if (m == "tasn") model = std::make_unique<TasnNet>(net, plan.backend);
         else model = std::make_unique<BaselineNet>(net, plan.backend);

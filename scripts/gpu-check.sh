@@ -180,6 +180,8 @@ if exe="$(path_of tasn_train)" && [ -n "$exe" ]; then
   paper=(--device cuda --preset paper --model tasn --train-size 960 --test-size 32 --max-steps 9 --timing --no-progress
          --overwrite)
   step trainer-paper-fp32 75 trainer.log "$exe" "${paper[@]}" --out "$build/run-paper-fp32"
+  # bf16 next: the throughput target is in bf16
+  step trainer-paper-bf16 60 trainer.log "$exe" "${paper[@]}" --precision bf16 --out "$build/run-paper-bf16"
   step trainer-paper-nccl 75 nccl.log "$exe" "${paper[@]}" --comm nccl --out "$build/run-paper-nccl"
   grep -E "^(tasn|baseline) (on|timing)|timing over|all-reduce|nccl|NCCL|error" "$results/nccl.log" | head -20 |
     sed 's/^/nccl: /' | tee -a "$summary"

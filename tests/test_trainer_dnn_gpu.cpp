@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "gpu/dnn.h"
+#include "nn/bf16.h"
 #include "gpu/gpu_runners.h"
 #include "nn/layers.h"
 #include "support/layer_bounds.h"
@@ -567,6 +568,137 @@ TEST_F(TrainerDnnGpu, LinearMatchesReference) {
 TEST_F(TrainerDnnGpu, LinearTf32WithinItsRounding) {
   dnn_->set_tf32(true);
   check_linear(*dnn_, stream_, 64, 512, 200, true, true, true, 1100, true);
+}
+
+// ---- bf16 storage (--precision bf16) -------------------------------------------------------------
+// Inputs rounded to bf16 first (so the bf16 call and the double reference read the same values);
+// the bound of a bf16 result is the float summation bound plus its one rounding, 2^-8 of its value;
+// float results (the linear layer's y and dw) keep the float bound.
+
+constexpr double kBf16U = 0x1.0p-8;  // bf16 keeps 8 significant bits: unit roundoff 2^-8
+
+Data bf16_data(std::int64_t n, std::uint64_t seed) {
+  Data r = random_data(n, seed);
+  for (std::size_t i = 0; i < r.f.size(); ++i) {
+    r.f[i] = nn::bf16_to_float(nn::float_to_bf16(r.f[i]));
+    r.d[i] = r.f[i];
+  }
+  return r;
+}
+
+class Bf16Buffer {
+ public:
+  explicit Bf16Buffer(const std::vector<float>& v) : n_(v.size()) {
+    std::vector<nn::bf16> h(n_);
+    for (std::size_t i = 0; i < n_; ++i) h[i] = nn::float_to_bf16(v[i]);
+    if (n_) TASN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p_), n_ * sizeof(nn::bf16)));
+    if (n_) TASN_CUDA_CHECK(cudaMemcpy(p_, h.data(), n_ * sizeof(nn::bf16), cudaMemcpyHostToDevice));
+  }
+  ~Bf16Buffer() {
+    if (p_) cudaFree(p_);
+  }
+  Bf16Buffer(const Bf16Buffer&) = delete;
+  Bf16Buffer& operator=(const Bf16Buffer&) = delete;
+  nn::bf16* get() { return p_; }
+  std::vector<float> download() const {
+    std::vector<nn::bf16> h(n_);
+    if (n_) TASN_CUDA_CHECK(cudaMemcpy(h.data(), p_, n_ * sizeof(nn::bf16), cudaMemcpyDeviceToHost));
+    std::vector<float> v(n_);
+    for (std::size_t i = 0; i < n_; ++i) v[i] = nn::bf16_to_float(h[i]);
+    return v;
+  }
+
+ private:
+  std::size_t n_;
+  nn::bf16* p_ = nullptr;
+};
+
+// gk * mag + 2^-8 |ref| per element (+ what was accumulated into, in mag_extra).
+std::vector<double> bf16_bound(double gk, const std::vector<double>& mag, const std::vector<double>& ref,
+                               const std::vector<double>* mag_extra = nullptr) {
+  std::vector<double> b(mag.size());
+  for (std::size_t i = 0; i < b.size(); ++i) {
+    const double m = mag[i] + (mag_extra ? std::fabs((*mag_extra)[i]) : 0.0);
+    b[i] = gk * m + kBf16U * (std::fabs(ref[i]) + gk * m) + 1e-30;
+  }
+  return b;
+}
+
+void check_conv_bf16(gpu::Dnn& dnn, const ConvCase& c, std::uint64_t seed) {
+  SCOPED_TRACE(describe(c) + " (bf16)");
+  const nn::ConvGeometry& g = c.g;
+  const std::vector<std::int64_t> xs{g.n, g.cin, g.h, g.w}, ws{g.cout, g.cin, g.kh, g.kw}, ys{g.n, g.cout, g.ho, g.wo};
+  const Data x = bf16_data(g.x_numel(), seed), w = bf16_data(g.w_numel(), seed + 1), dy = bf16_data(g.y_numel(), seed + 3),
+             dx0 = bf16_data(g.x_numel(), seed + 4);
+  const auto X = tensor(xs, x.d), W = tensor(ws, w.d), DY = tensor(ys, dy.d);
+  const auto aX = tensor(xs, abs_of(x.d)), aW = tensor(ws, abs_of(w.d)), aDY = tensor(ys, abs_of(dy.d));
+  Bf16Buffer dX(x.f), dW(w.f), dDY(dy.f), dY(nans(g.y_numel())), dDX(c.accumulate ? dx0.f : nans(dx0.f.size())),
+      dDW(nans(g.w_numel()));
+  TestScratch scratch;
+  dnn.conv_forward(g, dX.get(), dW.get(), dY.get(), scratch);
+  dnn.conv_backward_data(g, dW.get(), dDY.get(), dDX.get(), c.accumulate, scratch);
+  dnn.conv_backward_filter(g, dX.get(), dDY.get(), dDW.get(), scratch);
+  TASN_CUDA_CHECK(cudaDeviceSynchronize());
+  const gpu::ConvAlgorithms algos = dnn.conv_algorithms(g, true);
+  SCOPED_TRACE(describe(algos));
+  if (std::getenv("TASN_PRINT_ALGOS")) std::printf("%s (bf16): %s\n", describe(c).c_str(), describe(algos).c_str());
+  {
+    const auto ref = nn::conv2d_forward(X, W, nullptr, nn::Conv2dArgs(g.a));
+    const auto mag = nn::conv2d_forward(aX, aW, nullptr, nn::Conv2dArgs(g.a));
+    const double gk = gamma_k(double(g.cin * g.kh * g.kw) + 2) * (algos.forward_transform ? kTransformSlack : 1);
+    expect_within(dY.download(), values(ref), bf16_bound(gk, values(mag), values(ref)), "bf16 forward y");
+  }
+  nn::Tensor<double> mdx(xs), mdw(ws);
+  nn::conv2d_backward(aX, aW, aDY, nn::Conv2dArgs(g.a), &mdx, &mdw, nullptr);
+  nn::Tensor<double> rdx(xs), rdw(ws);
+  if (c.accumulate) rdx.set(dx0.d);
+  nn::conv2d_backward(X, W, DY, nn::Conv2dArgs(g.a), &rdx, &rdw, nullptr);
+  {
+    const double gk = gamma_k(double(g.cout * g.kh * g.kw) + 2) * (algos.backward_data_transform ? kTransformSlack : 1);
+    expect_within(dDX.download(), values(rdx), bf16_bound(gk, values(mdx), values(rdx), c.accumulate ? &dx0.d : nullptr),
+                  "bf16 dx");
+  }
+  {
+    const double gk = gamma_k(double(g.n * g.ho * g.wo) + 2) * (algos.backward_filter_transform ? kTransformSlack : 1);
+    expect_within(dDW.download(), values(rdw), bf16_bound(gk, values(mdw), values(rdw)), "bf16 dweight (written)");
+  }
+}
+
+TEST_F(TrainerDnnGpu, Bf16ConvolutionMatchesReference) {
+  std::uint64_t seed = 2000;
+  for (const auto& c : conv_cases()) check_conv_bf16(*dnn_, c, seed += 10);  // dilations 1-3, the stem, random
+  EXPECT_EQ(dnn_->conv_algorithms(conv_cases()[0].g).forward, "") << "bf16 plans are not the float ones";
+}
+
+TEST_F(TrainerDnnGpu, Bf16LinearMatchesReference) {
+  for (const bool accumulate : {false, true}) {
+    const std::int64_t N = 64, I = 512, O = 200;
+    SCOPED_TRACE(::testing::Message() << "bf16 linear, accumulate " << accumulate);
+    const Data x = bf16_data(N * I, 3000), w = bf16_data(O * I, 3001), b = random_data(O, 3002),
+               dy = bf16_data(N * O, 3003), dx0 = bf16_data(N * I, 3004), dw0 = random_data(O * I, 3005);
+    const auto X = tensor({N, I}, x.d), W = tensor({O, I}, w.d), B = tensor({O}, b.d), DY = tensor({N, O}, dy.d);
+    const auto aX = tensor({N, I}, abs_of(x.d)), aW = tensor({O, I}, abs_of(w.d)), aB = tensor({O}, abs_of(b.d)),
+               aDY = tensor({N, O}, abs_of(dy.d));
+    Bf16Buffer dX(x.f), dW(w.f), dDY(dy.f), dDX(accumulate ? dx0.f : nans(N * I));
+    DeviceBuffer dB(b.f), dY(nans(N * O)), dDW(dw0.f);
+    dnn_->linear_forward(N, I, O, dX.get(), dW.get(), dB.get(), dY.get());
+    dnn_->linear_backward(N, I, O, dX.get(), dW.get(), dDY.get(), dDX.get(), accumulate, dDW.get());
+    sync();
+    const auto ref = nn::linear_forward(X, W, &B), mag = nn::linear_forward(aX, aW, &aB);
+    std::vector<double> by(mag.data.size());
+    for (std::size_t i = 0; i < by.size(); ++i) by[i] = gamma_k(double(I) + 2) * mag.data[i] + 1e-30;
+    expect_within(dY.download(), values(ref), by, "bf16 linear y (float)");
+    nn::Tensor<double> mdx({N, I}), mdw({O, I}), mdb({O});
+    nn::linear_backward(aX, aW, aDY, &mdx, &mdw, &mdb);
+    nn::Tensor<double> rdx({N, I}), rdw = tensor({O, I}, dw0.d), rdb({O});
+    if (accumulate) rdx.set(dx0.d);
+    nn::linear_backward(X, W, DY, &rdx, &rdw, &rdb);
+    expect_within(dDX.download(), values(rdx),
+                  bf16_bound(gamma_k(double(O) + 2), values(mdx), values(rdx), accumulate ? &dx0.d : nullptr), "bf16 linear dx");
+    std::vector<double> bw(mdw.data.size());
+    for (std::size_t i = 0; i < bw.size(); ++i) bw[i] = gamma_k(double(N) + 2) * (mdw.data[i] + std::fabs(dw0.d[i])) + 1e-30;
+    expect_within(dDW.download(), values(rdw), bw, "bf16 linear dweight (float, added)");
+  }
 }
 
 // ---- errors -------------------------------------------------------------------------------------

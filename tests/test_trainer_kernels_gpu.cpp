@@ -170,6 +170,92 @@ TEST_F(TrainerKernelsGpu, AddReluAddFillBitExact) {
   }
 }
 
+// ---- bf16 storage (--precision bf16): the CPU emulation's per-element math, bit for bit ----------
+
+std::vector<nn::bf16> to_bf16_vec(const std::vector<float>& x) {
+  std::vector<nn::bf16> y(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) y[i] = nn::float_to_bf16(x[i]);
+  return y;
+}
+std::vector<float> widen_vec(const std::vector<nn::bf16>& x) {
+  std::vector<float> y(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) y[i] = nn::bf16_to_float(x[i]);
+  return y;
+}
+
+TEST_F(TrainerKernelsGpu, Bf16ElementwiseBitExact) {
+  for (std::int64_t n : kSizes) {
+    SCOPED_TRACE(::testing::Message() << "n " << n);
+    const auto a = to_bf16_vec(special_floats(n, 6)), b = to_bf16_vec(special_floats(n, 7));
+    const auto xf = special_floats(n, 8), yf0 = random_floats(n, 9);
+    const auto y0 = to_bf16_vec(yf0);
+    std::vector<float> relu(n), grad(n), grad_acc(n), join(n), sum(n), conv(n), conv_relu(n), round_acc(n), added(n),
+        widened(n), masked(n);
+    for (std::int64_t i = 0; i < n; ++i) {
+      const float fa = nn::bf16_to_float(a[i]), fb = nn::bf16_to_float(b[i]), fy = nn::bf16_to_float(y0[i]);
+      relu[i] = nn::bf16_to_float(nn::float_to_bf16(nn::relu_value(fa)));
+      grad[i] = nn::bf16_to_float(nn::float_to_bf16(nn::relu_grad_value(fa, fb)));
+      grad_acc[i] = nn::bf16_to_float(nn::float_to_bf16(fy + nn::relu_grad_value(fa, fb)));
+      join[i] = nn::bf16_to_float(nn::float_to_bf16(nn::add_relu_value(fa, fb)));
+      sum[i] = nn::bf16_to_float(nn::float_to_bf16(fa + fb));
+      conv[i] = nn::bf16_to_float(nn::float_to_bf16(xf[i]));
+      conv_relu[i] = nn::bf16_to_float(nn::float_to_bf16(nn::relu_value(xf[i])));
+      round_acc[i] = nn::bf16_to_float(nn::float_to_bf16(xf[i] + fy));
+      added[i] = yf0[i] + fa;
+      widened[i] = fa;
+      masked[i] = nn::relu_grad_value(fa, fb);
+    }
+    const Device<nn::bf16> da(a), db(b), dy(n), dacc(y0), dconv(n);
+    const Device<float> dxf(xf), dyf(yf0), dw(n);
+    gk::relu(stream_, da.get(), dy.get(), n);
+    EXPECT_SAME_BITS(widen_vec(dy.host()), relu);
+    gk::relu_grad(stream_, da.get(), db.get(), dy.get(), n, false);
+    EXPECT_SAME_BITS(widen_vec(dy.host()), grad);
+    gk::relu_grad(stream_, da.get(), db.get(), dacc.get(), n, true);
+    EXPECT_SAME_BITS(widen_vec(dacc.host()), grad_acc);
+    gk::add_relu(stream_, da.get(), db.get(), dy.get(), n);
+    EXPECT_SAME_BITS(widen_vec(dy.host()), join);
+    gk::convert(stream_, dxf.get(), dconv.get(), n);
+    EXPECT_SAME_BITS(widen_vec(dconv.host()), conv);
+    gk::convert(stream_, dxf.get(), dconv.get(), n, true);
+    EXPECT_SAME_BITS(widen_vec(dconv.host()), conv_relu);
+    const Device<nn::bf16> dacc2(y0);
+    gk::round_into(stream_, dxf.get(), dacc2.get(), n, true);
+    EXPECT_SAME_BITS(widen_vec(dacc2.host()), round_acc);
+    gk::add_widened(stream_, da.get(), dyf.get(), n);
+    EXPECT_SAME_BITS(dyf.host(), added);
+    gk::convert(stream_, da.get(), dw.get(), n);
+    EXPECT_SAME_BITS(dw.host(), widened);
+    gk::relu_grad_widened(stream_, da.get(), db.get(), dw.get(), n, true);
+    EXPECT_SAME_BITS(dw.host(), masked);
+    gk::add_inplace(stream_, da.get(), db.get(), n);
+    EXPECT_SAME_BITS(widen_vec(da.host()), sum);
+  }
+}
+
+TEST_F(TrainerKernelsGpu, Bf16BiasAddAndGradient) {
+  const std::int64_t N = 3, C = 5, P = 37;
+  const auto y0 = to_bf16_vec(random_floats(N * C * P, 10));
+  const auto bias = random_floats(C, 11), db0 = random_floats(C, 12);
+  std::vector<float> y(N * C * P), db = db0;
+  for (std::int64_t i = 0; i < N * C * P; ++i)
+    y[i] = nn::bf16_to_float(nn::float_to_bf16(nn::bf16_to_float(y0[i]) + bias[(i / P) % C]));
+  for (std::int64_t c = 0; c < C; ++c) {
+    double s = 0;
+    for (std::int64_t k = 0; k < N; ++k)
+      for (std::int64_t p = 0; p < P; ++p) s += nn::bf16_to_float(y0[(k * C + c) * P + p]);
+    db[c] += static_cast<float>(s);
+  }
+  const Device<nn::bf16> dy(y0);
+  const Device<float> dbias(bias), ddb(db0);
+  gk::bias_grad(stream_, N, C, P, dy.get(), ddb.get());  // before the add changes dy
+  gk::bias_add(stream_, N, C, P, dbias.get(), dy.get());
+  EXPECT_SAME_BITS(widen_vec(dy.host()), y);
+  const auto got = ddb.host();
+  for (std::int64_t c = 0; c < C; ++c)  // a double sum of bf16 values: exact to float rounding
+    EXPECT_NEAR(got[c], db[c], 1e-6 * (std::fabs(db[c]) + 1)) << "channel " << c;
+}
+
 // y += alpha x: one multiply-add, which nvcc contracts to an FMA; within 2 roundings of the exact
 // result, and exact on dyadic data with alpha a power of two.
 TEST_F(TrainerKernelsGpu, AxpyWithinOneFmaOfExact) {
@@ -392,10 +478,24 @@ TEST_F(TrainerKernelsGpu, ResizeBilinearMatchesCpu) {
 // Nothing to do: nothing launched (a launch without a device would fail), whatever the pointers.
 TEST(TrainerKernels, EmptyInputsLaunchNothing) {
   cudaStream_t s = nullptr;
-  EXPECT_NO_THROW(gk::relu(s, nullptr, nullptr, 0));
-  EXPECT_NO_THROW(gk::relu_grad(s, nullptr, nullptr, nullptr, 0, true));
-  EXPECT_NO_THROW(gk::add_relu(s, nullptr, nullptr, nullptr, 0));
-  EXPECT_NO_THROW(gk::add_inplace(s, nullptr, nullptr, 0));
+  float* nf = nullptr;
+  nn::bf16* nb = nullptr;
+  EXPECT_NO_THROW(gk::relu(s, nf, nf, 0));
+  EXPECT_NO_THROW(gk::relu_grad(s, nf, nf, nf, 0, true));
+  EXPECT_NO_THROW(gk::add_relu(s, nf, nf, nf, 0));
+  EXPECT_NO_THROW(gk::add_inplace(s, nf, nf, 0));
+  // bf16 storage
+  EXPECT_NO_THROW(gk::relu(s, nb, nb, 0));
+  EXPECT_NO_THROW(gk::relu_grad(s, nb, nb, nb, 0, false));
+  EXPECT_NO_THROW(gk::add_relu(s, nb, nb, nb, 0));
+  EXPECT_NO_THROW(gk::add_inplace(s, nb, nb, 0));
+  EXPECT_NO_THROW(gk::convert(s, nf, nb, 0, true));
+  EXPECT_NO_THROW(gk::convert(s, nb, nf, 0));
+  EXPECT_NO_THROW(gk::round_into(s, nf, nb, 0, true));
+  EXPECT_NO_THROW(gk::add_widened(s, nb, nf, 0));
+  EXPECT_NO_THROW(gk::relu_grad_widened(s, nb, nb, nf, 0, true));
+  EXPECT_NO_THROW(gk::bias_add(s, 0, 4, 9, reinterpret_cast<const float*>(256), nb));
+  EXPECT_NO_THROW(gk::bias_grad(s, 2, 0, 9, nb, nf));
   EXPECT_NO_THROW(gk::axpy(s, 0, 2.0f, nullptr, nullptr));
   EXPECT_NO_THROW(gk::fill(s, nullptr, 0, 1.0f));
   EXPECT_NO_THROW(gk::maxpool2d(s, 0, 8, 8, 3, 2, 1, nullptr, nullptr, nullptr));
@@ -430,6 +530,14 @@ TEST(TrainerKernels, RefusesBadArguments) {
                 .find("momentum is 0.9 but there is no momentum buffer"),
             std::string::npos);
   EXPECT_NE(msg([&] { gk::nonfinite_any(s, f, 10, nullptr); }).find("flag is null"), std::string::npos);
+  nn::bf16* b16 = reinterpret_cast<nn::bf16*>(256);
+  EXPECT_NE(msg([&] { gk::relu(s, b16, b16, -1); }).find("nn::gpu::relu (bf16): n must be >= 0, got -1"),
+            std::string::npos);
+  EXPECT_NE(msg([&] { gk::round_into(s, f, nullptr, 5, false); }).find("y is null but must hold 5 elements"),
+            std::string::npos);
+  EXPECT_NE(msg([&] { gk::bias_add(s, 2, 0, 9, f, b16); }).find("need N, P >= 0 and C >= 1"), std::string::npos);
+  EXPECT_NE(msg([&] { gk::bias_grad(s, 2, 3, 9, b16, nullptr); }).find("db is null but must hold 3 elements"),
+            std::string::npos);
   EXPECT_NE(msg([&] { gk::global_avgpool(s, std::int64_t(1) << 40, std::int64_t(1) << 40, f, f); })
                 .find("overflows 64-bit indexing"),
             std::string::npos);

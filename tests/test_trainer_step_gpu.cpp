@@ -17,6 +17,11 @@
 //   3. No cudaMalloc / cudaMallocHost in a warmed-up step (nn::device_allocations()).
 //   4. Checkpoints: a CPU checkpoint resumes on the GPU (values and momentum, the next step's
 //      losses agree as in 2) and a GPU checkpoint loads back on the CPU bit for bit.
+//   5. --precision bf16 (nn::CudaBf16Exec) against its CPU twin, the emulation nn::CpuBf16Exec
+//      (same roundings, other summation orders): six steps' losses within 1e-2 relative, the bound
+//      test_bf16.cpp derives for bf16 against float (measured there up to 3.2e-3; a different
+//      summation order flips some roundings by one bf16 ulp, an effect of the same kind and size);
+//      no allocation after warm-up in bf16 either; a float checkpoint trains on in bf16.
 // Every test skips, naming the reason, without a usable CUDA device.
 #include <gtest/gtest.h>
 
@@ -25,7 +30,9 @@
 #include <string>
 #include <vector>
 
+#include "gpu/cuda_bf16_exec.h"
 #include "gpu/cuda_exec.h"
+#include "nn/bf16_exec.h"
 #include "support/loss_curve.h"
 #include "support/train_step_check.h"
 #include "train/checkpoint.h"
@@ -40,6 +47,10 @@ namespace fs = std::filesystem;
 
 using GpuTasn = tr::BasicTasnNet<float, nn::CudaExec>;
 using GpuBaseline = tr::BasicBaselineNet<float, nn::CudaExec>;
+using GpuBf16Tasn = tr::BasicTasnNet<float, nn::CudaBf16Exec>;
+using GpuBf16Baseline = tr::BasicBaselineNet<float, nn::CudaBf16Exec>;
+using CpuBf16Tasn = tr::BasicTasnNet<float, nn::CpuBf16Exec>;
+using CpuBf16Baseline = tr::BasicBaselineNet<float, nn::CpuBf16Exec>;
 using tt::Batch;
 using tt::curve_batches;
 using tt::curve_net;
@@ -64,12 +75,12 @@ TEST(TrainerGpu, BaselineStepEqualsPyTorch) {
 
 // Six steps of the CPU reference and of the GPU from the same weights and batches.
 template <class CpuNet, class GpuNet>
-void curves_agree() {
+void curves_agree(double tol = 1e-3) {
   const tr::NetConfig n = curve_net();
   const auto batches = curve_batches(n, 3, 6);
   CpuNet cpu(n, nn::Backend::Reference);
   GpuNet gpu(n, nn::CudaOptions{});
-  expect_curves_agree(loss_curve(cpu, batches, 6), loss_curve(gpu, batches, 6));
+  expect_curves_agree(loss_curve(cpu, batches, 6), loss_curve(gpu, batches, 6), tol);
 }
 
 TEST(TrainerGpu, TasnLossCurveTracksTheCpu) {
@@ -82,11 +93,50 @@ TEST(TrainerGpu, BaselineLossCurveTracksTheCpu) {
   curves_agree<tr::BaselineNet, GpuBaseline>();
 }
 
-TEST(TrainerGpu, NoDeviceAllocationAfterWarmUp) {
+TEST(TrainerGpu, Bf16TasnLossCurveTracksTheCpuEmulation) {
+  SKIP_WITHOUT_GPU();
+  curves_agree<CpuBf16Tasn, GpuBf16Tasn>(1e-2);
+}
+
+TEST(TrainerGpu, Bf16BaselineLossCurveTracksTheCpuEmulation) {
+  SKIP_WITHOUT_GPU();
+  curves_agree<CpuBf16Baseline, GpuBf16Baseline>(1e-2);
+}
+
+// One bf16 step from a float CPU checkpoint: the losses of the float CPU step within the bf16 bound
+// (test_bf16.cpp: 2e-2 relative), and the GPU bf16 model's values are the checkpoint's (float
+// master weights: nothing was rounded on the way in or out).
+TEST(TrainerGpu, Bf16TrainsOnFromAFloatCheckpoint) {
   SKIP_WITHOUT_GPU();
   const tr::NetConfig n = curve_net();
+  const auto batches = curve_batches(n, 1, 6);
+  const fs::path dir = fs::temp_directory_path() / "tasn_gpu_bf16_checkpoint";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  tr::TasnNet cpu(n, nn::Backend::Reference);
+  tr::init_model(cpu, 11);
+  tr::save_checkpoint((dir / "cpu.safetensors").string(), cpu, nullptr, 0, 0);
+  GpuBf16Tasn gpu(n, nn::CudaOptions{});
+  tr::load_checkpoint((dir / "cpu.safetensors").string(), gpu, nullptr);
+  cpu.set_detail_channels({0, 3, 5, 1, 2, 4});
+  gpu.set_detail_channels({0, 3, 5, 1, 2, 4});
+  const tr::StepStats sc = cpu.train_step(batches[0].images, batches[0].labels, 1);
+  const tr::StepStats& sg = gpu.train_step(batches[0].images, batches[0].labels, 1);
+  ASSERT_EQ(sc.losses.size(), sg.losses.size());
+  for (std::size_t i = 0; i < sc.losses.size(); ++i)
+    EXPECT_LE(std::fabs(sg.losses[i].second - sc.losses[i].second), 2e-2 * std::fabs(sc.losses[i].second) + 1e-3)
+        << sc.losses[i].first;
+  gpu.params_to_host(nullptr);  // the trainable values (the step moved the BN statistics)
+  for (std::int64_t i = 0; i < gpu.params().trainable_size(); ++i)
+    ASSERT_EQ(gpu.params().values()[i], cpu.params().values()[i]) << "value " << i;
+  fs::remove_all(dir);
+}
+
+template <class Net>
+void no_allocation_after_warm_up() {
+  const tr::NetConfig n = curve_net();
   const auto batches = curve_batches(n, 2, 6);
-  GpuTasn m(n, nn::CudaOptions{});
+  Net m(n, nn::CudaOptions{});
   tr::init_model(m, 3);
   tr::Sgd opt(m.params(), tr::SgdOptions{0.9, 5e-4});
   auto step = [&](int s) {
@@ -102,6 +152,16 @@ TEST(TrainerGpu, NoDeviceAllocationAfterWarmUp) {
   EXPECT_EQ(m.exec().dnn().conv_searches(), searches) << "a convolution algorithm search in a warmed-up step";
   std::printf("[ memory  ] device arena %.1f MiB after warm-up, %lld device allocations in all\n",
               double(m.exec().arena().capacity()) / (1 << 20), static_cast<long long>(before));
+}
+
+TEST(TrainerGpu, NoDeviceAllocationAfterWarmUp) {
+  SKIP_WITHOUT_GPU();
+  no_allocation_after_warm_up<GpuTasn>();
+}
+
+TEST(TrainerGpu, Bf16NoDeviceAllocationAfterWarmUp) {
+  SKIP_WITHOUT_GPU();
+  no_allocation_after_warm_up<GpuBf16Tasn>();
 }
 
 TEST(TrainerGpu, CheckpointsMoveBetweenCpuAndGpu) {

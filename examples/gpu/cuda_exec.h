@@ -101,6 +101,7 @@ constexpr bool nccl_built() {
 class CudaExec {
  public:
   using value_type = float;
+  using act_type = float;  // activations (CudaBf16Exec: bf16)
   using T = float;
   static constexpr bool kHostMemory = false;
 
@@ -182,10 +183,15 @@ class CudaExec {
   }
 
   // ---- activations from the device arena -----------------------------------------------------------
-  Tensor4<T> act(std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w, bool zero = false) {
-    return Tensor4<T>(alloc(n * c * h * w, zero), {n, c, h, w});
+  // act() of the activation type by default, mat() of the value type; either of any type U.
+  template <class U = T>
+  Tensor4<U> act(std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w, bool zero = false) {
+    return Tensor4<U>(alloc<U>(n * c * h * w, zero), {n, c, h, w});
   }
-  Tensor2<T> mat(std::int64_t n, std::int64_t f, bool zero = false) { return Tensor2<T>(alloc(n * f, zero), {n, f}); }
+  template <class U = T>
+  Tensor2<U> mat(std::int64_t n, std::int64_t f, bool zero = false) {
+    return Tensor2<U>(alloc<U>(n * f, zero), {n, f});
+  }
   template <class U>
   U* buffer(std::int64_t n) {
     return arena_.alloc<U>(n);
@@ -236,6 +242,8 @@ class CudaExec {
   // ---- parameters ----------------------------------------------------------------------------------
   T* value(const Param<T>& p) { return values_ + (p.value.ptr() - host_values_); }
   T* grad(const Param<T>& p) { return grads_ + (p.grad.ptr() - host_grads_); }
+  // The weights convolutions and linear layers compute with (CudaBf16Exec: its bf16 copy).
+  const T* weight(const Param<T>& p) { return value(p); }
   // Device copies of the flat buffers (values uploaded); once, after the model laid them out.
   void bind_params(FlatParams<T>& p) {
     TASN_CHECK_ARG(!values_, "CudaExec::bind_params: a context serves one model");
@@ -526,7 +534,7 @@ class CudaExec {
   }
   bool last_grads_nonfinite() const { return grads_nonfinite_; }
 
- private:
+ protected:  // (CudaBf16Exec, gpu/cuda_bf16_exec.h, builds on these)
   // ---- the gradient all-reduce (NCCL) -----------------------------------------------------------------
   // One bucket: the comm stream waits for the compute stream's work so far, then sums grads_[lo, hi)
   // over the ranks between two timing events.
@@ -608,9 +616,10 @@ class CudaExec {
   };
 
   static std::size_t bytes(std::int64_t n) { return sizeof(T) * static_cast<std::size_t>(n); }
-  T* alloc(std::int64_t n, bool zero) {
-    T* p = arena_.alloc<T>(n);
-    if (zero && n > 0) TASN_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes(n), stream_));
+  template <class U>
+  U* alloc(std::int64_t n, bool zero) {
+    U* p = arena_.alloc<U>(n);
+    if (zero && n > 0) TASN_CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(U) * static_cast<std::size_t>(n), stream_));
     return p;
   }
   tasn::Workspace ws(std::size_t b) {

@@ -171,15 +171,26 @@ struct Choice {
   float time_ms = -1;  // measured (benchmark search) or -1
 };
 
+// The numeric setting of a convolution: float storage with FP32 (FMA) or TF32 math, or bf16 storage
+// (x, w, y and the gradients in bf16; tensor-core math, float accumulation: cuDNN's
+// PSEUDO_BFLOAT16 configuration).
+enum Mode { kFp32 = 0, kTf32 = 1, kBf16 = 2 };
+cudnnMathType_t base_math(Mode m) {
+  return m == kFp32 ? CUDNN_FMA_MATH : m == kTf32 ? CUDNN_DEFAULT_MATH : CUDNN_TENSOR_OP_MATH;
+}
+cudnnDataType_t storage_type(Mode m) { return m == kBf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT; }
+std::size_t element_bytes(Mode m) { return m == kBf16 ? 2 : 4; }
+
 struct ConvKey {
   std::array<std::int64_t, 13> v;
   bool operator<(const ConvKey& o) const { return v < o.v; }
 };
-ConvKey conv_key(const ConvGeometry& g, bool tf32) {
-  return {{g.n, g.cin, g.h, g.w, g.cout, g.kh, g.kw, g.ho, g.wo, g.a.stride, g.a.padding, g.a.dilation, tf32 ? 1 : 0}};
+ConvKey conv_key(const ConvGeometry& g, Mode mode) {
+  return {{g.n, g.cin, g.h, g.w, g.cout, g.kh, g.kw, g.ho, g.wo, g.a.stride, g.a.padding, g.a.dilation, mode}};
 }
 
 struct ConvPlan {
+  Mode mode = kFp32;
   TensorDesc x, y, bias;
   FilterDesc w;
   ConvDesc conv[3];  // one per direction: each carries its chosen algorithm's math type
@@ -198,7 +209,7 @@ std::string describe(const ConvGeometry& g) {
 // Picks from cuDNN's candidates (in its order: heuristic rank or measured time); see the file
 // comment. Leaves the chosen math type on `conv`. ws_of(algo, &bytes) queries a workspace size.
 template <class Perf, class WsOf>
-Choice choose(const std::vector<Perf>& perf, int n, bool timed, bool prefer_deterministic, bool tf32,
+Choice choose(const std::vector<Perf>& perf, int n, bool timed, bool prefer_deterministic, Mode mode,
               std::size_t cap, cudnnConvolutionDescriptor_t conv, WsOf&& ws_of, Dir dir, const ConvGeometry& g,
               const char* op) {
   Choice best, det;
@@ -211,7 +222,7 @@ Choice choose(const std::vector<Perf>& perf, int n, bool timed, bool prefer_dete
     // ALLOW_CONVERSION may round FP32 operands to FP16 / BF16: never for float training.
     if (p.status != CUDNN_STATUS_SUCCESS || p.mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION || p.memory > cap)
       continue;
-    const cudnnMathType_t math = tf32 ? p.mathType : CUDNN_FMA_MATH;
+    const cudnnMathType_t math = mode == kFp32 ? CUDNN_FMA_MATH : p.mathType;
     if (cudnnSetConvolutionMathType(conv, math) != CUDNN_STATUS_SUCCESS) continue;
     std::size_t ws = 0;
     if (ws_of(p.algo, &ws) != CUDNN_STATUS_SUCCESS || ws > cap) continue;
@@ -275,21 +286,29 @@ struct Dnn::Impl {
 
   // The geometry's descriptors: validated and built on its first call; check_pointers() runs
   // after the sizes are known to be valid and before anything is cached.
+  Mode float_mode() const { return tf32 ? kTf32 : kFp32; }
   template <class CheckPointers>
-  ConvPlan& conv_plan(const ConvGeometry& g, const char* op, CheckPointers&& check_pointers);
+  ConvPlan& conv_plan(const ConvGeometry& g, Mode mode, const char* op, CheckPointers&& check_pointers);
   BnPlan& bn_plan(std::int64_t N, std::int64_t C, std::int64_t P);
-  void* search_forward(ConvPlan& p, const ConvGeometry& g, const float* x, const float* w, float* y,
+  void* search_forward(ConvPlan& p, const ConvGeometry& g, const void* x, const void* w, void* y,
                        DeviceScratch& scratch, const char* op);
-  void* search_backward_data(ConvPlan& p, const ConvGeometry& g, const float* w, const float* dy, float* dx,
+  void* search_backward_data(ConvPlan& p, const ConvGeometry& g, const void* w, const void* dy, void* dx,
                              bool accumulate, DeviceScratch& scratch, const char* op);
-  void* search_backward_filter(ConvPlan& p, const ConvGeometry& g, const float* x, const float* dy,
+  void* search_backward_filter(ConvPlan& p, const ConvGeometry& g, const void* x, const void* dy,
                                DeviceScratch& scratch, const char* op);
+  // The three directions for either storage (see the public functions).
+  void forward(const ConvGeometry& g, Mode mode, const void* x, const void* w, void* y, DeviceScratch& scratch,
+               const char* op, ConvPlan** plan = nullptr);
+  void backward_data(const ConvGeometry& g, Mode mode, const void* w, const void* dy, void* dx, bool accumulate,
+                     DeviceScratch& scratch, const char* op);
+  void backward_filter(const ConvGeometry& g, Mode mode, const void* x, const void* dy, void* dw, bool accumulate,
+                       DeviceScratch& scratch, const char* op);
   void ensure_ones(std::int64_t n);
 };
 
 template <class CheckPointers>
-ConvPlan& Dnn::Impl::conv_plan(const ConvGeometry& g, const char* op, CheckPointers&& check_pointers) {
-  const ConvKey key = conv_key(g, tf32);
+ConvPlan& Dnn::Impl::conv_plan(const ConvGeometry& g, Mode mode, const char* op, CheckPointers&& check_pointers) {
+  const ConvKey key = conv_key(g, mode);
   const auto it = conv.find(key);
   if (it != conv.end()) {
     check_pointers();
@@ -323,14 +342,16 @@ ConvPlan& Dnn::Impl::conv_plan(const ConvGeometry& g, const char* op, CheckPoint
   check_pointers();
 
   auto p = std::make_unique<ConvPlan>();
-  TASN_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x.get(), CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, n, ci, h, w));
-  TASN_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->y.get(), CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, n, co, oh, ow));
+  p->mode = mode;
+  const cudnnDataType_t st = storage_type(mode);
+  TASN_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x.get(), CUDNN_TENSOR_NCHW, st, n, ci, h, w));
+  TASN_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->y.get(), CUDNN_TENSOR_NCHW, st, n, co, oh, ow));
   TASN_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->bias.get(), CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, co, 1, 1));
-  TASN_CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w.get(), CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, co, ci, kh, kw));
-  for (auto& c : p->conv) {
+  TASN_CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w.get(), st, CUDNN_TENSOR_NCHW, co, ci, kh, kw));
+  for (auto& c : p->conv) {  // float accumulation for every storage
     TASN_CUDNN_CHECK(
         cudnnSetConvolution2dDescriptor(c.get(), pd, pd, s, s, d, d, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
-    TASN_CUDNN_CHECK(cudnnSetConvolutionMathType(c.get(), tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
+    TASN_CUDNN_CHECK(cudnnSetConvolutionMathType(c.get(), base_math(mode)));
   }
   int dn = 0, dc = 0, dh = 0, dw = 0;
   TASN_CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(p->conv[0].get(), p->x.get(), p->w.get(), &dn, &dc, &dh, &dw));
@@ -366,10 +387,10 @@ BnPlan& Dnn::Impl::bn_plan(std::int64_t N, std::int64_t C, std::int64_t P) {
   return *bn.emplace(key, std::move(plan)).first->second;
 }
 
-void* Dnn::Impl::search_forward(ConvPlan& p, const ConvGeometry& g, const float* x, const float* w, float* y,
+void* Dnn::Impl::search_forward(ConvPlan& p, const ConvGeometry& g, const void* x, const void* w, void* y,
                                 DeviceScratch& scratch, const char* op) {
   const cudnnConvolutionDescriptor_t cd = p.conv[kForward].get();
-  TASN_CUDNN_CHECK(cudnnSetConvolutionMathType(cd, tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
+  TASN_CUDNN_CHECK(cudnnSetConvolutionMathType(cd, base_math(p.mode)));
   int max = 0, n = 0;
   TASN_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(cudnn, &max));
   std::vector<cudnnConvolutionFwdAlgoPerf_t> perf(static_cast<std::size_t>(std::max(max, 1)));
@@ -387,15 +408,15 @@ void* Dnn::Impl::search_forward(ConvPlan& p, const ConvGeometry& g, const float*
   const auto ws_of = [&](cudnnConvolutionFwdAlgo_t a, std::size_t* bytes) {
     return cudnnGetConvolutionForwardWorkspaceSize(cudnn, p.x.get(), p.w.get(), cd, p.y.get(), a, bytes);
   };
-  p.choice[kForward] = choose(perf, n, timed, false, tf32, limit, cd, ws_of, kForward, g, op);
+  p.choice[kForward] = choose(perf, n, timed, false, p.mode, limit, cd, ws_of, kForward, g, op);
   ++searches;
   return block;
 }
 
-void* Dnn::Impl::search_backward_data(ConvPlan& p, const ConvGeometry& g, const float* w, const float* dy,
-                                      float* dx, bool accumulate, DeviceScratch& scratch, const char* op) {
+void* Dnn::Impl::search_backward_data(ConvPlan& p, const ConvGeometry& g, const void* w, const void* dy,
+                                      void* dx, bool accumulate, DeviceScratch& scratch, const char* op) {
   const cudnnConvolutionDescriptor_t cd = p.conv[kBackwardData].get();
-  TASN_CUDNN_CHECK(cudnnSetConvolutionMathType(cd, tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
+  TASN_CUDNN_CHECK(cudnnSetConvolutionMathType(cd, base_math(p.mode)));
   int max = 0, n = 0;
   TASN_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(cudnn, &max));
   std::vector<cudnnConvolutionBwdDataAlgoPerf_t> perf(static_cast<std::size_t>(std::max(max, 1)));
@@ -406,24 +427,24 @@ void* Dnn::Impl::search_backward_data(ConvPlan& p, const ConvGeometry& g, const 
   const bool timed = search == ConvSearch::benchmark;
   if (timed) {  // dx is written by the search: a scratch copy when the call must add into it
     limit = largest_fitting(perf, n, cap);
-    const std::size_t out = accumulate ? round_up(sizeof(float) * static_cast<std::size_t>(g.x_numel())) : 0;
+    const std::size_t out = accumulate ? round_up(element_bytes(p.mode) * static_cast<std::size_t>(g.x_numel())) : 0;
     block = take_scratch(scratch, round_up(limit) + out, op);
-    float* target = accumulate ? reinterpret_cast<float*>(static_cast<char*>(block) + round_up(limit)) : dx;
+    void* target = accumulate ? static_cast<void*>(static_cast<char*>(block) + round_up(limit)) : dx;
     TASN_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(cudnn, p.w.get(), w, p.y.get(), dy, cd, p.x.get(),
                                                                  target, max, &n, perf.data(), block, limit));
   }
   const auto ws_of = [&](cudnnConvolutionBwdDataAlgo_t a, std::size_t* bytes) {
     return cudnnGetConvolutionBackwardDataWorkspaceSize(cudnn, p.w.get(), p.y.get(), cd, p.x.get(), a, bytes);
   };
-  p.choice[kBackwardData] = choose(perf, n, timed, true, tf32, limit, cd, ws_of, kBackwardData, g, op);
+  p.choice[kBackwardData] = choose(perf, n, timed, true, p.mode, limit, cd, ws_of, kBackwardData, g, op);
   ++searches;
   return block;
 }
 
-void* Dnn::Impl::search_backward_filter(ConvPlan& p, const ConvGeometry& g, const float* x, const float* dy,
+void* Dnn::Impl::search_backward_filter(ConvPlan& p, const ConvGeometry& g, const void* x, const void* dy,
                                         DeviceScratch& scratch, const char* op) {
   const cudnnConvolutionDescriptor_t cd = p.conv[kBackwardFilter].get();
-  TASN_CUDNN_CHECK(cudnnSetConvolutionMathType(cd, tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
+  TASN_CUDNN_CHECK(cudnnSetConvolutionMathType(cd, base_math(p.mode)));
   int max = 0, n = 0;
   TASN_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(cudnn, &max));
   std::vector<cudnnConvolutionBwdFilterAlgoPerf_t> perf(static_cast<std::size_t>(std::max(max, 1)));
@@ -434,16 +455,16 @@ void* Dnn::Impl::search_backward_filter(ConvPlan& p, const ConvGeometry& g, cons
   const bool timed = search == ConvSearch::benchmark;
   if (timed) {  // dw accumulates: the search writes a scratch weight gradient
     limit = largest_fitting(perf, n, cap);
-    const std::size_t out = round_up(sizeof(float) * static_cast<std::size_t>(g.w_numel()));
+    const std::size_t out = round_up(element_bytes(p.mode) * static_cast<std::size_t>(g.w_numel()));
     block = take_scratch(scratch, round_up(limit) + out, op);
-    float* target = reinterpret_cast<float*>(static_cast<char*>(block) + round_up(limit));
+    void* target = static_cast<char*>(block) + round_up(limit);
     TASN_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(cudnn, p.x.get(), x, p.y.get(), dy, cd, p.w.get(),
                                                                    target, max, &n, perf.data(), block, limit));
   }
   const auto ws_of = [&](cudnnConvolutionBwdFilterAlgo_t a, std::size_t* bytes) {
     return cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnn, p.x.get(), p.y.get(), cd, p.w.get(), a, bytes);
   };
-  p.choice[kBackwardFilter] = choose(perf, n, timed, true, tf32, limit, cd, ws_of, kBackwardFilter, g, op);
+  p.choice[kBackwardFilter] = choose(perf, n, timed, true, p.mode, limit, cd, ws_of, kBackwardFilter, g, op);
   ++searches;
   return block;
 }
@@ -500,57 +521,84 @@ void Dnn::set_search(ConvSearch s) {
 cublasHandle_t Dnn::cublas() const { return impl_->cublas; }
 cudnnHandle_t Dnn::cudnn() const { return impl_->cudnn; }
 
-void Dnn::conv_forward(const ConvGeometry& g, const float* x, const float* w, const float* b, float* y,
-                       DeviceScratch& scratch) {
-  constexpr const char* op = "Dnn::conv_forward";
-  ConvPlan& p = impl_->conv_plan(g, op, [&] {
+void Dnn::Impl::forward(const ConvGeometry& g, Mode mode, const void* x, const void* w, void* y,
+                        DeviceScratch& scratch, const char* op, ConvPlan** plan) {
+  ConvPlan& p = conv_plan(g, mode, op, [&] {
     ::tasn::detail::check_pointer(x, "x", g.x_numel(), op);
     ::tasn::detail::check_pointer(w, "weight", g.w_numel(), op);
     ::tasn::detail::check_pointer(y, "y", g.y_numel(), op);
   });
   Choice& c = p.choice[kForward];
-  void* ws = c.chosen ? nullptr : impl_->search_forward(p, g, x, w, y, scratch, op);
+  void* ws = c.chosen ? nullptr : search_forward(p, g, x, w, y, scratch, op);
   if (!ws) ws = take_scratch(scratch, c.workspace, op);
-  TASN_CUDNN_CHECK(cudnnConvolutionForward(impl_->cudnn, &kOne, p.x.get(), x, p.w.get(), w, p.conv[kForward].get(),
+  TASN_CUDNN_CHECK(cudnnConvolutionForward(cudnn, &kOne, p.x.get(), x, p.w.get(), w, p.conv[kForward].get(),
                                            static_cast<cudnnConvolutionFwdAlgo_t>(c.algo), ws, c.workspace, &kZero,
                                            p.y.get(), y));
-  if (b) TASN_CUDNN_CHECK(cudnnAddTensor(impl_->cudnn, &kOne, p.bias.get(), b, &kOne, p.y.get(), y));
+  if (plan) *plan = &p;
 }
 
-void Dnn::conv_backward_data(const ConvGeometry& g, const float* w, const float* dy, float* dx, bool accumulate,
-                             DeviceScratch& scratch) {
-  constexpr const char* op = "Dnn::conv_backward_data";
-  ConvPlan& p = impl_->conv_plan(g, op, [&] {
+void Dnn::Impl::backward_data(const ConvGeometry& g, Mode mode, const void* w, const void* dy, void* dx,
+                              bool accumulate, DeviceScratch& scratch, const char* op) {
+  ConvPlan& p = conv_plan(g, mode, op, [&] {
     ::tasn::detail::check_pointer(w, "weight", g.w_numel(), op);
     ::tasn::detail::check_pointer(dy, "dy", g.y_numel(), op);
     ::tasn::detail::check_pointer(dx, "dx", g.x_numel(), op);
   });
   Choice& c = p.choice[kBackwardData];
-  void* ws = c.chosen ? nullptr : impl_->search_backward_data(p, g, w, dy, dx, accumulate, scratch, op);
+  void* ws = c.chosen ? nullptr : search_backward_data(p, g, w, dy, dx, accumulate, scratch, op);
   if (!ws) ws = take_scratch(scratch, c.workspace, op);
-  TASN_CUDNN_CHECK(cudnnConvolutionBackwardData(impl_->cudnn, &kOne, p.w.get(), w, p.y.get(), dy,
-                                                p.conv[kBackwardData].get(),
+  TASN_CUDNN_CHECK(cudnnConvolutionBackwardData(cudnn, &kOne, p.w.get(), w, p.y.get(), dy, p.conv[kBackwardData].get(),
                                                 static_cast<cudnnConvolutionBwdDataAlgo_t>(c.algo), ws, c.workspace,
                                                 accumulate ? &kOne : &kZero, p.x.get(), dx));
+}
+
+void Dnn::Impl::backward_filter(const ConvGeometry& g, Mode mode, const void* x, const void* dy, void* dw,
+                                bool accumulate, DeviceScratch& scratch, const char* op) {
+  ConvPlan& p = conv_plan(g, mode, op, [&] {
+    ::tasn::detail::check_pointer(dy, "dy", g.y_numel(), op);
+    ::tasn::detail::check_pointer(x, "x", g.x_numel(), op);
+    ::tasn::detail::check_pointer(dw, "dw", g.w_numel(), op);
+  });
+  Choice& c = p.choice[kBackwardFilter];
+  void* ws = c.chosen ? nullptr : search_backward_filter(p, g, x, dy, scratch, op);
+  if (!ws) ws = take_scratch(scratch, c.workspace, op);
+  TASN_CUDNN_CHECK(cudnnConvolutionBackwardFilter(cudnn, &kOne, p.x.get(), x, p.y.get(), dy,
+                                                  p.conv[kBackwardFilter].get(),
+                                                  static_cast<cudnnConvolutionBwdFilterAlgo_t>(c.algo), ws, c.workspace,
+                                                  accumulate ? &kOne : &kZero, p.w.get(), dw));
+}
+
+void Dnn::conv_forward(const ConvGeometry& g, const float* x, const float* w, const float* b, float* y,
+                       DeviceScratch& scratch) {
+  ConvPlan* p = nullptr;
+  impl_->forward(g, impl_->float_mode(), x, w, y, scratch, "Dnn::conv_forward", &p);
+  if (b) TASN_CUDNN_CHECK(cudnnAddTensor(impl_->cudnn, &kOne, p->bias.get(), b, &kOne, p->y.get(), y));
+}
+
+void Dnn::conv_backward_data(const ConvGeometry& g, const float* w, const float* dy, float* dx, bool accumulate,
+                             DeviceScratch& scratch) {
+  impl_->backward_data(g, impl_->float_mode(), w, dy, dx, accumulate, scratch, "Dnn::conv_backward_data");
 }
 
 void Dnn::conv_backward_weights(const ConvGeometry& g, const float* x, const float* dy, float* dw, float* db,
                                 DeviceScratch& scratch) {
   constexpr const char* op = "Dnn::conv_backward_weights";
-  ConvPlan& p = impl_->conv_plan(g, op, [&] {
-    ::tasn::detail::check_pointer(dy, "dy", g.y_numel(), op);
-    if (dw) ::tasn::detail::check_pointer(x, "x", g.x_numel(), op);
-  });
-  if (dw) {
-    Choice& c = p.choice[kBackwardFilter];
-    void* ws = c.chosen ? nullptr : impl_->search_backward_filter(p, g, x, dy, scratch, op);
-    if (!ws) ws = take_scratch(scratch, c.workspace, op);
-    TASN_CUDNN_CHECK(cudnnConvolutionBackwardFilter(impl_->cudnn, &kOne, p.x.get(), x, p.y.get(), dy,
-                                                    p.conv[kBackwardFilter].get(),
-                                                    static_cast<cudnnConvolutionBwdFilterAlgo_t>(c.algo), ws,
-                                                    c.workspace, &kOne, p.w.get(), dw));
+  if (dw) impl_->backward_filter(g, impl_->float_mode(), x, dy, dw, true, scratch, op);
+  if (db) {
+    ConvPlan& p = impl_->conv_plan(g, impl_->float_mode(), op, [&] { ::tasn::detail::check_pointer(dy, "dy", g.y_numel(), op); });
+    TASN_CUDNN_CHECK(cudnnConvolutionBackwardBias(impl_->cudnn, &kOne, p.y.get(), dy, &kOne, p.bias.get(), db));
   }
-  if (db) TASN_CUDNN_CHECK(cudnnConvolutionBackwardBias(impl_->cudnn, &kOne, p.y.get(), dy, &kOne, p.bias.get(), db));
+}
+
+void Dnn::conv_forward(const ConvGeometry& g, const bf16* x, const bf16* w, bf16* y, DeviceScratch& scratch) {
+  impl_->forward(g, kBf16, x, w, y, scratch, "Dnn::conv_forward (bf16)");
+}
+void Dnn::conv_backward_data(const ConvGeometry& g, const bf16* w, const bf16* dy, bf16* dx, bool accumulate,
+                             DeviceScratch& scratch) {
+  impl_->backward_data(g, kBf16, w, dy, dx, accumulate, scratch, "Dnn::conv_backward_data (bf16)");
+}
+void Dnn::conv_backward_filter(const ConvGeometry& g, const bf16* x, const bf16* dy, bf16* dw, DeviceScratch& scratch) {
+  impl_->backward_filter(g, kBf16, x, dy, dw, false, scratch, "Dnn::conv_backward_filter (bf16)");
 }
 
 namespace {
@@ -658,9 +706,45 @@ void Dnn::linear_backward(std::int64_t N, std::int64_t I, std::int64_t O, const 
   }
 }
 
-ConvAlgorithms Dnn::conv_algorithms(const ConvGeometry& g) const {
+void Dnn::linear_forward(std::int64_t N, std::int64_t I, std::int64_t O, const bf16* x, const bf16* w,
+                         const float* b, float* y) {
+  constexpr const char* op = "Dnn::linear_forward (bf16)";
+  TASN_CHECK_ARG(N >= 1 && I >= 1 && O >= 1, op, ": N, I, O must be >= 1, got (", N, ", ", I, ", ", O, ")");
+  const int n = to_int(N, "N", op, "cuBLAS"), i = to_int(I, "I", op, "cuBLAS"), o = to_int(O, "O", op, "cuBLAS");
+  ::tasn::detail::check_pointer(x, "x", N * I, op);
+  ::tasn::detail::check_pointer(w, "weight", O * I, op);
+  ::tasn::detail::check_pointer(y, "y", N * O, op);
+  // as the float version; bf16 operands, float accumulation and output
+  TASN_CUBLAS_CHECK(cublasGemmEx(impl_->cublas, CUBLAS_OP_T, CUBLAS_OP_N, o, n, i, &kOne, w, CUDA_R_16BF, i, x,
+                                 CUDA_R_16BF, i, &kZero, y, CUDA_R_32F, o, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  if (b) {
+    impl_->ensure_ones(N);
+    TASN_CUBLAS_CHECK(cublasSger(impl_->cublas, o, n, &kOne, b, 1, impl_->ones, 1, y, o));
+  }
+}
+
+void Dnn::linear_backward(std::int64_t N, std::int64_t I, std::int64_t O, const bf16* x, const bf16* w,
+                          const bf16* dy, bf16* dx, bool accumulate, float* dw) {
+  constexpr const char* op = "Dnn::linear_backward (bf16)";
+  TASN_CHECK_ARG(N >= 1 && I >= 1 && O >= 1, op, ": N, I, O must be >= 1, got (", N, ", ", I, ", ", O, ")");
+  const int n = to_int(N, "N", op, "cuBLAS"), i = to_int(I, "I", op, "cuBLAS"), o = to_int(O, "O", op, "cuBLAS");
+  ::tasn::detail::check_pointer(dy, "dy", N * O, op);
+  if (dx) {  // dx^T (I, N) = W^T (I, O) dy^T (O, N), stored as bf16
+    ::tasn::detail::check_pointer(w, "weight", O * I, op);
+    TASN_CUBLAS_CHECK(cublasGemmEx(impl_->cublas, CUBLAS_OP_N, CUBLAS_OP_N, i, n, o, &kOne, w, CUDA_R_16BF, i, dy,
+                                   CUDA_R_16BF, o, accumulate ? &kOne : &kZero, dx, CUDA_R_16BF, i, CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT));
+  }
+  if (dw) {  // dW^T (I, O) += x^T (I, N) dy (N, O), into the float gradient
+    ::tasn::detail::check_pointer(x, "x", N * I, op);
+    TASN_CUBLAS_CHECK(cublasGemmEx(impl_->cublas, CUBLAS_OP_N, CUBLAS_OP_T, i, o, n, &kOne, x, CUDA_R_16BF, i, dy,
+                                   CUDA_R_16BF, o, &kOne, dw, CUDA_R_32F, i, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+}
+
+ConvAlgorithms Dnn::conv_algorithms(const ConvGeometry& g, bool bf16) const {
   ConvAlgorithms r;
-  const auto it = impl_->conv.find(conv_key(g, impl_->tf32));
+  const auto it = impl_->conv.find(conv_key(g, bf16 ? kBf16 : impl_->float_mode()));
   if (it == impl_->conv.end()) return r;
   const ConvPlan& p = *it->second;
   const auto name = [&](Dir d) {

@@ -23,6 +23,7 @@
 #include <memory>
 #include <string>
 
+#include "nn/bf16.h"
 #include "tasn/core/common.h"
 
 namespace tasn::nn {
@@ -110,6 +111,15 @@ class Dnn {
   void conv_backward_weights(const ConvGeometry& g, const float* x, const float* dy, float* dw, float* db,
                              DeviceScratch& ws);
 
+  // ---- the same in bf16 storage (--precision bf16): x, w, y and their gradients bf16, float
+  // accumulation, tensor-core math (cuDNN's PSEUDO_BFLOAT16 configuration); no bias (the context
+  // adds it with its own kernel, the bias being float). The filter gradient is WRITTEN (bf16; the
+  // context adds it to the float gradient).
+  void conv_forward(const ConvGeometry& g, const bf16* x, const bf16* w, bf16* y, DeviceScratch& ws);
+  void conv_backward_data(const ConvGeometry& g, const bf16* w, const bf16* dy, bf16* dx, bool accumulate,
+                          DeviceScratch& ws);
+  void conv_backward_filter(const ConvGeometry& g, const bf16* x, const bf16* dy, bf16* dw, DeviceScratch& ws);
+
   // ---- batch norm over x (N, C, P), per channel, spatial ----
   // Training: y from the batch statistics (biased variance); saved_mean, saved_invstd (C each) =
   // mean and 1 / sqrt(var + eps) for bn_backward; running_mean / running_var (both or neither) =
@@ -136,8 +146,16 @@ class Dnn {
   void linear_backward(std::int64_t N, std::int64_t I, std::int64_t O, const float* x, const float* w,
                        const float* dy, float* dx, bool accumulate, float* dw, float* db);
 
+  // bf16 operands, float accumulation (cublasGemmEx, CUBLAS_COMPUTE_32F): y float; dx bf16 (+)=,
+  // dw (float) +=. The bias gradient is the float version's (db from a float dy).
+  void linear_forward(std::int64_t N, std::int64_t I, std::int64_t O, const bf16* x, const bf16* w, const float* b,
+                      float* y);
+  void linear_backward(std::int64_t N, std::int64_t I, std::int64_t O, const bf16* x, const bf16* w, const bf16* dy,
+                       bf16* dx, bool accumulate, float* dw);
+
   // ---- introspection (tests, logs) ----
-  ConvAlgorithms conv_algorithms(const ConvGeometry& g) const;  // for the current TF32 setting
+  // For the current TF32 setting, or the bf16 plans.
+  ConvAlgorithms conv_algorithms(const ConvGeometry& g, bool bf16 = false) const;
   std::int64_t conv_searches() const;    // algorithm searches so far (one per geometry and direction)
   std::int64_t cached_geometries() const;  // convolution + batch-norm descriptor sets
 

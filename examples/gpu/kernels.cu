@@ -7,6 +7,9 @@
 #include "gpu/kernels.h"
 
 #include <algorithm>
+#include <initializer_list>
+#include <string>
+#include <utility>
 #include <cstdint>
 
 #include "nn/elementwise.h"
@@ -43,33 +46,85 @@ void launch_each(cudaStream_t stream, std::int64_t n, const Op& op) {
 
 // ---- element-wise functors -----------------------------------------------------------------------
 
+// S: the storage (float, or bf16 loaded as float and rounded once when stored: nn/bf16.h).
+template <class S>
 struct Relu {
-  const float* x;
-  float* y;
-  __device__ void operator()(std::int64_t i) const { y[i] = relu_value(x[i]); }
+  const S* x;
+  S* y;
+  __device__ void operator()(std::int64_t i) const { y[i] = store_value<S>(relu_value(load_value(x[i]))); }
 };
 
-template <bool Accumulate>
+template <class S, bool Accumulate>
 struct ReluGrad {
-  const float *y, *dy;
-  float* dx;
+  const S *y, *dy;
+  S* dx;
   __device__ void operator()(std::int64_t i) const {
-    const float d = relu_grad_value(y[i], dy[i]);
-    if constexpr (Accumulate) dx[i] += d;
-    else dx[i] = d;
+    const float d = relu_grad_value(load_value(y[i]), load_value(dy[i]));
+    if constexpr (Accumulate) dx[i] = store_value<S>(load_value(dx[i]) + d);
+    else dx[i] = store_value<S>(d);
   }
 };
 
+template <class S>
 struct AddRelu {
-  const float *a, *b;
-  float* y;
-  __device__ void operator()(std::int64_t i) const { y[i] = add_relu_value(a[i], b[i]); }
+  const S *a, *b;
+  S* y;
+  __device__ void operator()(std::int64_t i) const {
+    y[i] = store_value<S>(add_relu_value(load_value(a[i]), load_value(b[i])));
+  }
 };
 
+template <class S>
 struct AddInplace {
-  float* y;
+  S* y;
+  const S* x;
+  __device__ void operator()(std::int64_t i) const { y[i] = store_value<S>(load_value(y[i]) + load_value(x[i])); }
+};
+
+// float <-> bf16
+struct ToBf16 {
   const float* x;
-  __device__ void operator()(std::int64_t i) const { y[i] += x[i]; }
+  bf16* y;
+  bool relu;
+  __device__ void operator()(std::int64_t i) const { y[i] = float_to_bf16(relu ? relu_value(x[i]) : x[i]); }
+};
+
+struct ToFloat {
+  const bf16* x;
+  float* y;
+  __device__ void operator()(std::int64_t i) const { y[i] = bf16_to_float(x[i]); }
+};
+
+template <bool Accumulate>
+struct RoundInto {
+  const float* x;
+  bf16* y;
+  __device__ void operator()(std::int64_t i) const {
+    y[i] = float_to_bf16(Accumulate ? x[i] + bf16_to_float(y[i]) : x[i]);
+  }
+};
+
+struct AddWidened {
+  const bf16* x;
+  float* y;
+  __device__ void operator()(std::int64_t i) const { y[i] += bf16_to_float(x[i]); }
+};
+
+struct ReluGradWidened {
+  const bf16 *y, *dy;
+  float* d;
+  bool relu;
+  __device__ void operator()(std::int64_t i) const {
+    const float g = bf16_to_float(dy[i]);
+    d[i] = relu ? relu_grad_value(bf16_to_float(y[i]), g) : g;
+  }
+};
+
+struct BiasAdd {
+  std::int64_t C, P;
+  const float* b;
+  bf16* y;
+  __device__ void operator()(std::int64_t i) const { y[i] = float_to_bf16(bf16_to_float(y[i]) + b[(i / P) % C]); }
 };
 
 struct Axpy {
@@ -125,6 +180,23 @@ __global__ void global_avgpool_kernel(std::int64_t NC, std::int64_t P, const flo
     for (std::int64_t p = lane; p < P; p += kWarp) s += plane[p];
     for (int off = kWarp / 2; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off);
     if (lane == 0) y[nc] = static_cast<float>(s / static_cast<double>(P));
+  }
+}
+
+// db[c] += the sum over (N, P) of channel c: one warp per channel, lanes stride its N planes, then
+// the fixed shuffle tree; in double (deterministic).
+__global__ void bias_grad_kernel(std::int64_t N, std::int64_t C, std::int64_t P, const bf16* dy, float* db) {
+  const int lane = static_cast<int>(threadIdx.x) % kWarp;
+  const std::int64_t warps_per_block = blockDim.x / kWarp;
+  const std::int64_t step = warps_per_block * gridDim.x;
+  for (std::int64_t c = blockIdx.x * warps_per_block + threadIdx.x / kWarp; c < C; c += step) {
+    double s = 0;
+    for (std::int64_t n = 0; n < N; ++n) {
+      const bf16* plane = dy + (n * C + c) * P;
+      for (std::int64_t p = lane; p < P; p += kWarp) s += bf16_to_float(plane[p]);
+    }
+    for (int off = kWarp / 2; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off);
+    if (lane == 0) db[c] += static_cast<float>(s);
   }
 }
 
@@ -198,7 +270,7 @@ void relu(cudaStream_t stream, const float* x, float* y, std::int64_t n) {
   tasn::detail::check_pointer(x, "x", n, op);
   tasn::detail::check_pointer(y, "y", n, op);
   if (n == 0) return;
-  launch_each(stream, n, Relu{x, y});
+  launch_each(stream, n, Relu<float>{x, y});
   TASN_CUDA_CHECK_LAUNCH("nn::gpu::relu");
 }
 
@@ -209,8 +281,8 @@ void relu_grad(cudaStream_t stream, const float* y, const float* dy, float* dx, 
   tasn::detail::check_pointer(dy, "dy", n, op);
   tasn::detail::check_pointer(dx, "dx", n, op);
   if (n == 0) return;
-  if (accumulate) launch_each(stream, n, ReluGrad<true>{y, dy, dx});
-  else launch_each(stream, n, ReluGrad<false>{y, dy, dx});
+  if (accumulate) launch_each(stream, n, ReluGrad<float, true>{y, dy, dx});
+  else launch_each(stream, n, ReluGrad<float, false>{y, dy, dx});
   TASN_CUDA_CHECK_LAUNCH("nn::gpu::relu_grad");
 }
 
@@ -221,7 +293,7 @@ void add_relu(cudaStream_t stream, const float* a, const float* b, float* y, std
   tasn::detail::check_pointer(b, "b", n, op);
   tasn::detail::check_pointer(y, "y", n, op);
   if (n == 0) return;
-  launch_each(stream, n, AddRelu{a, b, y});
+  launch_each(stream, n, AddRelu<float>{a, b, y});
   TASN_CUDA_CHECK_LAUNCH("nn::gpu::add_relu");
 }
 
@@ -231,7 +303,7 @@ void add_inplace(cudaStream_t stream, float* y, const float* x, std::int64_t n) 
   tasn::detail::check_pointer(y, "y", n, op);
   tasn::detail::check_pointer(x, "x", n, op);
   if (n == 0) return;
-  launch_each(stream, n, AddInplace{y, x});
+  launch_each(stream, n, AddInplace<float>{y, x});
   TASN_CUDA_CHECK_LAUNCH("nn::gpu::add_inplace");
 }
 
@@ -351,6 +423,75 @@ void nonfinite_any(cudaStream_t stream, const float* p, std::int64_t n, int* fla
   if (n == 0) return;
   nonfinite_kernel<<<grid_for(n), kBlock, 0, stream>>>(n, p, flag);
   TASN_CUDA_CHECK_LAUNCH("nn::gpu::nonfinite_any");
+}
+
+// ---- bf16 storage ---------------------------------------------------------------------------------
+
+namespace {
+// A failed launch of `op` as tasn::CudaError (TASN_CUDA_CHECK_LAUNCH for a name known at run time).
+void check_launch(const char* op) {
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) ::tasn::cuda::detail::throw_cuda(e, (std::string("launch of ") + op).c_str(), __FILE__, __LINE__);
+}
+// The checks and launch every bf16 element-wise entry point shares: n >= 0, each pointer valid for n.
+template <class Op>
+void launch_checked(cudaStream_t stream, std::int64_t n, const char* op, std::initializer_list<std::pair<const void*, const char*>> ptrs,
+                    const Op& f) {
+  check_count(n, "n", op);
+  for (const auto& [p, name] : ptrs) tasn::detail::check_pointer(p, name, n, op);
+  if (n == 0) return;
+  launch_each(stream, n, f);
+  check_launch(op);
+}
+}  // namespace
+
+void relu(cudaStream_t stream, const bf16* x, bf16* y, std::int64_t n) {
+  launch_checked(stream, n, "nn::gpu::relu (bf16)", {{x, "x"}, {y, "y"}}, Relu<bf16>{x, y});
+}
+void relu_grad(cudaStream_t stream, const bf16* y, const bf16* dy, bf16* dx, std::int64_t n, bool accumulate) {
+  constexpr const char* op = "nn::gpu::relu_grad (bf16)";
+  if (accumulate) launch_checked(stream, n, op, {{y, "y"}, {dy, "dy"}, {dx, "dx"}}, ReluGrad<bf16, true>{y, dy, dx});
+  else launch_checked(stream, n, op, {{y, "y"}, {dy, "dy"}, {dx, "dx"}}, ReluGrad<bf16, false>{y, dy, dx});
+}
+void add_relu(cudaStream_t stream, const bf16* a, const bf16* b, bf16* y, std::int64_t n) {
+  launch_checked(stream, n, "nn::gpu::add_relu (bf16)", {{a, "a"}, {b, "b"}, {y, "y"}}, AddRelu<bf16>{a, b, y});
+}
+void add_inplace(cudaStream_t stream, bf16* y, const bf16* x, std::int64_t n) {
+  launch_checked(stream, n, "nn::gpu::add_inplace (bf16)", {{y, "y"}, {x, "x"}}, AddInplace<bf16>{y, x});
+}
+void convert(cudaStream_t stream, const float* x, bf16* y, std::int64_t n, bool relu) {
+  launch_checked(stream, n, "nn::gpu::convert (float -> bf16)", {{x, "x"}, {y, "y"}}, ToBf16{x, y, relu});
+}
+void convert(cudaStream_t stream, const bf16* x, float* y, std::int64_t n) {
+  launch_checked(stream, n, "nn::gpu::convert (bf16 -> float)", {{x, "x"}, {y, "y"}}, ToFloat{x, y});
+}
+void round_into(cudaStream_t stream, const float* x, bf16* y, std::int64_t n, bool accumulate) {
+  constexpr const char* op = "nn::gpu::round_into";
+  if (accumulate) launch_checked(stream, n, op, {{x, "x"}, {y, "y"}}, RoundInto<true>{x, y});
+  else launch_checked(stream, n, op, {{x, "x"}, {y, "y"}}, RoundInto<false>{x, y});
+}
+void add_widened(cudaStream_t stream, const bf16* x, float* y, std::int64_t n) {
+  launch_checked(stream, n, "nn::gpu::add_widened", {{x, "x"}, {y, "y"}}, AddWidened{x, y});
+}
+void relu_grad_widened(cudaStream_t stream, const bf16* y, const bf16* dy, float* d, std::int64_t n, bool relu) {
+  launch_checked(stream, n, "nn::gpu::relu_grad_widened", {{relu ? static_cast<const void*>(y) : d, "y"}, {dy, "dy"}, {d, "d"}},
+                 ReluGradWidened{y, dy, d, relu});
+}
+void bias_add(cudaStream_t stream, std::int64_t N, std::int64_t C, std::int64_t P, const float* b, bf16* y) {
+  constexpr const char* op = "nn::gpu::bias_add (bf16)";
+  TASN_CHECK_ARG(N >= 0 && C >= 1 && P >= 0, op, ": need N, P >= 0 and C >= 1, got (", N, ", ", C, ", ", P, ")");
+  tasn::detail::check_pointer(b, "b", C, op);
+  const std::int64_t n = tasn::detail::checked_mul(tasn::detail::checked_mul(N, C, op), P, op);
+  launch_checked(stream, n, op, {{y, "y"}}, BiasAdd{C, P, b, y});
+}
+void bias_grad(cudaStream_t stream, std::int64_t N, std::int64_t C, std::int64_t P, const bf16* dy, float* db) {
+  constexpr const char* op = "nn::gpu::bias_grad (bf16)";
+  TASN_CHECK_ARG(N >= 0 && C >= 0 && P >= 0, op, ": N, C, P must be >= 0, got (", N, ", ", C, ", ", P, ")");
+  tasn::detail::check_pointer(dy, "dy", tasn::detail::checked_mul(tasn::detail::checked_mul(N, C, op), P, op), op);
+  tasn::detail::check_pointer(db, "db", C, op);
+  if (C == 0) return;
+  bias_grad_kernel<<<grid_for(C, kBlock / kWarp), kBlock, 0, stream>>>(N, C, P, dy, db);
+  check_launch(op);
 }
 
 }  // namespace tasn::nn::gpu

@@ -16,6 +16,8 @@
 
 #include <cstdint>
 
+#include "nn/bf16.h"
+
 namespace tasn::nn::gpu {
 
 // y = max(x, 0) (y may be x); NaN propagates.
@@ -63,5 +65,29 @@ void sgd(cudaStream_t stream, std::int64_t n, float* w, const float* g, float* v
 // Sets *flag (device memory) to 1 when any of the n values is NaN or infinite; never clears it (the
 // caller zeroes it, and may check several buffers into one flag).
 void nonfinite_any(cudaStream_t stream, const float* p, std::int64_t n, int* flag);
+
+// ---- bf16 storage (--precision bf16, gpu/cuda_bf16_exec.h) ----------------------------------------
+// The same per-element math on values loaded as float, each result rounded once to bf16 (round to
+// nearest even: nn::float_to_bf16, the CPU emulation's function). Pooling in bf16 runs the float
+// kernels above on converted copies (gpu/cuda_bf16_exec.h), as the CPU emulation does.
+void relu(cudaStream_t stream, const bf16* x, bf16* y, std::int64_t n);
+void relu_grad(cudaStream_t stream, const bf16* y, const bf16* dy, bf16* dx, std::int64_t n, bool accumulate);
+void add_relu(cudaStream_t stream, const bf16* a, const bf16* b, bf16* y, std::int64_t n);
+void add_inplace(cudaStream_t stream, bf16* y, const bf16* x, std::int64_t n);
+// y = bf16(x), or bf16(max(x, 0)) when relu (NaN stays NaN).
+void convert(cudaStream_t stream, const float* x, bf16* y, std::int64_t n, bool relu = false);
+// y = float(x) (exact).
+void convert(cudaStream_t stream, const bf16* x, float* y, std::int64_t n);
+// y = bf16(x + float(y)) when accumulate, else bf16(x): a float result stored into a bf16 tensor.
+void round_into(cudaStream_t stream, const float* x, bf16* y, std::int64_t n, bool accumulate);
+// y += float(x): a bf16 weight gradient added to the float gradient.
+void add_widened(cudaStream_t stream, const bf16* x, float* y, std::int64_t n);
+// d = relu_grad_value(y, dy) when relu, else dy, as float: the gradient a float batch norm's
+// backward reads from a bf16 output y and its bf16 gradient dy.
+void relu_grad_widened(cudaStream_t stream, const bf16* y, const bf16* dy, float* d, std::int64_t n, bool relu);
+// y (N, C, P) = bf16(y + b[c]): a convolution's bias, b float.
+void bias_add(cudaStream_t stream, std::int64_t N, std::int64_t C, std::int64_t P, const float* b, bf16* y);
+// db[c] += the sum of dy over (N, P) for channel c, in double in a fixed order (deterministic).
+void bias_grad(cudaStream_t stream, std::int64_t N, std::int64_t C, std::int64_t P, const bf16* dy, float* db);
 
 }  // namespace tasn::nn::gpu

@@ -11,6 +11,11 @@
 // the library's operators (run with the context's workspaces), parameter pointers (value() /
 // grad()), and moving results to the host (fetch() + synchronize()). So one model source runs on
 // both; only the context knows where memory lives.
+//
+// Two types per context: value_type (parameters, gradients, the library operators' tensors, logits,
+// losses) and act_type (the modules' activations; act() allocates them, weight() gives the weights
+// convolutions and linear layers compute with). Here both are T; the bf16 contexts
+// (nn/bf16_exec.h, gpu/cuda_bf16_exec.h) store activations and a weight copy as nn::bf16.
 #pragma once
 
 #include <algorithm>
@@ -74,12 +79,13 @@ inline Backend parse_backend(const std::string& s) {
 
 // What a batch norm forward keeps for its backward: per-channel statistics (2C values: the
 // backends keep different ones: mean + 1/sqrt(var + eps) for the reference, mean + variance for
-// oneDNN) and, with a fused ReLU, the output (the reference's mask) or oneDNN's bit mask.
-template <class T>
+// oneDNN) and, with a fused ReLU, the output (the reference's mask) or oneDNN's bit mask. T: the
+// statistics' type, A: the activations' (bf16 contexts keep float statistics).
+template <class T, class A = T>
 struct BnSaved {
   T* stats = nullptr;
   bool training = true, relu = false;
-  const T* y = nullptr;             // the forward's output (reference: its sign is the ReLU mask)
+  const A* y = nullptr;             // the forward's output (reference: its sign is the ReLU mask)
   void* relu_workspace = nullptr;   // oneDNN's fused-ReLU mask (training)
   bool synced = false;              // synchronised batch norm: the reference statistics over all ranks
 };
@@ -87,7 +93,8 @@ struct BnSaved {
 template <class T>
 class CpuExec {
  public:
-  using value_type = T;
+  using value_type = T;  // parameters, gradients, losses, the library operators' tensors
+  using act_type = T;    // activations of the modules (nn/bf16_exec.h: bf16)
   // Host memory: the model may read results in place; the library operators check their inputs
   // for NaN/Inf (a device context defers that to the one read-back of the step).
   static constexpr bool kHostMemory = true;
@@ -106,13 +113,16 @@ class CpuExec {
   // The start of a step (or of an evaluation batch): everything from the arena is released.
   void begin_step() { arena_.reset(); }
 
-  // Activations from the arena (uninitialised, or zero-filled).
-  Tensor4<T> act(std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w, bool zero = false) {
+  // Activations from the arena (uninitialised, or zero-filled): act() of the activation type by
+  // default, mat() of the value type (logits, their gradients); either of any type U.
+  template <class U = T>
+  Tensor4<U> act(std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w, bool zero = false) {
     const std::int64_t numel = n * c * h * w;
-    return Tensor4<T>(zero ? arena_.zeros<T>(numel) : arena_.alloc<T>(numel), {n, c, h, w});
+    return Tensor4<U>(zero ? arena_.zeros<U>(numel) : arena_.alloc<U>(numel), {n, c, h, w});
   }
-  Tensor2<T> mat(std::int64_t n, std::int64_t f, bool zero = false) {
-    return Tensor2<T>(zero ? arena_.zeros<T>(n * f) : arena_.alloc<T>(n * f), {n, f});
+  template <class U = T>
+  Tensor2<U> mat(std::int64_t n, std::int64_t f, bool zero = false) {
+    return Tensor2<U>(zero ? arena_.zeros<U>(n * f) : arena_.alloc<U>(n * f), {n, f});
   }
   template <class U>
   U* buffer(std::int64_t n) {
@@ -225,6 +235,9 @@ class CpuExec {
   // ---- parameters: where the context keeps a parameter's value and gradient (here: in place) -----
   T* value(const Param<T>& p) { return p.value.ptr(); }
   T* grad(const Param<T>& p) { return p.grad.ptr(); }
+  // The weights convolutions and linear layers compute with, in the activation type (a bf16
+  // context keeps a rounded copy of the trainable values; here: the values).
+  const T* weight(const Param<T>& p) { return p.value.ptr(); }
   // A device context keeps copies of the flat buffers and of the optimiser's momentum; here they
   // are the host buffers themselves, so there is nothing to bind or copy.
   void bind_params(FlatParams<T>&) {}

@@ -19,6 +19,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "nn/exec.h"
@@ -30,7 +31,11 @@ namespace tasn::nn {
 // The one layer-with-parameters building block: convolution (+ bias), optional batch norm and
 // ReLU. ResNet units are conv (no bias) + BN (+ ReLU); the attention head's convolutions are conv
 // + bias (+ ReLU) without BN.
-template <class T>
+//
+// T: the parameters' type (float master weights, BN statistics, gradients); A: the activations'
+// storage (the context's act_type: T, or nn::bf16 for --precision bf16, where the convolution reads
+// the context's bf16 copy of the weights, ex.weight()).
+template <class T, class A = T>
 class ConvBN {
  public:
   ConvBN(ParamStore<T>& ps, const std::string& conv, const std::string& bn, std::int64_t cin, std::int64_t cout,
@@ -44,12 +49,12 @@ class ConvBN {
         relu_(relu) {}
 
   template <class Ex>
-  Tensor4<T> forward(Ex& ex, Tensor4<const T> x, bool training) {
+  Tensor4<A> forward(Ex& ex, Tensor4<const A> x, bool training) {
     const std::int64_t ws[4] = {w_->value.dim(0), w_->value.dim(1), w_->value.dim(2), w_->value.dim(3)};
     geo_ = conv_geometry(x.size, ws, a_, "ConvBN::forward");
     x_ = x;
     c_ = ex.act(geo_.n, geo_.cout, geo_.ho, geo_.wo);
-    ex.conv_forward(geo_, x.data, ex.value(*w_), nullptr, c_.data);
+    ex.conv_forward(geo_, x.data, ex.weight(*w_), nullptr, c_.data);
     y_ = ex.act(geo_.n, geo_.cout, geo_.ho, geo_.wo);
     BatchNormState s;
     s.training = training;
@@ -61,29 +66,30 @@ class ConvBN {
 
   // dx: absent (no input gradient), or written (acc false) / added to (acc true).
   template <class Ex>
-  void backward(Ex& ex, Tensor4<const T> dy, Tensor4<T> dx, bool acc) {
+  void backward(Ex& ex, Tensor4<const A> dy, Tensor4<A> dx, bool acc) {
     const auto mark = ex.arena().mark();
-    T* dc = ex.template buffer<T>(y_.numel());
+    A* dc = ex.template buffer<A>(y_.numel());
     ex.bn_backward(geo_.n, geo_.cout, geo_.ho * geo_.wo, c_.data, ex.value(*g_), dy.data, saved_, eps_, dc, false,
                    ex.grad(*g_), ex.grad(*b_));
-    ex.conv_backward(geo_, x_.data, ex.value(*w_), dc, dx.data, acc, ex.grad(*w_), nullptr);
+    ex.conv_backward(geo_, x_.data, ex.weight(*w_), dc, dx.data, acc, ex.grad(*w_), nullptr);
     ex.arena().rewind(mark);
   }
-  Tensor4<T> output() const { return y_; }
+  Tensor4<A> output() const { return y_; }
 
  private:
   Param<T>*w_, *g_, *b_, *rm_, *rv_;
   Conv2dArgs a_;
   bool relu_;
   ConvGeometry geo_{};
-  Tensor4<const T> x_;
-  Tensor4<T> c_, y_;
-  BnSaved<T> saved_;
+  Tensor4<const A> x_;
+  Tensor4<A> c_, y_;
+  BnSaved<T, A> saved_;
   double eps_ = 1e-5;
 };
 
-// y = x weight^T + bias, weight (out, in): the classifier heads.
-template <class T>
+// y = x weight^T + bias, weight (out, in): the classifier heads. x (and its gradient) in the
+// activation type A, the logits and their gradient in T (the loss math runs in float).
+template <class T, class A = T>
 class Linear {
  public:
   Linear() = default;
@@ -91,29 +97,29 @@ class Linear {
       : w_(&ps.add(name + ".weight", {out, in})), b_(&ps.add(name + ".bias", {out})) {}
 
   template <class Ex>
-  Tensor2<T> forward(Ex& ex, Tensor2<const T> x) {
+  Tensor2<T> forward(Ex& ex, Tensor2<const A> x) {
     TASN_CHECK_ARG(x.size[1] == w_->value.dim(1), "Linear::forward: weight ", w_->value.shape_str(), " expects ",
                    w_->value.dim(1), " features but x ", x.shape_string(), " has ", x.size[1]);
     x_ = x;
-    Tensor2<T> y = ex.mat(x.size[0], w_->value.dim(0));
-    ex.linear(x.size[0], x.size[1], y.size[1], x.data, ex.value(*w_), ex.value(*b_), y.data);
+    Tensor2<T> y = ex.template mat<T>(x.size[0], w_->value.dim(0));
+    ex.linear(x.size[0], x.size[1], y.size[1], x.data, ex.weight(*w_), ex.value(*b_), y.data);
     return y;
   }
   // dx (may be absent) += dL/dx; the parameter gradients are added.
   template <class Ex>
-  void backward(Ex& ex, Tensor2<const T> dy, Tensor2<T> dx) {
-    ex.linear_grad(x_.size[0], x_.size[1], dy.size[1], x_.data, ex.value(*w_), dy.data, dx.data, ex.grad(*w_),
+  void backward(Ex& ex, Tensor2<const T> dy, Tensor2<A> dx) {
+    ex.linear_grad(x_.size[0], x_.size[1], dy.size[1], x_.data, ex.weight(*w_), dy.data, dx.data, ex.grad(*w_),
                    ex.grad(*b_));
   }
   std::int64_t out_features() const { return w_->value.dim(0); }
 
  private:
   Param<T>*w_ = nullptr, *b_ = nullptr;
-  Tensor2<const T> x_;
+  Tensor2<const A> x_;
 };
 
 // Residual unit: main branch units, optional downsample (conv1x1 + BN), ReLU after the sum.
-template <class T>
+template <class T, class A = T>
 class ResidualBlock {
  public:
   // bottleneck: 1x1 -> 3x3 (stride) -> 1x1 (x4); basic: 3x3 (stride) -> 3x3.
@@ -129,15 +135,15 @@ class ResidualBlock {
       units_.emplace_back(ps, p + "conv2", p + "bn2", planes, cout, 3, Conv2dArgs{1, 1, 1}, false);
     }
     if (stride != 1 || cin != cout)
-      down_ = std::make_unique<ConvBN<T>>(ps, p + "downsample.0", p + "downsample.1", cin, cout, 1,
+      down_ = std::make_unique<ConvBN<T, A>>(ps, p + "downsample.0", p + "downsample.1", cin, cout, 1,
                                           Conv2dArgs{stride, 0, 1}, false);
   }
 
   template <class Ex>
-  Tensor4<T> forward(Ex& ex, Tensor4<const T> x, bool training) {
-    Tensor4<const T> h = x;
+  Tensor4<A> forward(Ex& ex, Tensor4<const A> x, bool training) {
+    Tensor4<const A> h = x;
     for (auto& u : units_) h = u.forward(ex, h, training);
-    const Tensor4<const T> skip = down_ ? Tensor4<const T>(down_->forward(ex, x, training)) : x;
+    const Tensor4<const A> skip = down_ ? Tensor4<const A>(down_->forward(ex, x, training)) : x;
     TASN_CHECK_ARG(skip.numel() == h.numel(), "ResidualBlock: the branch gives ", h.shape_string(),
                    " but the shortcut ", skip.shape_string());
     y_ = ex.act(h.size[0], h.size[1], h.size[2], h.size[3]);
@@ -146,17 +152,17 @@ class ResidualBlock {
   }
 
   template <class Ex>
-  void backward(Ex& ex, Tensor4<const T> dy, Tensor4<T> dx, bool acc) {
+  void backward(Ex& ex, Tensor4<const A> dy, Tensor4<A> dx, bool acc) {
     const auto mark = ex.arena().mark();
     const std::int64_t n = y_.numel();
-    T* ds = ex.template buffer<T>(n);
+    A* ds = ex.template buffer<A>(n);
     ex.relu_grad(y_.data, dy.data, ds, n, false);
-    const Tensor4<const T> ds4(ds, {y_.size[0], y_.size[1], y_.size[2], y_.size[3]});
+    const Tensor4<const A> ds4(ds, {y_.size[0], y_.size[1], y_.size[2], y_.size[3]});
     // the branch first (its first unit writes dx when !acc), then the shortcut adds
-    Tensor4<const T> g = ds4;
+    Tensor4<const A> g = ds4;
     for (std::size_t k = units_.size(); k-- > 1;) {
-      const Tensor4<const T> in = units_[k - 1].output();
-      Tensor4<T> dprev = ex.act(in.size[0], in.size[1], in.size[2], in.size[3]);
+      const Tensor4<const A> in = units_[k - 1].output();
+      Tensor4<A> dprev = ex.act(in.size[0], in.size[1], in.size[2], in.size[3]);
       units_[k].backward(ex, g, dprev, false);
       g = dprev;
     }
@@ -170,12 +176,12 @@ class ResidualBlock {
   }
 
  private:
-  std::vector<ConvBN<T>> units_;
-  std::unique_ptr<ConvBN<T>> down_;
-  Tensor4<T> y_;
+  std::vector<ConvBN<T, A>> units_;
+  std::unique_ptr<ConvBN<T, A>> down_;
+  Tensor4<A> y_;
 
  public:
-  Tensor4<T> output() const { return y_; }
+  Tensor4<A> output() const { return y_; }
 };
 
 struct ResNetConfig {
@@ -195,8 +201,9 @@ struct ResNetConfig {
   static ResNetConfig resnet101() { return {true, {3, 4, 23, 3}}; }
 };
 
-// conv1 7x7/2 + bn1 + relu + maxpool 3/2 -> layer1..4 -> global average pool -> fc.
-template <class T>
+// conv1 7x7/2 + bn1 + relu + maxpool 3/2 -> layer1..4 -> global average pool -> fc. Parameters T,
+// activations A (see ConvBN); the pooled features are A, the logits T.
+template <class T, class A = T>
 class ResNet {
  public:
   ResNet(ParamStore<T>& ps, const ResNetConfig& cfg, const std::string& prefix = "") : cfg_(cfg) {
@@ -205,7 +212,7 @@ class ResNet {
                        !cfg.depth.empty() && cfg.depth.size() <= 4,
                    "ResNet: need stem kernel and stride >= 1 and 1..4 stages with one stride each, got ",
                    cfg.depth.size(), " depths and ", cfg.stride.size(), " strides");
-    stem_ = std::make_unique<ConvBN<T>>(ps, prefix + "conv1", prefix + "bn1", 3, ch(64), cfg.stem_kernel,
+    stem_ = std::make_unique<ConvBN<T, A>>(ps, prefix + "conv1", prefix + "bn1", 3, ch(64), cfg.stem_kernel,
                                         Conv2dArgs{cfg.stem_stride, cfg.stem_kernel / 2, 1}, true);
     std::int64_t cin = ch(64);
     const std::int64_t base[4] = {64, 128, 256, 512};
@@ -213,26 +220,26 @@ class ResNet {
       const std::int64_t planes = ch(base[s]);
       for (std::int64_t u = 0; u < cfg.depth[s]; ++u) {
         const std::string p = prefix + "layer" + std::to_string(s + 1) + "." + std::to_string(u) + ".";
-        blocks_.push_back(std::make_unique<ResidualBlock<T>>(ps, p, cin, planes, u == 0 ? cfg.stride[s] : 1, cfg.bottleneck));
+        blocks_.push_back(std::make_unique<ResidualBlock<T, A>>(ps, p, cin, planes, u == 0 ? cfg.stride[s] : 1, cfg.bottleneck));
         cin = cfg.bottleneck ? planes * 4 : planes;
       }
     }
     features_ = cin;
-    if (cfg.num_classes > 0) fc_ = Linear<T>(ps, prefix + "fc", cin, cfg.num_classes);
+    if (cfg.num_classes > 0) fc_ = Linear<T, A>(ps, prefix + "fc", cin, cfg.num_classes);
   }
 
   std::int64_t features() const { return features_; }
 
   // The feature map before pooling (N, features, h, w).
   template <class Ex>
-  Tensor4<T> forward_features(Ex& ex, Tensor4<const T> x, bool training) {
+  Tensor4<A> forward_features(Ex& ex, Tensor4<const A> x, bool training) {
     TASN_CHECK_ARG(x.size[1] == 3, "ResNet: the input must have 3 channels, got ", x.shape_string());
-    Tensor4<T> h = stem_->forward(ex, x, training);
+    Tensor4<A> h = stem_->forward(ex, x, training);
     stem_out_ = h;
     if (cfg_.stem_pool) {
       std::int64_t Ho, Wo;
       pool_output(h.size[2], h.size[3], PoolArgs{3, 2, 1}, Ho, Wo);
-      Tensor4<T> p = ex.act(h.size[0], h.size[1], Ho, Wo);
+      Tensor4<A> p = ex.act(h.size[0], h.size[1], Ho, Wo);
       argmax_ = ex.template buffer<std::int64_t>(p.numel());
       ex.maxpool2d(h.size[0] * h.size[1], h.size[2], h.size[3], PoolArgs{3, 2, 1}, h.data, p.data, argmax_);
       pool_out_ = p;
@@ -244,17 +251,17 @@ class ResNet {
   }
   // Backward from the feature map's gradient; the input gradient only when dx is given (written).
   template <class Ex>
-  void backward_features(Ex& ex, Tensor4<const T> dfeat, Tensor4<T> dx = {}) {
+  void backward_features(Ex& ex, Tensor4<const A> dfeat, Tensor4<A> dx = {}) {
     const auto mark = ex.arena().mark();
-    Tensor4<const T> d = dfeat;
+    Tensor4<const A> d = dfeat;
     for (std::size_t k = blocks_.size(); k-- > 0;) {
-      const Tensor4<const T> in = k > 0 ? Tensor4<const T>(blocks_[k - 1]->output()) : block_input();
-      Tensor4<T> dprev = ex.act(in.size[0], in.size[1], in.size[2], in.size[3]);
+      const Tensor4<const A> in = k > 0 ? Tensor4<const A>(blocks_[k - 1]->output()) : block_input();
+      Tensor4<A> dprev = ex.act(in.size[0], in.size[1], in.size[2], in.size[3]);
       blocks_[k]->backward(ex, d, dprev, false);
       d = dprev;
     }
     if (cfg_.stem_pool) {
-      Tensor4<T> dstem = ex.act(stem_out_.size[0], stem_out_.size[1], stem_out_.size[2], stem_out_.size[3], true);
+      Tensor4<A> dstem = ex.act(stem_out_.size[0], stem_out_.size[1], stem_out_.size[2], stem_out_.size[3], true);
       ex.maxpool2d_grad(stem_out_.size[0] * stem_out_.size[1], stem_out_.size[2], stem_out_.size[3], pool_out_.size[2],
                         pool_out_.size[3], PoolArgs{3, 2, 1}, d.data, argmax_, dstem.data);
       d = dstem;
@@ -263,39 +270,58 @@ class ResNet {
     ex.arena().rewind(mark);
   }
 
-  // Logits (N, num_classes), or pooled features when num_classes == 0.
+  // The globally pooled features (N, features).
   template <class Ex>
-  Tensor2<T> forward(Ex& ex, Tensor4<const T> x, bool training) {
-    const Tensor4<T> f = forward_features(ex, x, training);
-    pooled_ = ex.mat(f.size[0], f.size[1]);
+  Tensor2<A> forward_pooled(Ex& ex, Tensor4<const A> x, bool training) {
+    const Tensor4<A> f = forward_features(ex, x, training);
+    pooled_ = ex.template mat<A>(f.size[0], f.size[1]);
     ex.global_avgpool(f.size[0] * f.size[1], f.size[2] * f.size[3], f.data, pooled_.data);
-    return cfg_.num_classes > 0 ? fc_.forward(ex, pooled_) : pooled_;
+    return pooled_;
   }
+  // Backward from the pooled features' gradient (the input gradient only when dx is given).
   template <class Ex>
-  void backward(Ex& ex, Tensor2<const T> dy, Tensor4<T> dx = {}) {
+  void backward_pooled(Ex& ex, Tensor2<const A> dpooled, Tensor4<A> dx = {}) {
     const auto mark = ex.arena().mark();
-    Tensor2<const T> dp = dy;
-    if (cfg_.num_classes > 0) {
-      Tensor2<T> d = ex.mat(pooled_.size[0], pooled_.size[1], true);
-      fc_.backward(ex, dy, d);
-      dp = d;
-    }
-    Tensor4<T> df = ex.act(feat_.size[0], feat_.size[1], feat_.size[2], feat_.size[3]);
-    ex.global_avgpool_grad(feat_.size[0] * feat_.size[1], feat_.size[2] * feat_.size[3], dp.data, df.data, false);
+    Tensor4<A> df = ex.act(feat_.size[0], feat_.size[1], feat_.size[2], feat_.size[3]);
+    ex.global_avgpool_grad(feat_.size[0] * feat_.size[1], feat_.size[2] * feat_.size[3], dpooled.data, df.data, false);
     backward_features(ex, df, dx);
     ex.arena().rewind(mark);
   }
 
+  // Logits (N, num_classes), or pooled features when num_classes == 0 (then A must be T; a context
+  // with another activation type calls forward_pooled).
+  template <class Ex>
+  Tensor2<T> forward(Ex& ex, Tensor4<const A> x, bool training) {
+    const Tensor2<A> p = forward_pooled(ex, x, training);
+    if (cfg_.num_classes > 0) return fc_.forward(ex, p);
+    if constexpr (std::is_same_v<A, T>) return p;
+    else throw InvalidArgument("ResNet::forward: a net without fc gives pooled features: use forward_pooled");
+  }
+  template <class Ex>
+  void backward(Ex& ex, Tensor2<const T> dy, Tensor4<A> dx = {}) {
+    const auto mark = ex.arena().mark();
+    if (cfg_.num_classes > 0) {
+      Tensor2<A> d = ex.template mat<A>(pooled_.size[0], pooled_.size[1], true);
+      fc_.backward(ex, dy, d);
+      backward_pooled(ex, d, dx);
+    } else if constexpr (std::is_same_v<A, T>) {
+      backward_pooled(ex, dy, dx);
+    } else {
+      throw InvalidArgument("ResNet::backward: a net without fc takes the pooled gradient: use backward_pooled");
+    }
+    ex.arena().rewind(mark);
+  }
+
  private:
-  Tensor4<const T> block_input() const { return cfg_.stem_pool ? Tensor4<const T>(pool_out_) : Tensor4<const T>(stem_out_); }
+  Tensor4<const A> block_input() const { return cfg_.stem_pool ? Tensor4<const A>(pool_out_) : Tensor4<const A>(stem_out_); }
 
   ResNetConfig cfg_;
-  std::unique_ptr<ConvBN<T>> stem_;
-  std::vector<std::unique_ptr<ResidualBlock<T>>> blocks_;
-  Linear<T> fc_;
+  std::unique_ptr<ConvBN<T, A>> stem_;
+  std::vector<std::unique_ptr<ResidualBlock<T, A>>> blocks_;
+  Linear<T, A> fc_;
   std::int64_t features_ = 0;
-  Tensor4<T> stem_out_, pool_out_, feat_;
-  Tensor2<T> pooled_;
+  Tensor4<A> stem_out_, pool_out_, feat_;
+  Tensor2<A> pooled_;
   std::int64_t* argmax_ = nullptr;
 };
 

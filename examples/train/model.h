@@ -24,6 +24,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -215,6 +216,21 @@ std::int64_t top1(Tensor2<const T> z, const std::vector<std::int64_t>& labels) {
   return c;
 }
 
+// x as type U: x itself when U is T, else a converted copy from the step's arena (ex.convert:
+// contexts whose activation type differs from their value type, nn/bf16_exec.h).
+template <class U, class Ex, class T, int R>
+TensorRef<const U, R> as_type(Ex& ex, TensorRef<const T, R> x) {
+  if constexpr (std::is_same_v<U, T>) {
+    return x;
+  } else {
+    TensorRef<U, R> y;
+    y.data = ex.template buffer<U>(x.numel());
+    for (int k = 0; k < R; ++k) y.size[k] = x.size[k], y.stride[k] = x.stride[k];
+    ex.convert(x.data, y.data, x.numel());
+    return y;
+  }
+}
+
 template <class T>
 Tensor<T> to_tensor(const T* z, std::int64_t n, std::int64_t k) {
   Tensor<T> t({n, k});
@@ -291,6 +307,9 @@ template <class T, class Ex = nn::CpuExec<T>>
 class BasicTasnNet : public ModelOn<T, Ex> {
   using ModelOn<T, Ex>::ex_;
   using ModelOn<T, Ex>::params_;
+  // The backbones' activations: T, or bf16 (--precision bf16). The library operators, the sampled
+  // images, the logits and the losses stay T.
+  using A = typename Ex::act_type;
 
  public:
   template <class... ExArgs>
@@ -301,14 +320,14 @@ class BasicTasnNet : public ModelOn<T, Ex> {
     ac.backbone = c.att_backbone;
     ac.backbone.num_classes = 0;
     ac.num_classes = c.classes;
-    att_ = std::make_unique<nn::AttentionNet<T>>(att_ps_, ac);
+    att_ = std::make_unique<nn::AttentionNet<T, A>>(att_ps_, ac);
     nn::ResNetConfig mc = c.master_backbone;
     mc.num_classes = 0;
-    master_ = std::make_unique<nn::ResNet<T>>(master_ps_, mc);
+    master_ = std::make_unique<nn::ResNet<T, A>>(master_ps_, mc);
     const std::int64_t F = master_->features();
-    part_fc_ = nn::Linear<T>(heads_ps_, "part_fc", F, c.classes);
-    master_fc_ = nn::Linear<T>(heads_ps_, "master_fc", F, c.classes);
-    shared_fc_ = nn::Linear<T>(heads_ps_, "shared_fc", F, c.classes);
+    part_fc_ = nn::Linear<T, A>(heads_ps_, "part_fc", F, c.classes);
+    master_fc_ = nn::Linear<T, A>(heads_ps_, "master_fc", F, c.classes);
+    shared_fc_ = nn::Linear<T, A>(heads_ps_, "shared_fc", F, c.classes);
     params_.add("att", att_ps_);
     params_.add("master", master_ps_);
     params_.add("heads", heads_ps_);
@@ -323,7 +342,7 @@ class BasicTasnNet : public ModelOn<T, Ex> {
   std::string config_string() const override { return net_config_string(cfg_); }
   std::string training_string() const override { return loss_config_string(cfg_); }
   const NetConfig& config() const { return cfg_; }
-  nn::AttentionNet<T>& attention_net() { return *att_; }
+  nn::AttentionNet<T, A>& attention_net() { return *att_; }
   nn::ParamStore<T>& att_store() { return att_ps_; }
   nn::ParamStore<T>& master_store() { return master_ps_; }
   // Maps, sampled images and grid of the last train_step / predict call (context memory; host
@@ -353,15 +372,16 @@ class BasicTasnNet : public ModelOn<T, Ex> {
   Tensor2<T> attend(Tensor4<const T> img, bool training, std::uint64_t step_seed, Tensor4<T> x2) {
     Ex& ex = ex_;
     constexpr bool check = Ex::kHostMemory;
-    const std::int64_t N = img.size[0], Hi = img.size[2], Wi = img.size[3], A = cfg_.att_input, O = cfg_.out;
-    Tensor4<T> small = ex.act(N, 3, A, A);
-    ex.resize_bilinear(N * 3, Hi, Wi, A, A, true, img.data, small.data);
-    const Tensor2<T> logits = att_->forward(ex, small, training);
-    const Tensor4<const T> F = att_->feature_map();  // gradient stopped after the trilinear attention
+    const std::int64_t N = img.size[0], Hi = img.size[2], Wi = img.size[3], S = cfg_.att_input, O = cfg_.out;
+    Tensor4<T> small = ex.template act<T>(N, 3, S, S);
+    ex.resize_bilinear(N * 3, Hi, Wi, S, S, true, img.data, small.data);
+    const Tensor2<T> logits = att_->forward(ex, detail_model::as_type<A>(ex, Tensor4<const T>(small)), training);
+    // gradient stopped after the trilinear attention; the operators read it as T
+    const Tensor4<const T> F = detail_model::as_type<T>(ex, att_->feature_map());
     if (!ex.all_finite(Tensor2<const T>(logits), training) || !ex.all_finite(F, training)) return {};  // caller reports it
     const std::int64_t C = F.size[1], h = F.size[2], w = F.size[3];
     ex.mark(2);  // the TASN operators: trilinear attention, maps, sampling
-    Tensor4<T> M = ex.act(N, C, h, w);
+    Tensor4<T> M = ex.template act<T>(N, C, h, w);
     TrilinearAttentionOptions to;
     to.beta = cfg_.beta;
     to.check_finite = check;
@@ -425,15 +445,16 @@ class BasicTasnNet : public ModelOn<T, Ex> {
     const Tensor4<const T> img = ex.images(images, N, cfg_.image);
     const std::int64_t* y = ex.upload(labels);
     ex.mark(1);
-    Tensor4<T> x2 = ex.act(2 * N, 3, O, O);
+    Tensor4<T> x2 = ex.template act<T>(2 * N, 3, O, O);
     const Tensor2<T> z_att = attend(img, true, step_seed, x2);
     if (!z_att.present()) {
       detail_model::non_finite(st, "attention-net output", N);
       return st;
     }
 
-    const Tensor2<T> pooled = master_->forward(ex, x2, true);  // (2N, F): [detail; structure]
-    const Tensor2<const T> f_part = pooled.slice(0, N), f_master = pooled.slice(N, 2 * N);
+    // (2N, F): [detail; structure]
+    const Tensor2<A> pooled = master_->forward_pooled(ex, detail_model::as_type<A>(ex, Tensor4<const T>(x2)), true);
+    const Tensor2<const A> f_part = pooled.slice(0, N), f_master = pooled.slice(N, 2 * N);
     const Tensor2<T> z_part = part_fc_.forward(ex, f_part), z_master = master_fc_.forward(ex, f_master);
     const Tensor2<T> z_aux = shared_fc_.forward(ex, pooled);  // [part_aux; master_aux]
     for (const auto* z : {&z_part, &z_master, &z_aux})
@@ -474,12 +495,12 @@ class BasicTasnNet : public ModelOn<T, Ex> {
     ex.mark(4);
 
     // backward: heads -> shared backbone (2N) ; attention net from its own loss only
-    Tensor2<T> df = ex.mat(2 * N, pooled.size[1], true);
+    Tensor2<A> df = ex.template mat<A>(2 * N, pooled.size[1], true);
     part_fc_.backward(ex, d_part, df.slice(0, N));
     master_fc_.backward(ex, d_master, df.slice(N, 2 * N));
     shared_fc_.backward(ex, d_aux, df);
     this->grads_ready("heads");
-    master_->backward(ex, df);
+    master_->backward_pooled(ex, df);
     this->grads_ready("master");
     att_->backward(ex, d_att);
     this->grads_ready("att");
@@ -512,11 +533,11 @@ class BasicTasnNet : public ModelOn<T, Ex> {
     const std::int64_t K = cfg_.classes;
     ex.begin_step();
     const Tensor4<const T> img = ex.images(images, n, cfg_.image);
-    Tensor4<T> x2 = ex.act(2 * n, 3, cfg_.out, cfg_.out);
+    Tensor4<T> x2 = ex.template act<T>(2 * n, 3, cfg_.out, cfg_.out);
     const Tensor2<T> z_att = attend(img, false, 0, x2);
     if (!z_att.present()) throw NonFinite("TasnNet::predict: the attention net's output is not finite (a diverged model?)");
-    const Tensor2<T> pooled = master_->forward(ex, x2, false);
-    const Tensor2<const T> f_part = pooled.slice(0, n), f_master = pooled.slice(n, 2 * n);
+    const Tensor2<A> pooled = master_->forward_pooled(ex, detail_model::as_type<A>(ex, Tensor4<const T>(x2)), false);
+    const Tensor2<const A> f_part = pooled.slice(0, n), f_master = pooled.slice(n, 2 * n);
     const Tensor2<T> z_aux = shared_fc_.forward(ex, pooled);
     const Tensor2<const T> z[5] = {z_att, part_fc_.forward(ex, f_part), master_fc_.forward(ex, f_master),
                                    z_aux.slice(0, n), z_aux.slice(n, 2 * n)};
@@ -566,9 +587,9 @@ class BasicTasnNet : public ModelOn<T, Ex> {
 
   NetConfig cfg_;
   nn::ParamStore<T> att_ps_, master_ps_, heads_ps_;
-  std::unique_ptr<nn::AttentionNet<T>> att_;
-  std::unique_ptr<nn::ResNet<T>> master_;
-  nn::Linear<T> part_fc_, master_fc_, shared_fc_;
+  std::unique_ptr<nn::AttentionNet<T, A>> att_;
+  std::unique_ptr<nn::ResNet<T, A>> master_;
+  nn::Linear<T, A> part_fc_, master_fc_, shared_fc_;
   BasicTasnViews<T> views_, host_views_;
   StepStats stats_;
   std::vector<std::int64_t> detail_channels_;  // set_detail_channels
@@ -582,6 +603,7 @@ template <class T, class Ex = nn::CpuExec<T>>
 class BasicBaselineNet : public ModelOn<T, Ex> {
   using ModelOn<T, Ex>::ex_;
   using ModelOn<T, Ex>::params_;
+  using A = typename Ex::act_type;  // the backbone's activations (see BasicTasnNet)
 
  public:
   template <class... ExArgs>
@@ -590,8 +612,8 @@ class BasicBaselineNet : public ModelOn<T, Ex> {
     c.validate();
     nn::ResNetConfig mc = c.master_backbone;
     mc.num_classes = 0;
-    master_ = std::make_unique<nn::ResNet<T>>(master_ps_, mc);
-    fc_ = nn::Linear<T>(heads_ps_, "fc", master_->features(), c.classes);
+    master_ = std::make_unique<nn::ResNet<T, A>>(master_ps_, mc);
+    fc_ = nn::Linear<T, A>(heads_ps_, "fc", master_->features(), c.classes);
     params_.add("master", master_ps_);
     params_.add("heads", heads_ps_);
     this->lay_out();
@@ -626,10 +648,10 @@ class BasicBaselineNet : public ModelOn<T, Ex> {
     detail_model::cross_entropy<T>(ex, z, y, 1.0, dz, loss);
     detail_model::top1<T>(ex, z, y, correct);
     ex.mark(4);
-    Tensor2<T> df = ex.mat(N, master_->features(), true);
+    Tensor2<A> df = ex.template mat<A>(N, master_->features(), true);
     fc_.backward(ex, dz, df);
     this->grads_ready("heads");
-    master_->backward(ex, df);
+    master_->backward_pooled(ex, df);
     this->grads_ready("master");
     ex.mark(5);
     const T* hl = ex.fetch(loss, 1);
@@ -664,15 +686,15 @@ class BasicBaselineNet : public ModelOn<T, Ex> {
  private:
   Tensor2<T> forward(Tensor4<const T> img, bool training) {
     const std::int64_t N = img.size[0], O = cfg_.out;
-    Tensor4<T> x = ex_.act(N, 3, O, O);
+    Tensor4<T> x = ex_.template act<T>(N, 3, O, O);
     ex_.resize_bilinear(N * 3, img.size[2], img.size[3], O, O, true, img.data, x.data);
-    return fc_.forward(ex_, master_->forward(ex_, x, training));
+    return fc_.forward(ex_, master_->forward_pooled(ex_, detail_model::as_type<A>(ex_, Tensor4<const T>(x)), training));
   }
 
   NetConfig cfg_;
   nn::ParamStore<T> master_ps_, heads_ps_;
-  std::unique_ptr<nn::ResNet<T>> master_;
-  nn::Linear<T> fc_;
+  std::unique_ptr<nn::ResNet<T, A>> master_;
+  nn::Linear<T, A> fc_;
   StepStats stats_;
 };
 using BaselineNet = BasicBaselineNet<float>;

@@ -60,12 +60,12 @@ inline std::vector<double> loss_curve(tr::Model& m, const std::vector<Batch>& ba
   return out;
 }
 
-inline void expect_curves_agree(const std::vector<double>& cpu, const std::vector<double>& gpu) {
+inline void expect_curves_agree(const std::vector<double>& cpu, const std::vector<double>& gpu, double tol = 1e-3) {
   ASSERT_EQ(cpu.size(), gpu.size());
   for (std::size_t s = 0; s < cpu.size(); ++s) {
     std::printf("[ curve   ] step %zu reference %.8g other %.8g relative %.2e\n", s, cpu[s], gpu[s],
                 std::fabs(gpu[s] - cpu[s]) / std::fabs(cpu[s]));
-    EXPECT_LE(std::fabs(gpu[s] - cpu[s]), 1e-3 * std::fabs(cpu[s])) << "step " << s;
+    EXPECT_LE(std::fabs(gpu[s] - cpu[s]), tol * std::fabs(cpu[s])) << "step " << s;
   }
 }
 
