@@ -18,7 +18,7 @@
 // or wrong, so each store's bound is 3.5x that sensitivity, measured in the same test on the float
 // net; bf16 adds the activations' roundings to the weights' (measured: 1.6x to 2.8x the weight-noise
 // effect). Its power: the gradients of another batch (labels moved by one class) are outside it.
-// The loss curve over 6 SGD steps: 1e-2 relative (measured up to 3.2e-3); dropping the momentum
+// The loss curve over 6 SGD steps: 1e-2 relative (measured up to 3.7e-3); dropping the momentum
 // moves the float curve by more (checked in the test).
 #include <gtest/gtest.h>
 
@@ -123,12 +123,18 @@ struct StepResult {
   std::vector<float> grads;
 };
 
+// The seed-7 weights; TASN's training-mode detail channels fixed (the seeded pick filters distinct
+// maps, which bf16 may change).
 template <class Model>
-StepResult one_step(Model& m, const tt::Batch& b, bool tasn) {
+void prepare(Model& m) {
   tr::init_model(m, 7);
   if constexpr (std::is_same_v<Model, Bf16Tasn> || std::is_same_v<Model, tr::TasnNet>)
-    if (tasn) m.set_detail_channels({0, 3, 5, 1, 2, 4});
-  const tr::StepStats& st = m.train_step(b.images, b.labels, 11);
+    m.set_detail_channels({0, 3, 5, 1, 2, 4});
+}
+
+template <class Model>
+StepResult run_step(Model& m, const tt::Batch& b, const std::vector<std::int64_t>& labels) {
+  const tr::StepStats& st = m.train_step(b.images, labels, 11);
   StepResult r{st.losses, {}};
   r.grads.assign(m.params().grads(), m.params().grads() + m.params().trainable_size());
   return r;
@@ -149,10 +155,9 @@ std::vector<std::pair<std::string, double>> grad_errors(tr::Model& m, const std:
 // The float model's gradients for a batch, optionally with every trainable value multiplied by
 // (1 + U(-2^-9, 2^-9)) first (weight_noise) and the labels moved by `shift` classes.
 template <class Model>
-std::vector<float> float_grads(const tr::NetConfig& n, const tt::Batch& b, bool tasn, bool weight_noise, int shift) {
+std::vector<float> float_grads(const tr::NetConfig& n, const tt::Batch& b, bool weight_noise, int shift) {
   Model m(n);
-  tr::init_model(m, 7);
-  if constexpr (std::is_same_v<Model, tr::TasnNet>) m.set_detail_channels({0, 3, 5, 1, 2, 4});
+  prepare(m);
   if (weight_noise) {
     std::mt19937 rng(3);
     std::uniform_real_distribution<float> ud(-1.0f / 512, 1.0f / 512);
@@ -160,9 +165,7 @@ std::vector<float> float_grads(const tr::NetConfig& n, const tt::Batch& b, bool 
   }
   std::vector<std::int64_t> labels = b.labels;
   for (auto& l : labels) l = (l + shift) % n.classes;
-  m.train_step(b.images, labels, 11);
-  (void)tasn;
-  return std::vector<float>(m.params().grads(), m.params().grads() + m.params().trainable_size());
+  return run_step(m, b, labels).grads;
 }
 
 template <class FloatModel, class Bf16Model>
@@ -171,7 +174,9 @@ void expect_step_within_bf16_rounding(bool tasn) {
   const auto batches = tt::curve_batches(n, 1, 6);
   FloatModel mf(n);
   Bf16Model mb(n);
-  const StepResult rf = one_step(mf, batches[0], tasn), rb = one_step(mb, batches[0], tasn);
+  prepare(mf);
+  prepare(mb);
+  const StepResult rf = run_step(mf, batches[0], batches[0].labels), rb = run_step(mb, batches[0], batches[0].labels);
   const char* what = tasn ? "tasn" : "baseline";
   ASSERT_EQ(rf.losses.size(), rb.losses.size());
   double worst_loss = 0;
@@ -183,9 +188,9 @@ void expect_step_within_bf16_rounding(bool tasn) {
     worst_loss = std::max(worst_loss, d / std::fabs(rf.losses[i].second));
   }
   EXPECT_GT(worst_loss, 1e-6) << "the bf16 step gave the float step's losses: nothing was rounded";
-  const auto sens = grad_errors(mf, float_grads<FloatModel>(n, batches[0], tasn, true, 0), rf.grads);
+  const auto sens = grad_errors(mf, float_grads<FloatModel>(n, batches[0], true, 0), rf.grads);
   const auto bf = grad_errors(mb, rb.grads, rf.grads);
-  const auto other = grad_errors(mf, float_grads<FloatModel>(n, batches[0], tasn, false, 1), rf.grads);
+  const auto other = grad_errors(mf, float_grads<FloatModel>(n, batches[0], false, 1), rf.grads);
   for (std::size_t i = 0; i < bf.size(); ++i) {
     const double bound = 3.5 * sens[i].second;
     std::printf("[ bf16    ] %s gradients of %-7s relative L2 error %.2e; float with bf16-sized weight noise %.2e "

@@ -60,32 +60,41 @@ constexpr double kTf32U = 0x1.0p-11;  // TF32 keeps 10 mantissa bits: unit round
 
 // ---- device memory ------------------------------------------------------------------------------
 
-class DeviceBuffer {
+// Device memory of storage S (float, or nn::bf16 for the bf16 layers), filled from and read back as
+// float values (bf16 rounds on the way up: nn::store_value).
+template <class S>
+class DeviceBufferOf {
  public:
-  explicit DeviceBuffer(std::size_t n) : n_(n) {
-    if (n_) TASN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p_), n_ * sizeof(float)));
+  explicit DeviceBufferOf(std::size_t n) : n_(n) {
+    if (n_) TASN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p_), n_ * sizeof(S)));
   }
-  explicit DeviceBuffer(const std::vector<float>& v) : DeviceBuffer(v.size()) { upload(v); }
-  ~DeviceBuffer() {
+  explicit DeviceBufferOf(const std::vector<float>& v) : DeviceBufferOf(v.size()) { upload(v); }
+  ~DeviceBufferOf() {
     if (p_) cudaFree(p_);
   }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  float* get() { return p_; }
+  DeviceBufferOf(const DeviceBufferOf&) = delete;
+  DeviceBufferOf& operator=(const DeviceBufferOf&) = delete;
+  S* get() { return p_; }
   void upload(const std::vector<float>& v) {
     ASSERT_EQ(v.size(), n_);
-    if (n_) TASN_CUDA_CHECK(cudaMemcpy(p_, v.data(), n_ * sizeof(float), cudaMemcpyHostToDevice));
+    std::vector<S> h(n_);
+    for (std::size_t i = 0; i < n_; ++i) h[i] = nn::store_value<S>(v[i]);
+    if (n_) TASN_CUDA_CHECK(cudaMemcpy(p_, h.data(), n_ * sizeof(S), cudaMemcpyHostToDevice));
   }
   std::vector<float> download() const {  // after the stream has been synchronised
+    std::vector<S> h(n_);
+    if (n_) TASN_CUDA_CHECK(cudaMemcpy(h.data(), p_, n_ * sizeof(S), cudaMemcpyDeviceToHost));
     std::vector<float> v(n_);
-    if (n_) TASN_CUDA_CHECK(cudaMemcpy(v.data(), p_, n_ * sizeof(float), cudaMemcpyDeviceToHost));
+    for (std::size_t i = 0; i < n_; ++i) v[i] = nn::load_value(h[i]);
     return v;
   }
 
  private:
   std::size_t n_;
-  float* p_ = nullptr;
+  S* p_ = nullptr;
 };
+using DeviceBuffer = DeviceBufferOf<float>;
+using Bf16Buffer = DeviceBufferOf<nn::bf16>;
 
 std::vector<float> nans(std::size_t n) { return std::vector<float>(n, NAN); }
 
@@ -585,33 +594,6 @@ Data bf16_data(std::int64_t n, std::uint64_t seed) {
   }
   return r;
 }
-
-class Bf16Buffer {
- public:
-  explicit Bf16Buffer(const std::vector<float>& v) : n_(v.size()) {
-    std::vector<nn::bf16> h(n_);
-    for (std::size_t i = 0; i < n_; ++i) h[i] = nn::float_to_bf16(v[i]);
-    if (n_) TASN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p_), n_ * sizeof(nn::bf16)));
-    if (n_) TASN_CUDA_CHECK(cudaMemcpy(p_, h.data(), n_ * sizeof(nn::bf16), cudaMemcpyHostToDevice));
-  }
-  ~Bf16Buffer() {
-    if (p_) cudaFree(p_);
-  }
-  Bf16Buffer(const Bf16Buffer&) = delete;
-  Bf16Buffer& operator=(const Bf16Buffer&) = delete;
-  nn::bf16* get() { return p_; }
-  std::vector<float> download() const {
-    std::vector<nn::bf16> h(n_);
-    if (n_) TASN_CUDA_CHECK(cudaMemcpy(h.data(), p_, n_ * sizeof(nn::bf16), cudaMemcpyDeviceToHost));
-    std::vector<float> v(n_);
-    for (std::size_t i = 0; i < n_; ++i) v[i] = nn::bf16_to_float(h[i]);
-    return v;
-  }
-
- private:
-  std::size_t n_;
-  nn::bf16* p_ = nullptr;
-};
 
 // gk * mag + 2^-8 |ref| per element (+ what was accumulated into, in mag_extra).
 std::vector<double> bf16_bound(double gk, const std::vector<double>& mag, const std::vector<double>& ref,

@@ -147,14 +147,16 @@ class CudaBf16Exec : public CudaExec {
     T* xf = arena_.alloc<T>(n);
     T* yf = arena_.alloc<T>(n);
     gpu::convert(stream_, x, xf, n);
-    const BnSaved<T> f = Base::bn_forward(N, C, P, xf, gamma, beta, running_mean, running_var, s, false, yf);
-    TASN_CUDA_CHECK(cudaMemcpyAsync(stats, f.stats, sizeof(T) * static_cast<std::size_t>(2 * C),
-                                    cudaMemcpyDeviceToDevice, stream_));
+    if (s.training)  // the float context's calls, with this context's statistics buffer
+      dnn_->bn_forward_training(N, C, P, s.eps, s.momentum, xf, gamma, beta, running_mean, running_var, stats,
+                                stats + C, yf);
+    else
+      dnn_->bn_forward_inference(N, C, P, s.eps, xf, gamma, beta, running_mean, running_var, yf);
     gpu::convert(stream_, yf, y, n, relu_after);
     arena_.rewind(mark);
     BnSaved<T, A> saved;
     saved.stats = stats;
-    saved.training = f.training;
+    saved.training = s.training;
     saved.relu = relu_after;
     saved.y = y;
     return saved;

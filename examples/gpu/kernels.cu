@@ -44,6 +44,22 @@ void launch_each(cudaStream_t stream, std::int64_t n, const Op& op) {
   each_index<<<grid_for(n), kBlock, 0, stream>>>(n, op);
 }
 
+// A failed launch of `op` as tasn::CudaError (TASN_CUDA_CHECK_LAUNCH for a name known at run time).
+void check_launch(const char* op) {
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) ::tasn::cuda::detail::throw_cuda(e, (std::string("launch of ") + op).c_str(), __FILE__, __LINE__);
+}
+// The checks and launch every element-wise entry point shares: n >= 0, each pointer valid for n.
+template <class Op>
+void launch_checked(cudaStream_t stream, std::int64_t n, const char* op, std::initializer_list<std::pair<const void*, const char*>> ptrs,
+                    const Op& f) {
+  check_count(n, "n", op);
+  for (const auto& [p, name] : ptrs) tasn::detail::check_pointer(p, name, n, op);
+  if (n == 0) return;
+  launch_each(stream, n, f);
+  check_launch(op);
+}
+
 // ---- element-wise functors -----------------------------------------------------------------------
 
 // S: the storage (float, or bf16 loaded as float and rounded once when stored: nn/bf16.h).
@@ -265,65 +281,29 @@ void pool_geometry(std::int64_t H, std::int64_t W, std::int64_t kernel, std::int
 }  // namespace
 
 void relu(cudaStream_t stream, const float* x, float* y, std::int64_t n) {
-  constexpr const char* op = "nn::gpu::relu";
-  check_count(n, "n", op);
-  tasn::detail::check_pointer(x, "x", n, op);
-  tasn::detail::check_pointer(y, "y", n, op);
-  if (n == 0) return;
-  launch_each(stream, n, Relu<float>{x, y});
-  TASN_CUDA_CHECK_LAUNCH("nn::gpu::relu");
+  launch_checked(stream, n, "nn::gpu::relu", {{x, "x"}, {y, "y"}}, Relu<float>{x, y});
 }
 
 void relu_grad(cudaStream_t stream, const float* y, const float* dy, float* dx, std::int64_t n, bool accumulate) {
   constexpr const char* op = "nn::gpu::relu_grad";
-  check_count(n, "n", op);
-  tasn::detail::check_pointer(y, "y", n, op);
-  tasn::detail::check_pointer(dy, "dy", n, op);
-  tasn::detail::check_pointer(dx, "dx", n, op);
-  if (n == 0) return;
-  if (accumulate) launch_each(stream, n, ReluGrad<float, true>{y, dy, dx});
-  else launch_each(stream, n, ReluGrad<float, false>{y, dy, dx});
-  TASN_CUDA_CHECK_LAUNCH("nn::gpu::relu_grad");
+  if (accumulate) launch_checked(stream, n, op, {{y, "y"}, {dy, "dy"}, {dx, "dx"}}, ReluGrad<float, true>{y, dy, dx});
+  else launch_checked(stream, n, op, {{y, "y"}, {dy, "dy"}, {dx, "dx"}}, ReluGrad<float, false>{y, dy, dx});
 }
 
 void add_relu(cudaStream_t stream, const float* a, const float* b, float* y, std::int64_t n) {
-  constexpr const char* op = "nn::gpu::add_relu";
-  check_count(n, "n", op);
-  tasn::detail::check_pointer(a, "a", n, op);
-  tasn::detail::check_pointer(b, "b", n, op);
-  tasn::detail::check_pointer(y, "y", n, op);
-  if (n == 0) return;
-  launch_each(stream, n, AddRelu<float>{a, b, y});
-  TASN_CUDA_CHECK_LAUNCH("nn::gpu::add_relu");
+  launch_checked(stream, n, "nn::gpu::add_relu", {{a, "a"}, {b, "b"}, {y, "y"}}, AddRelu<float>{a, b, y});
 }
 
 void add_inplace(cudaStream_t stream, float* y, const float* x, std::int64_t n) {
-  constexpr const char* op = "nn::gpu::add_inplace";
-  check_count(n, "n", op);
-  tasn::detail::check_pointer(y, "y", n, op);
-  tasn::detail::check_pointer(x, "x", n, op);
-  if (n == 0) return;
-  launch_each(stream, n, AddInplace<float>{y, x});
-  TASN_CUDA_CHECK_LAUNCH("nn::gpu::add_inplace");
+  launch_checked(stream, n, "nn::gpu::add_inplace", {{y, "y"}, {x, "x"}}, AddInplace<float>{y, x});
 }
 
 void axpy(cudaStream_t stream, std::int64_t n, float alpha, const float* x, float* y) {
-  constexpr const char* op = "nn::gpu::axpy";
-  check_count(n, "n", op);
-  tasn::detail::check_pointer(x, "x", n, op);
-  tasn::detail::check_pointer(y, "y", n, op);
-  if (n == 0) return;
-  launch_each(stream, n, Axpy{alpha, x, y});
-  TASN_CUDA_CHECK_LAUNCH("nn::gpu::axpy");
+  launch_checked(stream, n, "nn::gpu::axpy", {{x, "x"}, {y, "y"}}, Axpy{alpha, x, y});
 }
 
 void fill(cudaStream_t stream, float* p, std::int64_t n, float v) {
-  constexpr const char* op = "nn::gpu::fill";
-  check_count(n, "n", op);
-  tasn::detail::check_pointer(p, "p", n, op);
-  if (n == 0) return;
-  launch_each(stream, n, Fill{p, v});
-  TASN_CUDA_CHECK_LAUNCH("nn::gpu::fill");
+  launch_checked(stream, n, "nn::gpu::fill", {{p, "p"}}, Fill{p, v});
 }
 
 void maxpool2d(cudaStream_t stream, std::int64_t NC, std::int64_t H, std::int64_t W, std::int64_t kernel,
@@ -426,24 +406,6 @@ void nonfinite_any(cudaStream_t stream, const float* p, std::int64_t n, int* fla
 }
 
 // ---- bf16 storage ---------------------------------------------------------------------------------
-
-namespace {
-// A failed launch of `op` as tasn::CudaError (TASN_CUDA_CHECK_LAUNCH for a name known at run time).
-void check_launch(const char* op) {
-  const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) ::tasn::cuda::detail::throw_cuda(e, (std::string("launch of ") + op).c_str(), __FILE__, __LINE__);
-}
-// The checks and launch every bf16 element-wise entry point shares: n >= 0, each pointer valid for n.
-template <class Op>
-void launch_checked(cudaStream_t stream, std::int64_t n, const char* op, std::initializer_list<std::pair<const void*, const char*>> ptrs,
-                    const Op& f) {
-  check_count(n, "n", op);
-  for (const auto& [p, name] : ptrs) tasn::detail::check_pointer(p, name, n, op);
-  if (n == 0) return;
-  launch_each(stream, n, f);
-  check_launch(op);
-}
-}  // namespace
 
 void relu(cudaStream_t stream, const bf16* x, bf16* y, std::int64_t n) {
   launch_checked(stream, n, "nn::gpu::relu (bf16)", {{x, "x"}, {y, "y"}}, Relu<bf16>{x, y});

@@ -214,14 +214,10 @@ class CpuBf16Exec : public CpuExec<float> {
     T* dyr = arena().alloc<T>(N * O);
     for (std::int64_t i = 0; i < N * O; ++i) dyr[i] = bf16_to_float(float_to_bf16(dy[i]));
     T* dxf = dx ? widen(dx, N * I) : nullptr;
-    Base::linear_grad(N, I, O, widen(x, N * I), widen(w, O * I), dyr, dxf, dw, nullptr);
+    const T *xf = widen(x, N * I), *wf = widen(w, O * I);
+    Base::linear_grad(N, I, O, xf, wf, dyr, dxf, dw, nullptr);
+    if (db) Base::linear_grad(N, I, O, xf, wf, dy, nullptr, nullptr, db);  // from the float dy
     if (dx) to_bf16(dxf, dx, N * I);
-    if (db)
-      for (std::int64_t o = 0; o < O; ++o) {
-        T s = 0;
-        for (std::int64_t r = 0; r < N; ++r) s += dy[r * O + o];
-        db[o] += s;
-      }
     arena().rewind(mark);
   }
 
